@@ -1,0 +1,1 @@
+"""Model implementations (native Llama family, Transformers fallback) and loaders."""

@@ -1,0 +1,1 @@
+"""ssdecode.server."""
