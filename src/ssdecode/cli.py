@@ -1,0 +1,122 @@
+"""The ``ssdecode`` command line: generate, models pull, bench. The only module that prints."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from ssdecode.params import InvalidParams, SamplingParams
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="demo-target",
+                   help="target model: demo-target, an HF folder, a .gguf file or a hub id")
+    p.add_argument("--draft", default=None, help="draft model for sd/ssd (default: demo-draft)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda if present)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the target")
+    p.add_argument("--k", type=int, default=None, help="draft tokens per round (sd/ssd)")
+    ssd = p.add_argument_group("ssd (speculative speculative decoding)")
+    ssd.add_argument("--fanout", default="geometric",
+                     help="'geometric', 'uniform:F', or a comma list F_0,...,F_K")
+    ssd.add_argument("--budget", type=int, default=None, help="total fan-out B for geometric")
+    ssd.add_argument("--saguaro-c", type=float, default=1.0, help="Saguaro sampling constant C in (0,1]")
+    ssd.add_argument("--backup", default="neural", choices=["neural", "fast", "adaptive"])
+    ssd.add_argument("--transport", default="process", choices=["thread", "process"],
+                     help="draft worker in a thread or in a second process (torch.distributed)")
+    ssd.add_argument("--draft-device", default=None, help="device of the draft worker")
+    ssd.add_argument("--draft-threads", type=int, default=1, help="CPU threads of the draft worker")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ssdecode", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text, streaming it to the terminal")
+    g.add_argument("prompt")
+    g.add_argument("--mode", default="ar", choices=["ar", "sd", "ssd"])
+    _add_model_args(g)
+    g.add_argument("--raw", action="store_true", help="raw completion: skip the chat template")
+    g.add_argument("--max-tokens", type=int, default=128)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    g.add_argument("--stats", action="store_true", help="print decoding metrics")
+    g.add_argument("--json", action="store_true",
+                   help="print one JSON object with text, token_ids and stats instead of streaming")
+
+    m = sub.add_parser("models", help="manage models")
+    msub = m.add_subparsers(dest="models_command", required=True)
+    pull = msub.add_parser("pull", help="download, verify and convert a model")
+    pull.add_argument("name", choices=["demo"], help="'demo': the default target/draft pair")
+
+    from ssdecode.bench.cli import add_bench_parser
+    add_bench_parser(sub, _add_model_args)
+    return parser
+
+
+def ssd_options(args) -> dict:
+    return {"fanout": args.fanout, "budget": args.budget, "saguaro_c": args.saguaro_c,
+            "backup": args.backup, "transport": args.transport, "draft_device": args.draft_device,
+            "draft_threads": args.draft_threads}
+
+
+def cmd_generate(args) -> int:
+    from ssdecode.engine.llm import LLM
+
+    params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                            max_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop))
+    k = args.k if args.k is not None else 5
+    with LLM(target=args.target, draft=args.draft, mode=args.mode, k=k, device=args.device,
+             ssd=ssd_options(args)) as llm:
+        if args.json:
+            c = llm.generate([args.prompt], params, chat=not args.raw)[0]
+            print(json.dumps({"text": c.text, "token_ids": c.token_ids,
+                              "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                              "stats": c.stats}))
+            return 0
+        for piece in llm.stream(args.prompt, params, chat=not args.raw):
+            if isinstance(piece, str):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            else:
+                sys.stdout.write("\n")
+                if args.stats:
+                    print(json.dumps(piece.stats, indent=2), file=sys.stderr)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from ssdecode.models.demo import pull_demo
+
+    paths = pull_demo(progress=True)
+    print(f"target: {paths.target_dir}\ndraft:  {paths.draft_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)
+    handlers = {"generate": cmd_generate, "models": cmd_models}
+    if args.command == "bench":
+        from ssdecode.bench.cli import cmd_bench
+        handlers["bench"] = cmd_bench
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (InvalidParams, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

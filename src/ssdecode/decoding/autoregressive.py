@@ -1,0 +1,42 @@
+"""Autoregressive decoding: one target forward per token. The baseline every speedup is over."""
+from __future__ import annotations
+
+import time
+
+from ssdecode.decoding.base import StepOutput, Strategy
+from ssdecode.decoding.drafting import autoregress
+from ssdecode.engine.sequence import Sequence
+from ssdecode.models.base import CausalLM
+from ssdecode.sampling import SamplingTensors
+
+
+class ARStrategy(Strategy):
+    name = "ar"
+
+    def __init__(self, target: CausalLM):
+        self.target = target
+        self.cache = None
+
+    def setup(self, num_slots: int, max_len: int) -> None:
+        self.cache = self.target.new_cache(num_slots, max_len)
+
+    def prefill(self, seqs: list[Sequence]) -> list[int]:
+        return prefill_target(self.target, self.cache, seqs)
+
+    def step(self, seqs: list[Sequence]) -> StepOutput:
+        t0 = time.perf_counter()
+        out = autoregress(self.target, self.cache, [s.slot for s in seqs], [[s.last_token] for s in seqs],
+                          1, SamplingTensors.from_params([s.params for s in seqs], self.target.device),
+                          [s.generator for s in seqs], keep_probs=False)
+        tokens = [[t] for t in out.tokens[:, 0].tolist()]
+        return StepOutput(tokens=tokens, time_verify=time.perf_counter() - t0)
+
+
+def prefill_target(target: CausalLM, cache, seqs: list[Sequence]) -> list[int]:
+    """Run the prompts through the target and sample each sequence's first token."""
+    for s in seqs:
+        cache.reset(s.slot)
+    out = autoregress(target, cache, [s.slot for s in seqs], [s.prompt_ids for s in seqs], 1,
+                      SamplingTensors.from_params([s.params for s in seqs], target.device),
+                      [s.generator for s in seqs], keep_probs=False)
+    return out.tokens[:, 0].tolist()

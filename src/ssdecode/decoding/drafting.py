@@ -1,0 +1,59 @@
+"""Sampling k tokens autoregressively: AR's prefill and decode, SD's drafter and SSD's neural
+(just-in-time) backup all run this one loop.
+
+The model's KV cache holds every committed token except the ``feed`` tokens of each row (the last
+committed token, plus any accepted draft token the cache never saw). Drafting feeds them, then
+each sampled draft token but the last, so afterwards the cache holds feed + s_1..s_{K-1}. Each
+draft token is sampled from the distribution stored for it (after the request's transforms and
+any reweighting), which is what makes the verifier exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ssdecode.models.base import CausalLM
+from ssdecode.runtime.kv_cache import KVCache
+from ssdecode.sampling import SamplingTensors, probs_from_logits, sample
+
+
+@dataclass
+class Draft:
+    tokens: torch.Tensor  # [B, K] long: s_1..s_K
+    probs: torch.Tensor | None  # [B, K, V] float32: q_i each s_i was sampled from; None = not kept
+
+
+def feed_batch(cache: KVCache, slots: list[int], feed: list[list[int]], device) -> tuple:
+    """Right-padded ids, logical positions (= cache rows, the cache being linear) and lengths."""
+    width = max(len(f) for f in feed)
+    ids = torch.zeros(len(feed), width, dtype=torch.long)
+    for b, f in enumerate(feed):
+        ids[b, : len(f)] = torch.tensor(f, dtype=torch.long)
+    starts = torch.tensor([cache.lengths[s] for s in slots], dtype=torch.long)
+    positions = starts[:, None] + torch.arange(width)[None, :]
+    return ids.to(device), positions.to(device), [len(f) for f in feed]
+
+
+def autoregress(model: CausalLM, cache: KVCache, slots: list[int], feed: list[list[int]], k: int,
+                 st: SamplingTensors, generators: list[torch.Generator], keep_probs: bool,
+                 reweight: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> Draft:
+    """Sample ``k`` tokens per row after feeding ``feed[b]`` (ragged). ``reweight(q, i)`` (Saguaro sampling) maps position i's q to
+    the distribution actually sampled from."""
+    ids, positions, num_new = feed_batch(cache, slots, feed, model.device)
+    tokens, probs = [], []
+    for i in range(k):
+        logits = model.forward(ids, positions, cache, slots, num_new=num_new, last_only=True)[:, 0]
+        q = probs_from_logits(logits, st)
+        if reweight is not None:
+            q = reweight(q, i)
+        s = sample(q, generators)
+        tokens.append(s)
+        if keep_probs:
+            probs.append(q)
+        if i + 1 < k:
+            ids = s[:, None]
+            positions = positions.gather(1, torch.tensor(num_new, device=positions.device)[:, None] - 1) + 1
+            num_new = [1] * len(slots)
+    return Draft(torch.stack(tokens, 1), torch.stack(probs, 1) if keep_probs else None)

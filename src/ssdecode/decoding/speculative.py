@@ -1,0 +1,96 @@
+"""Speculative decoding (SD): the draft proposes K tokens, the target verifies them in one forward.
+
+Cache invariants between rounds, per sequence:
+- target cache: every committed token except the last one (``seq.last_token``), which the next
+  verification forward feeds first: [t_prev, s_1..s_K] -> K+1 target distributions.
+- draft cache: every committed token except the last ``uncached`` ones (1, or 2 when all K were
+  accepted: drafting never fed s_K). ``autoregress`` feeds those first.
+After verification with k accepted, both caches roll back to the accepted length.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ssdecode.decoding.autoregressive import prefill_target
+from ssdecode.decoding.base import StepOutput, Strategy
+from ssdecode.decoding.drafting import autoregress, feed_batch
+from ssdecode.decoding.verify import verify
+from ssdecode.engine.sequence import Sequence
+from ssdecode.models.base import CausalLM
+from ssdecode.sampling import SamplingTensors
+
+
+class SDStrategy(Strategy):
+    name = "sd"
+
+    def __init__(self, target: CausalLM, draft: CausalLM, k: int):
+        if k < 1:
+            raise ValueError(f"K (draft tokens per round) must be >= 1, got {k}")
+        self.target, self.draft, self.k = target, draft, k
+        self.tcache = self.dcache = None
+        self.uncached: dict[int, int] = {}  # slot -> trailing committed tokens the draft cache lacks
+
+    def setup(self, num_slots: int, max_len: int) -> None:
+        self.tcache = self.target.new_cache(num_slots, max_len)
+        self.dcache = self.draft.new_cache(num_slots, max_len)
+
+    def cache_tokens_needed(self) -> int:
+        return self.k + 1
+
+    def prefill(self, seqs: list[Sequence]) -> list[int]:
+        first = prefill_target(self.target, self.tcache, seqs)
+        prefill_draft(self.draft, self.dcache, seqs)
+        for s in seqs:
+            self.uncached[s.slot] = 1
+        return first
+
+    def step(self, seqs: list[Sequence]) -> StepOutput:
+        k, slots = self.k, [s.slot for s in seqs]
+        st = SamplingTensors.from_params([s.params for s in seqs], self.target.device)
+        gens = [s.generator for s in seqs]
+        feed = [(s.prompt_ids + s.output_ids)[-self.uncached[s.slot]:] for s in seqs]
+        dstart = [self.dcache.lengths[x] for x in slots]
+        t0 = time.perf_counter()
+        draft = autoregress(self.draft, self.dcache, slots, feed, k, st, gens,
+                            keep_probs=not all(s.params.greedy for s in seqs))
+        t1 = time.perf_counter()
+        accepted, nxt = verify_proposals(self.target, self.tcache, seqs, draft.tokens, draft.probs, st)
+        t2 = time.perf_counter()
+        tokens = draft.tokens.tolist()
+        for b, s in enumerate(seqs):
+            self.dcache.truncate(s.slot, dstart[b] + len(feed[b]) + min(accepted[b], k - 1))
+            self.uncached[s.slot] = 2 if accepted[b] == k else 1
+        return StepOutput(
+            tokens=[tokens[b][: accepted[b]] + [nxt[b]] for b in range(len(seqs))],
+            proposed=[k] * len(seqs), accepted=accepted, time_draft=t1 - t0, time_verify=t2 - t1)
+
+
+def prefill_draft(draft: CausalLM, cache, seqs: list[Sequence]) -> None:
+    """Fill the draft cache with the prompts (no sampling: the target samples the first token)."""
+    for s in seqs:
+        cache.reset(s.slot)
+    slots = [s.slot for s in seqs]
+    ids, positions, num_new = feed_batch(cache, slots, [s.prompt_ids for s in seqs], draft.device)
+    draft.forward(ids, positions, cache, slots, num_new=num_new, last_only=True)
+
+
+def verify_proposals(target: CausalLM, cache, seqs: list[Sequence], tokens: torch.Tensor,
+                     probs: torch.Tensor | None, st: SamplingTensors, point_mass=None,
+                     num_draft=None) -> tuple[list[int], list[int]]:
+    """One target forward over [t_prev, s_1..s_K], exact verification, target cache rollback.
+
+    Returns (accepted count, next token) per row; the target cache then holds the committed
+    tokens except the new last one."""
+    slots = [s.slot for s in seqs]
+    start = torch.tensor([cache.lengths[x] for x in slots], dtype=torch.long)
+    ids = torch.cat([torch.tensor([[s.last_token] for s in seqs], dtype=torch.long), tokens.cpu()], 1)
+    positions = start[:, None] + torch.arange(ids.shape[1])[None, :]
+    logits = target.forward(ids.to(target.device), positions.to(target.device), cache, slots)
+    res = verify(logits, tokens, probs, st, [s.generator for s in seqs],
+                 point_mass=point_mass, num_draft=num_draft)
+    accepted, nxt = res.accepted.tolist(), res.next_token.tolist()
+    for b, x in enumerate(slots):
+        cache.truncate(x, int(start[b]) + 1 + accepted[b])
+    return accepted, nxt
