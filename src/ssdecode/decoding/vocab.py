@@ -12,6 +12,7 @@ import logging
 import torch
 
 from ssdecode.models.base import CausalLM
+from ssdecode.models.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,13 @@ def check_compatible(target_tok, draft_tok, target: CausalLM, draft: CausalLM) -
 
 
 def _num_params(model: CausalLM) -> int:
-    params = getattr(model, "parameters", None)
-    return sum(p.numel() for p in params()) if callable(params) else 0
+    """Parameter count from the architecture (0 when unknown, e.g. a fallback model)."""
+    c = getattr(model, "config", None)
+    if not isinstance(c, ModelConfig):
+        return 0
+    attn = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    layer = attn + 3 * c.hidden_size * c.intermediate_size
+    return c.num_layers * layer + c.vocab_size * c.hidden_size * (1 if c.tie_word_embeddings else 2)
 
 
 class AlignedVocab(CausalLM):

@@ -10,10 +10,11 @@ from typing import Iterator
 
 from ssdecode.decoding.base import StepOutput, Strategy
 from ssdecode.engine.metrics import RequestMetrics
-from ssdecode.engine.sequence import Sequence, make_generator
+from ssdecode.engine.sequence import Sequence
 from ssdecode.engine.stopping import StopChecker
 from ssdecode.params import SamplingParams
 from ssdecode.runtime.kv_cache import ContextOverflow
+from ssdecode.sampling import make_generator
 
 
 class Engine:
@@ -31,7 +32,7 @@ class Engine:
             if len(p) >= self.max_context:
                 raise ContextOverflow(f"prompt {i} has {len(p)} tokens; the context holds "
                                       f"{self.max_context} (prompt + at least 1 generated token)")
-        seqs = [Sequence(i, i, list(p), sp, make_generator(sp.seed)) for i, (p, sp) in
+        seqs = [Sequence(i, i, list(p), sp, make_generator(sp)) for i, (p, sp) in
                 enumerate(zip(prompts, params))]
         need = max(len(p) + sp.max_tokens for p, sp in zip(prompts, params))
         self.strategy.setup(len(seqs), min(need, self.max_context) + self.strategy.cache_tokens_needed())

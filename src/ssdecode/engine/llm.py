@@ -11,9 +11,9 @@ from typing import Iterator
 
 import torch
 
-from ssdecode.decoding.base import Strategy
 from ssdecode.engine.engine import Engine
 from ssdecode.engine.stopping import StopChecker
+from ssdecode.models.base import CausalLM
 from ssdecode.params import InvalidParams, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -39,50 +39,72 @@ class LLM:
     def __init__(self, target: str = DEFAULT_TARGET, draft: str | None = None, mode: str = "ar",
                  k: int = 5, device: str | None = None, dtype: torch.dtype | None = None,
                  ssd=None):
+        """Load ``target`` (and ``draft`` for sd/ssd, default the demo draft) by spec: an alias
+        (demo-target, demo-draft), an HF folder, a .gguf file or a hub id."""
         from ssdecode.models.loader import load_model, load_tokenizer
+
+        device = device or default_device()
+        tokenizer, target_model = load_tokenizer(target), load_model(target, device=device, dtype=dtype)
+        draft_model = draft_tokenizer = None
+        if mode != "ar" or draft is not None:
+            draft = draft or DEFAULT_DRAFT
+            draft_tokenizer = load_tokenizer(draft)
+            draft_model = load_model(draft, device=device, dtype=dtype)
+        self._attach(tokenizer, target_model, draft_model, draft_tokenizer, draft)
+        self.configure(mode, k, ssd)
+
+    @classmethod
+    def from_models(cls, tokenizer, target: CausalLM, draft: CausalLM | None = None, mode: str = "ar",
+                    k: int = 5, ssd=None, draft_tokenizer=None, draft_spec: str | None = None) -> "LLM":
+        """An LLM over already-built models (tests, embedding in another program)."""
+        llm = cls.__new__(cls)
+        llm._attach(tokenizer, target, draft, draft_tokenizer or tokenizer, draft_spec)
+        llm.configure(mode, k, ssd)
+        return llm
+
+    def _attach(self, tokenizer, target: CausalLM, draft: CausalLM | None, draft_tokenizer,
+                draft_spec: str | None) -> None:
+        from ssdecode.decoding.vocab import check_compatible
+
+        if draft is not None:
+            check_compatible(tokenizer, draft_tokenizer, target, draft)
+        self.tokenizer, self.target, self.draft, self.draft_spec = tokenizer, target, draft, draft_spec
+        self.device = target.device
+        self.stopper = StopChecker(tokenizer, self._eos_ids(), target.max_context)
+        self.strategy = self.engine = None
+
+    def configure(self, mode: str, k: int = 5, ssd=None) -> None:
+        """Switch decoding strategy, keeping the loaded models (benchmarks compare modes so)."""
+        from ssdecode.decoding.autoregressive import ARStrategy
+        from ssdecode.decoding.speculative import SDStrategy
+        from ssdecode.decoding.vocab import align_draft
 
         if mode not in MODES:
             raise InvalidParams(f"mode must be one of {MODES}, got {mode!r}")
         if k < 1:
             raise InvalidParams(f"K (draft tokens per round) must be >= 1, got {k}")
-        self.mode, self.device = mode, device or default_device()
-        self.tokenizer = load_tokenizer(target)
-        self.target = load_model(target, device=self.device, dtype=dtype)
-        self.draft = self.draft_tokenizer = None
-        if mode != "ar":
-            draft = draft or DEFAULT_DRAFT
-            self.draft_tokenizer = load_tokenizer(draft)
-            self.draft = load_model(draft, device=self.device, dtype=dtype)
-        self.strategy = self._build_strategy(mode, k, ssd, draft)
-        self.engine = Engine(self.strategy, StopChecker(self.tokenizer, self._eos_ids(),
-                                                        self.target.max_context),
-                             self.target.max_context)
-
-    def _build_strategy(self, mode: str, k: int, ssd, draft_spec: str | None) -> Strategy:
-        from ssdecode.decoding.autoregressive import ARStrategy
-        from ssdecode.decoding.speculative import SDStrategy
-        from ssdecode.decoding.vocab import align_draft, check_compatible
-
+        if mode != "ar" and self.draft is None:
+            raise InvalidParams(f"mode {mode!r} needs a draft model; this LLM was loaded without one")
+        if self.strategy is not None:
+            self.strategy.close()
         if mode == "ar":
-            return ARStrategy(self.target)
-        check_compatible(self.tokenizer, self.draft_tokenizer, self.target, self.draft)
-        draft = align_draft(self.draft, self.target)
-        if mode == "sd":
-            return SDStrategy(self.target, draft, k)
-        from ssdecode.decoding.ssd.strategy import build_ssd_strategy
+            self.strategy = ARStrategy(self.target)
+        elif mode == "sd":
+            self.strategy = SDStrategy(self.target, align_draft(self.draft, self.target), k)
+        else:
+            from ssdecode.decoding.ssd.strategy import build_ssd_strategy
 
-        return build_ssd_strategy(self.target, draft, draft_spec, k, ssd)
+            self.strategy = build_ssd_strategy(self.target, align_draft(self.draft, self.target),
+                                               self.draft_spec, k, ssd)
+        self.mode = mode
+        self.engine = Engine(self.strategy, self.stopper, self.target.max_context)
 
     def _eos_ids(self) -> set[int]:
-        ids = set(getattr(self.target, "config", None) and self.target.config.eos_token_ids or ())
-        for tid in (self.tokenizer.eos_token_id,
-                    self.tokenizer.convert_tokens_to_ids("<|im_end|>") if self._has("<|im_end|>") else None):
-            if tid is not None:
-                ids.add(int(tid))
+        config = getattr(self.target, "config", None)
+        ids = set(config.eos_token_ids) if config is not None else set()
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
         return ids
-
-    def _has(self, token: str) -> bool:
-        return token in self.tokenizer.get_vocab()
 
     def encode(self, prompt: str, chat: bool = True) -> list[int]:
         if chat and self.tokenizer.chat_template:

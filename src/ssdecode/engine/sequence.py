@@ -15,7 +15,7 @@ class Sequence:
     slot: int  # cache slot in the target (and draft) KV caches
     prompt_ids: list[int]
     params: SamplingParams
-    generator: torch.Generator
+    generator: torch.Generator | None  # None for greedy rows (ssdecode.sampling.make_generator)
     output_ids: list[int] = field(default_factory=list)
     stop_text: str | None = None  # output text cut before the stop string that ended it
     finished: bool = False
@@ -30,12 +30,3 @@ class Sequence:
     def last_token(self) -> int:
         return self.output_ids[-1] if self.output_ids else self.prompt_ids[-1]
 
-
-def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
-    """A per-request generator: seeded requests are reproducible whatever the batch around them."""
-    gen = torch.Generator(device=device)
-    if seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed(seed)
-    return gen
