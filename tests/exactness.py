@@ -1,0 +1,89 @@
+"""Statistical exactness harness: do sampled token sequences follow a known exact distribution?
+
+Speculative decoding is only correct if it is lossless, and a bias hides easily in a rare branch,
+so tests compare whole empirical distributions against exactly enumerated ones: a chi-square
+goodness-of-fit test (with rare outcomes pooled so the chi-square approximation holds) plus the
+total-variation distance as a readable effect size. A test module, not library code.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from scipy.stats import chi2
+
+MIN_EXPECTED = 5.0  # the usual validity condition for Pearson's chi-square approximation
+
+
+def distribution_distance(samples: Sequence[tuple[int, ...]],
+                          exact: dict[tuple, float]) -> tuple[float, float]:
+    """(p_value, tv) of ``samples`` against ``exact`` (outcome -> probability, summing to 1).
+
+    Outcomes with expected count < 5 are pooled into one bin, grown with the next rarest outcomes
+    until it reaches 5 too. An observed outcome of exact probability 0 gives p_value 0.
+    """
+    n = len(samples)
+    if n == 0:
+        raise ValueError("no samples")
+    counts = Counter(tuple(s) for s in samples)
+    if any(exact.get(outcome, 0.0) <= 0.0 for outcome in counts):
+        return 0.0, _tv(counts, exact, n)
+    cells = sorted((n * p, counts.get(o, 0)) for o, p in exact.items() if p > 0)
+    pooled_exp, pooled_obs, i = 0.0, 0, 0
+    while i < len(cells) and (cells[i][0] < MIN_EXPECTED or 0.0 < pooled_exp < MIN_EXPECTED):
+        pooled_exp, pooled_obs, i = pooled_exp + cells[i][0], pooled_obs + cells[i][1], i + 1
+    bins = cells[i:] + ([(pooled_exp, pooled_obs)] if pooled_exp > 0 else [])
+    dof = len(bins) - 1
+    if dof == 0:
+        return 1.0, _tv(counts, exact, n)
+    stat = sum((obs - e) ** 2 / e for e, obs in bins)
+    return float(chi2.sf(stat, dof)), _tv(counts, exact, n)
+
+
+def expected_tv(exact: dict[tuple, float], n: int) -> float:
+    """Mean TV distance of n exact samples from ``exact`` (normal approximation, per outcome
+    E|p_hat - p| = sqrt(2 p (1 - p) / (pi n)))."""
+    return 0.5 * sum(math.sqrt(2 * p * (1 - p) / (math.pi * n)) for p in exact.values())
+
+
+def chi_square_check(samples: Sequence[tuple[int, ...]], exact: dict[tuple, float],
+                     p_floor: float = 1e-4, tv_bound: float | None = None) -> tuple[float, float]:
+    """Assert that ``samples`` follow ``exact``; return (p_value, tv).
+
+    Fails when p_value < p_floor or tv > tv_bound. The default tv_bound, 3 * expected_tv + 0.005,
+    scales with the sample size, so it guards against gross bias at any n while the chi-square
+    test carries the sensitivity.
+    """
+    p_value, tv = distribution_distance(samples, exact)
+    bound = 3 * expected_tv(exact, len(samples)) + 0.005 if tv_bound is None else tv_bound
+    assert p_value >= p_floor and tv <= bound, (
+        f"samples do not follow the exact distribution: chi-square p = {p_value:.3g} "
+        f"(floor {p_floor:g}), TV = {tv:.4f} (bound {bound:.4f}), n = {len(samples)}"
+    )
+    return p_value, tv
+
+
+def exact_sequence_distribution(next_probs_fn: Callable[[tuple[int, ...]], Sequence[float]],
+                                prefix: Sequence[int],
+                                n_tokens: int) -> dict[tuple[int, ...], float]:
+    """All continuations of ``prefix`` with n_tokens tokens -> their exact probability.
+
+    ``next_probs_fn(tokens)`` returns the (transformed) next-token distribution after the full
+    token tuple (prefix included); zero-probability branches are pruned. Exponential in n_tokens,
+    meant for tiny vocabularies.
+    """
+    dist: dict[tuple[int, ...], float] = {(): 1.0}
+    for _ in range(n_tokens):
+        grown: dict[tuple[int, ...], float] = {}
+        for seq, mass in dist.items():
+            for token, p in enumerate(next_probs_fn(tuple(prefix) + seq)):
+                if p > 0:
+                    grown[seq + (token,)] = mass * float(p)
+        dist = grown
+    return dist
+
+
+def _tv(counts: Counter, exact: dict[tuple, float], n: int) -> float:
+    outcomes = set(counts) | set(exact)
+    return 0.5 * sum(abs(counts.get(o, 0) / n - exact.get(o, 0.0)) for o in outcomes)
