@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 
+from ssdecode.models.errors import ModelLoadError
 from ssdecode.params import InvalidParams, SamplingParams
 
 
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (InvalidParams, ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ModelLoadError, InvalidParams, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,13 @@
+"""Every environment variable ssdecode reads, in one place.
+
+Read at call time (not import time) so tests and long-lived processes see the current value.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """Root for downloaded wheels, assembled GGUFs and converted models (``SSDECODE_CACHE``)."""
+    return Path(os.environ.get("SSDECODE_CACHE") or "~/.cache/ssdecode").expanduser()

@@ -1,0 +1,94 @@
+"""The demo pair, real weights (Qwen2.5-Coder 1.5B target, 0.5B draft), fp32 on CPU.
+
+Slow (a 1.5B forward is ~0.5 s here), so few and short; marked ``real``. ``scripts/test.sh``
+pulls the pair first, so these run in CI rather than skip.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ssdecode.bench.hf_peer import HFPeer
+from ssdecode.bench.prompts import humaneval_prompts
+from ssdecode.engine.llm import LLM
+from ssdecode.models.demo import pull_demo
+from ssdecode.params import SamplingParams
+
+pytestmark = pytest.mark.real
+NEW_TOKENS = 64
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return pull_demo(progress=False)
+
+
+@pytest.fixture(scope="module")
+def llm(demo):
+    return LLM(target=str(demo.target_dir), draft=str(demo.draft_dir), mode="ar", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def prompts(llm):
+    return [llm.encode(p.text, chat=p.chat) for p in humaneval_prompts(5)]
+
+
+@pytest.fixture(scope="module")
+def ar_outputs(llm, prompts):
+    llm.configure("ar")
+    return [c.token_ids for c in llm.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS))]
+
+
+@pytest.mark.parametrize("which", ["target", "draft"])
+def test_native_logits_match_transformers(demo, llm, which):
+    from transformers import AutoModelForCausalLM
+
+    folder = getattr(demo, f"{which}_dir")
+    ours = getattr(llm, which)
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.tensor([llm.encode("def quicksort(xs):", chat=True)])
+    cache = ours.new_cache(1, 128)
+    with torch.inference_mode():
+        ref = hf(ids).logits[0]
+        got = ours.forward(ids, torch.arange(ids.shape[1])[None], cache, [0])[0]
+        assert (got - ref).abs().max().item() < 1e-3, "prefill logits differ"
+        # rollback the last 3 tokens and decode them again one by one
+        cache.truncate(0, ids.shape[1] - 3)
+        for pos in range(ids.shape[1] - 3, ids.shape[1]):
+            step = ours.forward(ids[:, pos:pos + 1], torch.tensor([[pos]]), cache, [0])[0, 0]
+            assert (step - ref[pos]).abs().max().item() < 1e-3, f"decode logits differ at {pos}"
+    del hf
+
+
+def test_greedy_generate_matches_transformers_generate(demo, prompts, ar_outputs):
+    peer = HFPeer(demo.target_dir)
+    for p, ours in zip(prompts, ar_outputs):
+        assert ours == peer.generate(p, NEW_TOKENS, assisted=False, stop_at_eos=True)
+
+
+def test_greedy_sd_equals_ar(llm, prompts, ar_outputs):
+    llm.configure("sd", k=5)
+    outs = llm.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS))
+    assert [c.token_ids for c in outs] == ar_outputs
+    assert llm.engine.run_metrics.summary()["acceptance_rate"] > 0.5
+
+
+def test_cli_generate_json(demo):
+    out = subprocess.run(
+        [sys.executable, "-m", "ssdecode.cli", "generate", "Say hi.", "--target", str(demo.target_dir),
+         "--max-tokens", "6", "--json"], capture_output=True, text=True, timeout=600, check=True)
+    result = json.loads(out.stdout)
+    assert len(result["token_ids"]) <= 6 and isinstance(result["text"], str) and "stats" in result
+
+
+def test_cli_reports_bad_input_clearly(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "ssdecode.cli", "generate", "x", "--target",
+                          str(tmp_path / "missing")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "does not exist" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "ssdecode.cli", "generate", "x", "--temperature", "-1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "temperature" in out.stderr
