@@ -1,0 +1,122 @@
+"""Building blocks shared by the native Llama-family models: RMSNorm, RoPE tables, fused layer
+weights and grouped-query attention over the slot KV cache.
+
+Numerics follow Hugging Face's reference implementations op for op (RMSNorm in float32, RoPE
+frequencies computed in float32 the way transformers computes them), so native logits match
+Transformers within float32 rounding and a converted checkpoint behaves the same in both.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ssdecode.models.config import ModelConfig
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim, statistics in float32 whatever the activation dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies ``[head_dim // 2]`` in float32, incl. Llama-3.1 "llama3" scaling.
+
+    Computed exactly as transformers does (float32 ``base ** (2i / d)``): a float64 computation
+    would be closer to the true frequencies but would differ from HF by up to ~1e-4 rad at
+    positions in the thousands, which shows up in logit parity.
+    """
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    if config.rope_llama3 is None:
+        return inv_freq
+    factor, low_freq_factor, high_freq_factor, old_context_len = config.rope_llama3
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+def rope_tables(config: ModelConfig, length: int, device: torch.device | str,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables ``[length, head_dim]`` (halves duplicated), indexed by position."""
+    freqs = torch.arange(length, dtype=torch.float32)[:, None] * rope_inv_freq(config)[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(device=device, dtype=dtype), emb.sin().to(device=device, dtype=dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [B, T, heads, D]`` with ``cos``/``sin`` ``[B, T, 1, D]`` (rotate-half form)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+@dataclass
+class LayerWeights:
+    """One decoder layer with q/k/v fused into ``wqkv`` and gate/up fused into ``w_gate_up``:
+    two fewer matmuls per layer, which matters when decode is bound by per-op overhead."""
+
+    in_norm: torch.Tensor
+    wqkv: torch.Tensor  # [(H + 2 * Hkv) * D, hidden]
+    bqkv: torch.Tensor | None  # Qwen2 bias, same layout
+    q_norm: torch.Tensor | None  # Qwen3 per-head RMSNorm weights [D]
+    k_norm: torch.Tensor | None
+    wo: torch.Tensor
+    post_norm: torch.Tensor
+    w_gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    w_down: torch.Tensor
+
+    @classmethod
+    def from_hf(cls, weights: Mapping[str, torch.Tensor], prefix: str, config: ModelConfig,
+                device: torch.device | str, dtype: torch.dtype) -> "LayerWeights":
+        """Gather (and fuse) the tensors of ``prefix`` = ``model.layers.N.`` in HF naming."""
+
+        def get(name: str) -> torch.Tensor:
+            return weights[prefix + name].to(device=device, dtype=dtype)
+
+        def cat(*names: str) -> torch.Tensor:
+            return torch.cat([get(n) for n in names], dim=0).contiguous()
+
+        attn = "self_attn."
+        qkv = [attn + p + "_proj." for p in "qkv"]
+        return cls(
+            in_norm=get("input_layernorm.weight"),
+            wqkv=cat(*(p + "weight" for p in qkv)),
+            bqkv=cat(*(p + "bias" for p in qkv)) if config.qkv_bias else None,
+            q_norm=get(attn + "q_norm.weight") if config.qk_norm else None,
+            k_norm=get(attn + "k_norm.weight") if config.qk_norm else None,
+            wo=get(attn + "o_proj.weight"),
+            post_norm=get("post_attention_layernorm.weight"),
+            w_gate_up=cat("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+            w_down=get("mlp.down_proj.weight"),
+        )
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+           is_causal: bool) -> torch.Tensor:
+    """Grouped-query attention. ``q [B, T, H, D]``, ``k``/``v`` ``[B, Hkv, Lk, D]`` (views of the
+    cache are fine), ``mask`` bool ``[B, T, Lk]`` or None; returns ``[B, T, H * D]``.
+
+    A single query token folds its head groups into the query axis (heads ``j*G .. j*G+G-1``
+    share kv head ``j``), so decode never copies K/V to repeat heads.
+    """
+    b, t, h, d = q.shape
+    hkv = k.shape[1]
+    m = None if mask is None else mask[:, None]  # [B, 1, T, Lk]; for T == 1 it spans the G rows
+    if t == 1:
+        out = F.scaled_dot_product_attention(q.view(b, hkv, h // hkv, d), k, v, attn_mask=m)
+        return out.reshape(b, 1, h * d)
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=m, is_causal=is_causal,
+                                         enable_gqa=hkv != h)
+    return out.transpose(1, 2).reshape(b, t, h * d)
+

@@ -1,0 +1,222 @@
+"""Native Llama-family causal LM in plain PyTorch: Llama 2/3 (incl. Llama-3.1 rope scaling),
+Qwen2/2.5 (qkv bias), Qwen3 (per-head q/k RMSNorm) and Mistral (as Llama, full attention).
+
+It owns the weights and implements the ``CausalLM.forward`` contract of ``models/base.py`` over
+the slot ``KVCache``: explicit positions, one cache slot per row, ragged rows and an optional
+tree mask, so prefill, decode, verification and tree decode are the same code path. Per-forward
+cache addressing (``_Step``) is worked out once on the host from the host-side lengths, never by
+reading device values, and then reused by every layer.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+
+from ssdecode.models.base import CausalLM, key_span
+from ssdecode.models.config import ModelConfig
+from ssdecode.models.layers import LayerWeights, apply_rope, attend, rms_norm, rope_tables
+from ssdecode.runtime.kv_cache import KVCache
+
+DEFAULT_MAX_LEN = 4096
+
+
+class LlamaModel(CausalLM):
+    supports_tree_mask = True
+
+    def __init__(self, config: ModelConfig, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        """An empty shell (RoPE tables only); ``from_state_dict``/``from_folder`` fill the weights."""
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.vocab_size = config.vocab_size
+        self.max_context = config.max_position_embeddings
+        self.cos, self.sin = rope_tables(config, self.max_context, self.device, dtype)
+        self.embed: torch.Tensor | None = None
+        self.layers: list[LayerWeights] = []
+        self.norm: torch.Tensor | None = None
+        self.lm_head: torch.Tensor | None = None
+
+    @classmethod
+    def from_state_dict(cls, config: ModelConfig, state_dict: Mapping[str, torch.Tensor],
+                        device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "LlamaModel":
+        """Build from tensors in HF naming (``model.layers.N.self_attn.q_proj.weight``, ...)."""
+        model = cls(config, device, dtype)
+
+        def get(name: str) -> torch.Tensor:
+            return state_dict[name].to(device=model.device, dtype=dtype)
+
+        model.embed = get("model.embed_tokens.weight")
+        model.layers = [LayerWeights.from_hf(state_dict, f"model.layers.{i}.", config, model.device, dtype)
+                        for i in range(config.num_layers)]
+        model.norm = get("model.norm.weight")
+        if config.tie_word_embeddings:
+            model.lm_head = model.embed
+        elif "lm_head.weight" in state_dict:
+            model.lm_head = get("lm_head.weight")
+        else:
+            raise KeyError("lm_head.weight is missing and tie_word_embeddings is false")
+        return model
+
+    @classmethod
+    def from_folder(cls, path: str | Path, device: torch.device | str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> "LlamaModel":
+        """Load an HF folder: ``config.json`` plus ``*.safetensors`` (sharded or not)."""
+        from transformers import AutoConfig
+
+        config = ModelConfig.from_hf(AutoConfig.from_pretrained(str(path)))
+        return cls.from_state_dict(config, _SafetensorsFolder(Path(path)), device, dtype)
+
+    def new_cache(self, num_slots: int, max_len: int | None = None) -> KVCache:
+        max_len = min(self.max_context, DEFAULT_MAX_LEN) if max_len is None else max_len
+        if max_len > self.max_context:
+            raise ValueError(f"max_len {max_len} exceeds the model context of {self.max_context}")
+        c = self.config
+        return KVCache(c.num_layers, num_slots, max_len, c.num_kv_heads, c.head_dim, self.device, self.dtype)
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                slots: list[int], num_new: list[int] | None = None,
+                attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
+        b, t = input_ids.shape
+        counts = [t] * b if num_new is None else list(num_new)
+        if positions.shape != input_ids.shape or len(slots) != b or len(counts) != b:
+            raise ValueError(f"input_ids {tuple(input_ids.shape)}, positions {tuple(positions.shape)}, "
+                             f"{len(slots)} slots and {len(counts)} num_new must agree")
+        if not all(0 < n <= t for n in counts):
+            raise ValueError(f"num_new {counts} must lie in [1, {t}]")
+        starts = cache.reserve(slots, counts)
+        step = _Step.plan(cache, slots, starts, t, attn_mask, self.device)
+        cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
+        sin = self.sin[positions].unsqueeze(2)
+        h = F.embedding(input_ids, self.embed)
+        for i, lw in enumerate(self.layers):
+            h = self._layer(h, lw, cache.k[i], cache.v[i], cos, sin, step)
+        if last_only:
+            if b == 1:
+                h = h[:, counts[0] - 1:counts[0]]
+            else:
+                last = torch.tensor([n - 1 for n in counts], device=self.device)
+                h = h[torch.arange(b, device=self.device), last].unsqueeze(1)
+        logits = F.linear(rms_norm(h, self.norm, self.config.rms_norm_eps), self.lm_head).float()
+        cache.advance(slots, counts)
+        return logits
+
+    def _layer(self, h: torch.Tensor, lw: LayerWeights, k_buf: torch.Tensor, v_buf: torch.Tensor,
+               cos: torch.Tensor, sin: torch.Tensor, step: "_Step") -> torch.Tensor:
+        c = self.config
+        b, t, _ = h.shape
+        q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        qkv = F.linear(rms_norm(h, lw.in_norm, c.rms_norm_eps), lw.wqkv, lw.bqkv)
+        q = qkv[..., :q_dim].view(b, t, c.num_heads, c.head_dim)
+        k = qkv[..., q_dim:q_dim + kv_dim].view(b, t, c.num_kv_heads, c.head_dim)
+        v = qkv[..., q_dim + kv_dim:].view(b, t, c.num_kv_heads, c.head_dim)
+        if lw.q_norm is not None:
+            q = rms_norm(q, lw.q_norm, c.rms_norm_eps)
+            k = rms_norm(k, lw.k_norm, c.rms_norm_eps)
+        q = apply_rope(q, cos, sin)
+        step.write(k_buf, apply_rope(k, cos, sin))
+        step.write(v_buf, v)
+        out = attend(q, step.read(k_buf), step.read(v_buf), step.mask, step.is_causal)
+        h = h + F.linear(out, lw.wo)
+        gate_up = F.linear(rms_norm(h, lw.post_norm, c.rms_norm_eps), lw.w_gate_up)
+        inter = gate_up.shape[-1] // 2
+        act = F.silu(gate_up[..., :inter]).mul_(gate_up[..., inter:])
+        return h.add_(F.linear(act, lw.w_down))
+
+
+@dataclass
+class _Step:
+    """How one forward addresses the cache: where each row writes its new K/V, which key rows
+    ``[0, kv_len)`` of which slots it reads, and the attention mask (None when plain causal
+    ``is_causal`` or "see every key row" is exact)."""
+
+    kv_len: int
+    write_at: tuple[int, int] | None  # (slot, start): one row, contiguous slice write
+    write_idx: tuple[torch.Tensor, torch.Tensor] | None  # (slot, row) per written token
+    write_sel: torch.Tensor | None  # flat b*T+i of the written tokens; None = all
+    read_slots: slice | torch.Tensor
+    mask: torch.Tensor | None  # bool [B, T, kv_len]
+    is_causal: bool
+
+    @classmethod
+    def plan(cls, cache: KVCache, slots: list[int], starts: list[int], t: int,
+             attn_mask: torch.Tensor | None, device: torch.device) -> "_Step":
+        b = len(slots)
+        span = key_span(cache, slots, t)
+        # Padding tokens of a ragged row may run past max_len; they are dropped, not written.
+        kv_len = min(span, cache.max_len)
+        write_at = write_idx = write_sel = None
+        if b == 1 and starts[0] + t <= cache.max_len:
+            write_at = (slots[0], starts[0])
+        else:
+            keep = [(s, st + i, r * t + i) for r, (s, st) in enumerate(zip(slots, starts))
+                    for i in range(t) if st + i < cache.max_len]
+            write_idx = (torch.tensor([k[0] for k in keep], device=device),
+                         torch.tensor([k[1] for k in keep], device=device))
+            if len(keep) < b * t:
+                write_sel = torch.tensor([k[2] for k in keep], device=device)
+        consecutive = slots == list(range(slots[0], slots[0] + b))
+        read_slots = slice(slots[0], slots[0] + b) if consecutive else torch.tensor(slots, device=device)
+        mask, is_causal = None, False
+        if attn_mask is not None:
+            if tuple(attn_mask.shape) != (b, t, span) or attn_mask.dtype != torch.bool:
+                raise ValueError(f"attn_mask must be bool [{b}, {t}, {span}], got "
+                                 f"{attn_mask.dtype} {tuple(attn_mask.shape)}")
+            mask = attn_mask[..., :kv_len].to(device)
+        elif t > 1 and max(starts) == 0:
+            is_causal = True  # square causal block on empty slots
+        elif not (t == 1 and min(starts) == max(starts)):  # else every row sees all kv_len rows
+            limit = torch.tensor(starts, device=device)[:, None] + torch.arange(t, device=device)
+            mask = torch.arange(kv_len, device=device) <= limit[:, :, None]
+        return cls(kv_len, write_at, write_idx, write_sel, read_slots, mask, is_causal)
+
+    def write(self, buf: torch.Tensor, new: torch.Tensor) -> None:
+        """Store ``new [B, T, Hkv, D]`` into ``buf [slots, max_len, Hkv, D]``."""
+        if self.write_at is not None:
+            slot, start = self.write_at
+            buf[slot, start:start + new.shape[1]] = new[0]
+            return
+        flat = new.reshape(-1, *new.shape[2:])
+        buf.index_put_(self.write_idx, flat if self.write_sel is None else flat[self.write_sel])
+
+    def read(self, buf: torch.Tensor) -> torch.Tensor:
+        """Key rows ``[0, kv_len)`` of the rows' slots as ``[B, Hkv, kv_len, D]`` (a view when
+        the slots are consecutive)."""
+        return buf[self.read_slots, :self.kv_len].transpose(1, 2)
+
+
+class _SafetensorsFolder(Mapping):
+    """Tensors of an HF folder by name, read on access so loading never holds two copies of the
+    whole model (only the layer being fused)."""
+
+    def __init__(self, folder: Path):
+        index = folder / "model.safetensors.index.json"
+        if index.exists():
+            files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+        elif (folder / "model.safetensors").exists():
+            files = [folder / "model.safetensors"]
+        else:
+            files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"no *.safetensors weights in {folder}")
+        self._where = {}
+        for f in files:
+            handle = safe_open(str(f), framework="pt")
+            self._where.update({name: handle for name in handle.keys()})
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._where[name].get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
