@@ -55,12 +55,12 @@ def test_native_logits_match_transformers(demo, llm, which):
     with torch.inference_mode():
         ref = hf(ids).logits[0]
         got = ours.forward(ids, torch.arange(ids.shape[1])[None], cache, [0])[0]
-        assert (got - ref).abs().max().item() < 1e-3, "prefill logits differ"
+        assert (got - ref).abs().max().item() < 1e-4, "prefill logits differ"
         # rollback the last 3 tokens and decode them again one by one
         cache.truncate(0, ids.shape[1] - 3)
         for pos in range(ids.shape[1] - 3, ids.shape[1]):
             step = ours.forward(ids[:, pos:pos + 1], torch.tensor([[pos]]), cache, [0])[0, 0]
-            assert (step - ref[pos]).abs().max().item() < 1e-3, f"decode logits differ at {pos}"
+            assert (step - ref[pos]).abs().max().item() < 1e-4, f"decode logits differ at {pos}"
     del hf
 
 

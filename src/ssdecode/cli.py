@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("name", choices=["demo"], help="'demo': the default target/draft pair")
 
     from ssdecode.bench.cli import add_bench_parser
+    from ssdecode.plan.cli import add_plan_parser
     add_bench_parser(sub, _add_model_args)
+    add_plan_parser(sub)
     return parser
 
 
@@ -109,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "bench":
         from ssdecode.bench.cli import cmd_bench
         handlers["bench"] = cmd_bench
+    if args.command == "plan":
+        from ssdecode.plan.cli import cmd_plan
+        handlers["plan"] = cmd_plan
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
