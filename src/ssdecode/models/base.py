@@ -31,6 +31,19 @@ def key_span(cache: KVCache, slots: list[int], num_tokens: int) -> int:
     return max(cache.lengths[s] for s in slots) + num_tokens
 
 
+def new_token_counts(input_ids: torch.Tensor, positions: torch.Tensor, slots: list[int],
+                     num_new: list[int] | None) -> list[int]:
+    """Validate a forward's arguments against each other; return the real tokens per row."""
+    b, t = input_ids.shape
+    counts = [t] * b if num_new is None else list(num_new)
+    if positions.shape != input_ids.shape or len(slots) != b or len(counts) != b:
+        raise ValueError(f"input_ids {tuple(input_ids.shape)}, positions {tuple(positions.shape)}, "
+                         f"{len(slots)} slots and {len(counts)} num_new must agree")
+    if not all(0 < n <= t for n in counts):
+        raise ValueError(f"num_new {counts} must lie in [1, {t}]")
+    return counts
+
+
 class CausalLM(ABC):
     vocab_size: int
     max_context: int

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ssdecode.models.base import CausalLM
+from ssdecode.models.base import CausalLM, new_token_counts
 from ssdecode.runtime.kv_cache import KVCache
 
 DEFAULT_MAX_LEN = 4096
@@ -69,12 +69,7 @@ class HFCausalLM(CausalLM):
         if not isinstance(cache, HFSlotCache):
             raise TypeError("HFCausalLM needs the cache made by its own new_cache()")
         b, t = input_ids.shape
-        counts = [t] * b if num_new is None else list(num_new)
-        if positions.shape != input_ids.shape or len(slots) != b or len(counts) != b:
-            raise ValueError(f"input_ids {tuple(input_ids.shape)}, positions {tuple(positions.shape)}, "
-                             f"{len(slots)} slots and {len(counts)} num_new must agree")
-        if not all(0 < n <= t for n in counts):
-            raise ValueError(f"num_new {counts} must lie in [1, {t}]")
+        counts = new_token_counts(input_ids, positions, slots, num_new)
         starts = cache.reserve(slots, counts)
         out = torch.zeros(b, 1 if last_only else t, self.vocab_size, dtype=torch.float32,
                           device=self.device)

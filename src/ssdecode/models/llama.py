@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from ssdecode.models.base import CausalLM, key_span
+from ssdecode.models.base import CausalLM, new_token_counts, key_span, new_token_counts
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.layers import LayerWeights, apply_rope, attend, rms_norm, rope_tables
 from ssdecode.runtime.kv_cache import KVCache
@@ -86,12 +86,7 @@ class LlamaModel(CausalLM):
                 slots: list[int], num_new: list[int] | None = None,
                 attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         b, t = input_ids.shape
-        counts = [t] * b if num_new is None else list(num_new)
-        if positions.shape != input_ids.shape or len(slots) != b or len(counts) != b:
-            raise ValueError(f"input_ids {tuple(input_ids.shape)}, positions {tuple(positions.shape)}, "
-                             f"{len(slots)} slots and {len(counts)} num_new must agree")
-        if not all(0 < n <= t for n in counts):
-            raise ValueError(f"num_new {counts} must lie in [1, {t}]")
+        counts = new_token_counts(input_ids, positions, slots, num_new)
         starts = cache.reserve(slots, counts)
         step = _Step.plan(cache, slots, starts, t, attn_mask, self.device)
         cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
