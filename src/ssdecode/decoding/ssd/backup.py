@@ -1,0 +1,128 @@
+"""Backup speculators: what a sequence gets when the outcome (k, t) is not in its speculation cache
+(ssd-algorithm.md section 6). Misses are handled per sequence: only the missed rows run the
+backup; hit rows keep their cached branch.
+
+- ``neural``: draft K tokens just in time from the true state (SD quality, costs T_b).
+- ``fast``: near-zero cost; propose the continuation of the longest n-gram of the sequence's own
+  history that occurred before (prompt lookup), or nothing. Proposals are point masses: the
+  verifier accepts s with probability p(s), which is exact at every temperature.
+- ``adaptive``: per round, whichever of the two gives the higher expected throughput for this
+  round's batch size and number of missed rows, from measured h, E, T_p and T_b.
+"""
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+
+import torch
+
+from ssdecode.decoding.drafting import autoregress
+from ssdecode.decoding.ssd.state import SeqState, Spec
+from ssdecode.sampling import SamplingTensors, saguaro_reweight
+
+log = logging.getLogger(__name__)
+
+
+class Backup(ABC):
+    name: str
+
+    @abstractmethod
+    def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
+        """Speculations for ``seqs``, whose draft caches hold exactly their committed tokens but
+        the last (``worker`` gives model, cache, config and the current fan-out)."""
+
+
+class NeuralBackup(Backup):
+    name = "neural"
+
+    def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
+        model, cache, cfg = worker.model, worker.cache, worker.config
+        fanout = list(worker.fanout.fanout)
+        # Near the end of the context, draft only what fits (positions stay < max_context).
+        k = max(1, min([cfg.k] + [model.max_context - s.prefix_len for s in seqs]))
+        gens = [s.generator for s in seqs]
+        keep = any(g is not None for g in gens)
+        st = stack_rows([s.st for s in seqs])
+        reweight = None
+        if keep and cfg.saguaro_c < 1.0:
+            reweight = lambda q, i: saguaro_reweight(q, cfg.saguaro_c, fanout[i])
+        draft = autoregress(model, cache, [s.slot for s in seqs], [[s.history[-1]] for s in seqs], k,
+                            st, gens, keep_probs=keep, reweight=reweight)
+        tokens = draft.tokens.tolist()
+        return [Spec(tokens[b], draft.probs[b] if s.samples else None, not s.samples, fanout, "neural")
+                for b, s in enumerate(seqs)]
+
+
+class FastBackup(Backup):
+    name = "fast"
+
+    def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
+        cfg = worker.config
+        fanout = list(worker.fanout.fanout)
+        room = [max(0, min(cfg.k, worker.model.max_context - 1 - s.prefix_len)) for s in seqs]
+        return [Spec(ngram_lookup(s.history, cfg.fast_ngram, n), None, True, fanout, "fast")
+                for s, n in zip(seqs, room)]
+
+
+def ngram_lookup(history: list[int], max_n: int, k: int) -> list[int]:
+    """Up to k tokens that followed the latest earlier occurrence of the longest suffix n-gram
+    (n = max_n .. 1) of ``history``; [] when no suffix occurred before."""
+    if k <= 0:
+        return []
+    length = len(history)
+    for n in range(min(max_n, length - 1), 0, -1):
+        pattern = history[-n:]
+        first = pattern[0]
+        for i in range(length - n - 1, -1, -1):
+            if history[i] == first and history[i:i + n] == pattern:
+                return history[i + n:i + n + k]
+    return []
+
+
+def round_throughput(batch: int, misses: int, e_hit: float, e_miss: float, t_p: float, t_b: float) -> float:
+    """Expected tokens per verification-time of a round with ``misses`` of ``batch`` rows missed:
+    section 6's formula for one realized round, [(b - m) E_hit + m E_miss] / [max(1, T_p) + T_b]
+    (the target waits T_b for the backup; then verification and the next tree overlap)."""
+    return ((batch - misses) * e_hit + misses * e_miss) / (max(1.0, t_p) + t_b)
+
+
+def expected_throughput(h: float, batch: int, e_hit: float, e_miss: float, t_p: float, t_b: float) -> float:
+    """Section 6: [h E_hit + (1 - h) E_miss] / [h^b max(1, T_p) + (1 - h^b)(1 + T_b)]."""
+    all_hit = h ** batch
+    return (h * e_hit + (1 - h) * e_miss) / (all_hit * max(1.0, t_p) + (1 - all_hit) * (1 + t_b))
+
+
+class AdaptiveBackup(Backup):
+    name = "adaptive"
+
+    def __init__(self):
+        self.neural, self.fast = NeuralBackup(), FastBackup()
+
+    def choose(self, worker, batch: int, misses: int) -> Backup:
+        stats = worker.stats
+        t_b = stats.t_b("neural")
+        if t_b is None:
+            return self.neural  # measure the neural backup's cost first
+        a, k = worker.fanout.acceptance, worker.config.k
+        e_sd = (1 - a ** (k + 1)) / (1 - a)  # SD's expected tokens per round
+        e_hit = stats.expected_tokens("hit") or e_sd
+        e_neural = stats.expected_tokens("neural") or e_sd
+        e_fast = stats.expected_tokens("fast") or 1.0
+        t_p = stats.t_p or 0.0
+        neural = round_throughput(batch, misses, e_hit, e_neural, t_p, t_b)
+        fast = round_throughput(batch, misses, e_hit, e_fast, t_p, stats.t_b("fast") or 0.0)
+        return self.neural if neural >= fast else self.fast
+
+    def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
+        return self.choose(worker, len(seqs), len(seqs)).propose(worker, seqs)
+
+
+def make_backup(name: str) -> Backup:
+    return {"neural": NeuralBackup, "fast": FastBackup, "adaptive": AdaptiveBackup}[name]()
+
+
+def stack_rows(sts: list[SamplingTensors]) -> SamplingTensors:
+    """One SamplingTensors from per-sequence single rows."""
+    return SamplingTensors(torch.cat([s.temperature for s in sts]), torch.cat([s.top_k for s in sts]),
+                           torch.cat([s.top_p for s in sts]), tuple(g for s in sts for g in s.greedy),
+                           tuple(f for s in sts for f in s.filtered))

@@ -1,0 +1,188 @@
+"""torch.distributed transport: the draft worker is rank 1 of a two-rank group (gloo on CPU, NCCL
+when both ends are on CUDA), either spawned here (``torch.multiprocessing``, its own device and
+thread count) or started elsewhere under torchrun (``python -m ssdecode.transport.worker_main``).
+
+A message is at most three point-to-point transfers, all into preallocated buffers: a fixed
+1024-element int64 block (header + the start of the payload: a whole round for small batches),
+the rest of a long int payload if any (prompts of a large Start), and one float32 tensor of
+q's only when some row samples.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ssdecode.decoding.ssd.config import SSDConfig
+from ssdecode.transport.base import Channel, DraftClient
+from ssdecode.transport.codec import HEADER, decode, encode
+from ssdecode.transport.messages import Shutdown
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024  # int64 elements of the fixed first transfer
+WORKER_RANK, TARGET_RANK = 1, 0
+
+
+class TensorChannel(Channel):
+    """Either end of the pair: encode -> send, recv -> decode, over preallocated buffers."""
+
+    def __init__(self, peer: int, device: torch.device | str):
+        self.peer, self.device = peer, torch.device(device)
+        self.send_head = torch.zeros(CHUNK, dtype=torch.int64, device=self.device)
+        self.recv_head = torch.zeros(CHUNK, dtype=torch.int64, device=self.device)
+        self.ints = torch.zeros(0, dtype=torch.int64, device=self.device)
+        self.floats_in = torch.zeros(0, dtype=torch.float32, device=self.device)
+        self.floats_out = torch.zeros(0, dtype=torch.float32, device=self.device)
+
+    def send(self, msg) -> None:
+        ints, floats = encode(msg)
+        n = ints.numel()
+        self.send_head[:min(n, CHUNK)].copy_(ints[:CHUNK])
+        dist.send(self.send_head, self.peer)
+        if n > CHUNK:
+            dist.send(ints[CHUNK:].to(self.device), self.peer)
+        if floats is not None:
+            if floats.device != self.device or not floats.is_contiguous():
+                self.floats_out = _grown(self.floats_out, floats.numel())
+                floats = self.floats_out[:floats.numel()].copy_(floats.reshape(-1))
+            dist.send(floats, self.peer)
+
+    def recv(self):
+        dist.recv(self.recv_head, self.peer)
+        n, m = self.recv_head[1:HEADER].tolist()
+        ints = self.recv_head[:min(n, CHUNK)]
+        if n > CHUNK:
+            self.ints = _grown(self.ints, n - CHUNK)
+            rest = self.ints[:n - CHUNK]
+            dist.recv(rest, self.peer)
+            ints = torch.cat([ints, rest])
+        floats = None
+        if m:
+            self.floats_in = _grown(self.floats_in, m)
+            floats = self.floats_in[:m]
+            dist.recv(floats, self.peer)
+        return decode(ints, floats)
+
+
+def _grown(buf: torch.Tensor, n: int) -> torch.Tensor:
+    return buf if buf.numel() >= n else torch.empty(max(n, 2 * buf.numel()), dtype=buf.dtype, device=buf.device)
+
+
+@dataclass(frozen=True)
+class WorkerLaunch:
+    """How a spawned worker joins: rendezvous port, backend, device, threads."""
+
+    port: int
+    backend: str
+    device: str
+    threads: int | None
+    dtype: str | None
+    timeout_s: float
+
+
+def pick_backend(config: SSDConfig, target_device: torch.device, external: bool = False) -> tuple[str, str]:
+    """(backend, draft device): NCCL when both ends are on CUDA on different GPUs (NCCL can't
+    pair two ranks on one GPU; a worker started elsewhere is assumed to have its own), else gloo."""
+    draft_device = config.draft_device or str(target_device)
+    if config.backend:
+        return config.backend, draft_device
+    d, t = torch.device(draft_device), torch.device(target_device)
+    both_cuda = d.type == "cuda" and t.type == "cuda"
+    same_gpu = both_cuda and (d.index or 0) == (t.index or 0)
+    return ("nccl" if both_cuda and (external or not same_gpu) else "gloo"), draft_device
+
+
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and os.environ.get("WORLD_SIZE") == "2"
+
+
+class DistClient(DraftClient):
+    def __init__(self, spec, config: SSDConfig, target_device: torch.device | str):
+        target_device = torch.device(target_device)
+        launch = config.launch
+        if launch == "auto":
+            launch = "external" if under_torchrun() else "spawn"
+        backend, draft_device = pick_backend(config, target_device, external=launch == "external")
+        if dist.is_initialized():
+            raise RuntimeError("torch.distributed is already initialized in this process; the SSD process "
+                               "transport needs its own two-rank group (use the thread transport)")
+        timeout = timedelta(seconds=config.timeout_s)
+        self.proc = None
+        self.closed = False
+        if launch == "external":
+            if int(os.environ.get("RANK", 0)) != TARGET_RANK:
+                raise RuntimeError("under torchrun the target must be rank 0 (the draft worker is rank 1)")
+            dist.init_process_group(backend, init_method="env://", rank=TARGET_RANK, world_size=2, timeout=timeout)
+        else:
+            port = _free_port()
+            store = dist.TCPStore("127.0.0.1", port, world_size=2, is_master=True, timeout=timeout,
+                                  wait_for_workers=False)
+            ctx = torch.multiprocessing.get_context("spawn")
+            info = WorkerLaunch(port, backend, draft_device, config.draft_threads, config.draft_dtype, config.timeout_s)
+            from ssdecode.transport.worker_main import spawned_worker
+
+            self.proc = ctx.Process(target=spawned_worker, args=(spec, info), name="ssd-draft-worker", daemon=True)
+            self.proc.start()
+            try:
+                self._wait_for_worker(store, config.timeout_s)
+                dist.init_process_group(backend, store=store, rank=TARGET_RANK, world_size=2, timeout=timeout)
+            except BaseException:
+                self._stop_process(grace_s=0.0)
+                raise
+        comm = target_device if backend == "nccl" else torch.device("cpu")
+        self.channel = TensorChannel(WORKER_RANK, comm)
+
+    def _wait_for_worker(self, store, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not store.check(["worker_up"]):
+            if not self.proc.is_alive():
+                raise RuntimeError(f"the draft worker process exited during startup (code {self.proc.exitcode})")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the draft worker process did not join within the timeout")
+            time.sleep(0.02)
+
+    def send(self, msg) -> None:
+        self.channel.send(msg)
+
+    def recv(self):
+        return self.channel.recv()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self.proc is None or self.proc.is_alive():
+                self.channel.send(Shutdown())
+        except Exception as e:  # the peer is gone already
+            log.debug("sending Shutdown failed: %s", e)
+        self._stop_process()
+        try:
+            dist.destroy_process_group()
+        except Exception as e:
+            log.debug("destroy_process_group failed: %s", e)
+
+    def _stop_process(self, grace_s: float = 5.0) -> None:
+        if self.proc is None:
+            return
+        self.proc.join(grace_s)
+        if self.proc.is_alive():
+            log.warning("draft worker did not exit after Shutdown; terminating it")
+            self.proc.terminate()
+            self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join(5)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,99 @@
+"""Typed messages between the target side (SSDStrategy) and the draft worker.
+
+One request and one reply per round: ``Outcome`` -> ``Speculation``. A session starts with
+``Setup`` -> ``Ready``; new sequences arrive in ``Start`` -> ``Speculation``; ``Stats`` may be
+asked for between rounds; ``Shutdown`` has no reply. Any request may be answered by
+``WorkerError`` (the worker then only waits for ``Shutdown``).
+
+Vocabulary (ssd-algorithm.md): a speculation is s_1..s_K with the q_i each token was sampled from;
+the outcome of a round is (k, t): k accepted draft tokens and the recovery/bonus token t; a hit
+means the speculation came from the speculation cache (a tree branch prepared during the
+previous verification), a miss that the backup speculator produced it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ssdecode.decoding.ssd.config import SSDConfig
+from ssdecode.params import SamplingParams
+
+
+@dataclass
+class Setup:
+    config: SSDConfig
+    num_slots: int  # cache slots (sequence slots are < num_slots)
+    max_len: int  # committed tokens + verification room per sequence (the target cache's length)
+    vocab_size: int  # the target's vocabulary: draft logits are cut / padded to it
+
+
+@dataclass
+class Ready:
+    vocab_size: int  # the draft model's own vocabulary size
+    cache_len: int  # rows of the draft KV cache per slot (incl. tree scratch)
+
+
+@dataclass
+class NewSequence:
+    seq_id: int
+    slot: int
+    prompt_ids: list[int]
+    first_token: int  # the first committed token, sampled by the target at prefill
+    params: SamplingParams  # only temperature, top_k, top_p, seed matter to the draft
+
+
+@dataclass
+class Start:
+    seqs: list[NewSequence]
+    released: list[int] = field(default_factory=list)  # seq ids that finished since the last request
+
+
+@dataclass
+class Outcome:
+    seq_ids: list[int]  # [B] rows of this round, in order
+    accepted: list[int]  # [B] k: draft tokens accepted
+    next_token: list[int]  # [B] t: the recovery token (k < num_draft) or the bonus token
+    released: list[int] = field(default_factory=list)  # seq ids that finished (not in seq_ids)
+    verify_time: float = 0.0  # seconds of the target forward + verification of this round
+
+
+@dataclass
+class Speculation:
+    seq_ids: list[int]  # [B] rows, in the request's order
+    tokens: torch.Tensor  # [B, K] long: s_1..s_K (entries past num_draft[b] are 0)
+    num_draft: list[int]  # [B] real draft tokens (K, fewer from a fast backup)
+    hit: list[bool]  # [B] the speculation came from the speculation cache
+    point_mass: list[bool]  # [B] not drawn from a kept q (greedy row, fast backup): q = delta(s_i)
+    probs: torch.Tensor | None  # [R, K, V] float32: q_i of the rows in prob_rows, None if R = 0
+    prob_rows: list[int]  # [R] the rows b (indices into seq_ids) whose q's are in probs
+    backup_time: float = 0.0  # seconds this reply spent in the backup speculator
+    tree_time: float = 0.0  # seconds of glue + fork + tree decode after the previous reply
+
+
+@dataclass
+class StatsRequest:
+    pass
+
+
+@dataclass
+class Stats:
+    data: dict  # JSON-serializable worker metrics
+
+
+@dataclass
+class Shutdown:
+    pass
+
+
+@dataclass
+class WorkerError:
+    message: str  # the worker's traceback
+
+
+class DraftWorkerError(RuntimeError):
+    """The draft worker failed; its traceback is in the message."""
+
+
+REQUESTS = (Setup, Start, Outcome, StatsRequest, Shutdown)
+REPLIES = (Ready, Speculation, Stats, WorkerError)

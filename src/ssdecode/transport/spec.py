@@ -1,0 +1,53 @@
+"""What a draft worker process loads: a draft spec.
+
+- a string: anything ``ssdecode.models.loader.load_model`` takes (demo name, HF folder, hub id,
+  GGUF file), loaded by the worker on its own device;
+- ``StateDictSpec``: a file holding a ModelConfig and an HF-named state dict (tests, converted
+  checkpoints) for the native ``LlamaModel``;
+- a picklable zero-argument callable returning a CausalLM (``functools.partial`` of a module-level
+  function);
+- a CausalLM object (spawned workers only): its CPU tensors travel through shared memory, so the
+  draft is not copied; it stays on its device.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ssdecode.models.base import CausalLM
+
+
+@dataclass(frozen=True)
+class StateDictSpec:
+    path: str
+
+    def load(self, device, dtype) -> CausalLM:
+        from ssdecode.models.config import ModelConfig
+        from ssdecode.models.llama import LlamaModel
+
+        data = torch.load(self.path, map_location="cpu", weights_only=False)
+        return LlamaModel.from_state_dict(ModelConfig(**data["config"]), data["state_dict"], device,
+                                          dtype or torch.float32)
+
+    @classmethod
+    def save(cls, path: str, config, state_dict: dict) -> "StateDictSpec":
+        torch.save({"config": dataclasses.asdict(config), "state_dict": state_dict}, path)
+        return cls(str(path))
+
+
+def load_draft(spec, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> CausalLM:
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    if isinstance(spec, CausalLM) or (hasattr(spec, "forward") and hasattr(spec, "new_cache")):
+        return spec
+    if isinstance(spec, StateDictSpec):
+        return spec.load(device or "cpu", dtype)
+    if isinstance(spec, str):
+        from ssdecode.models.loader import load_model
+
+        return load_model(spec, device=device or "cpu", dtype=dtype)
+    if callable(spec):
+        return spec()
+    raise TypeError(f"not a draft spec: {type(spec).__name__} (a loader string, StateDictSpec, factory or CausalLM)")

@@ -1,0 +1,99 @@
+"""The draft worker process: rank 1 of the SSD pair.
+
+Spawned by the process transport, or started by hand under torchrun so the draft runs on another
+device or host, e.g. with the target (rank 0) on host A::
+
+    # host B (draft)
+    torchrun --nnodes 2 --node-rank 1 --nproc-per-node 1 --master-addr A --master-port 29500 \\
+        -m ssdecode.transport.worker_main --draft demo-draft --device cuda:0
+    # host A (target): same torchrun flags with --node-rank 0, running the ssdecode program with
+    # the ssd transport 'process' (launch 'auto' or 'external' picks up the torchrun environment)
+
+The algorithm's configuration arrives from the target in the ``Setup`` message; this process only
+needs to know what to load and where.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import traceback
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from ssdecode.transport.base import serve
+from ssdecode.transport.dist import TARGET_RANK, WORKER_RANK, TensorChannel, WorkerLaunch
+from ssdecode.transport.spec import load_draft
+
+log = logging.getLogger(__name__)
+
+
+class _FailedWorker:
+    """Stands in when the draft could not be loaded: every request gets the load error."""
+
+    def __init__(self, error: str):
+        self.error = error
+
+    def handle(self, msg):
+        raise RuntimeError(f"the draft model failed to load:\n{self.error}")
+
+    def prepare(self) -> None:
+        pass
+
+
+def run_worker(spec, device: str, dtype: str | None, backend: str) -> None:
+    """Load the draft and serve the target (rank 0) until Shutdown; the group is joined already."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))
+    try:
+        from ssdecode.decoding.ssd.worker import DraftWorker
+
+        worker = DraftWorker(load_draft(spec, device, dtype))
+    except Exception:
+        worker = _FailedWorker(traceback.format_exc())
+    comm = device if backend == "nccl" else "cpu"
+    try:
+        serve(worker, TensorChannel(TARGET_RANK, comm))
+    finally:
+        dist.destroy_process_group()
+
+
+def spawned_worker(spec, info: WorkerLaunch) -> None:
+    """Entry point of a worker spawned by DistClient."""
+    if info.threads:
+        torch.set_num_threads(info.threads)
+    timeout = timedelta(seconds=info.timeout_s)
+    store = dist.TCPStore("127.0.0.1", info.port, world_size=2, is_master=False, timeout=timeout)
+    store.set("worker_up", "1")
+    dist.init_process_group(info.backend, store=store, rank=WORKER_RANK, world_size=2, timeout=timeout)
+    run_worker(spec, info.device, info.dtype, info.backend)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ssdecode.transport.worker_main", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--draft", required=True, help="draft model: demo-draft, an HF folder, a .gguf file or a hub id")
+    p.add_argument("--device", default=None, help="draft device (default: cuda:LOCAL_RANK if CUDA, else cpu)")
+    p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: per device)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl on CUDA)")
+    p.add_argument("--timeout", type=float, default=600.0, help="collective timeout in seconds")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s draft-worker %(levelname)s %(message)s")
+    if os.environ.get("WORLD_SIZE") != "2" or int(os.environ.get("RANK", -1)) != WORKER_RANK:
+        p.error("run under torchrun as rank 1 of a world of 2 (RANK=1, WORLD_SIZE=2)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+    backend = args.backend or ("nccl" if torch.device(device).type == "cuda" else "gloo")
+    dist.init_process_group(backend, init_method="env://", rank=WORKER_RANK, world_size=2,
+                            timeout=timedelta(seconds=args.timeout))
+    log.info("draft worker up: %s on %s (%s)", args.draft, device, backend)
+    run_worker(args.draft, device, args.dtype, backend)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""Helpers for the SSD tests: a greedy AR reference loop and an engine run over tiny models."""
+from __future__ import annotations
+
+import torch
+
+from ssdecode.engine.engine import Engine
+from ssdecode.engine.stopping import StopChecker
+from ssdecode.params import SamplingParams
+from ssdecode.models.base import CausalLM
+from ssdecode.models.config import ModelConfig
+from ssdecode.models.llama import LlamaModel
+from tiny import tiny_hf_config, tiny_tokenizer
+
+CONTEXT = 1024  # roomy: full fan-out trees need K * (K+1) * V scratch rows past the tokens
+
+
+def tiny_model(seed: int, vocab: int = 24, layers: int = 2, hidden: int = 32, sharpness: float = 4.0,
+               context: int = CONTEXT) -> LlamaModel:
+    """tests/tiny.py's random Qwen2-family model with a longer context."""
+    from transformers import Qwen2ForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_hf_config(vocab, layers, hidden)
+    config.max_position_embeddings = context
+    hf = Qwen2ForCausalLM(config).eval()
+    state = {k: v.detach().clone() for k, v in hf.state_dict().items()}
+    state["lm_head.weight"] = state["lm_head.weight"] * sharpness / state["lm_head.weight"].std() * 0.1
+    return LlamaModel.from_state_dict(ModelConfig.from_hf(hf.config), state)
+
+
+def greedy_reference(model, prompt: list[int], n: int) -> list[int]:
+    """Forward the whole sequence, take the argmax, append; n times (no cache reuse at all)."""
+    seq = list(prompt)
+    for _ in range(n):
+        cache = model.new_cache(1, len(seq) + 1)
+        ids = torch.tensor([seq])
+        logits = model.forward(ids, torch.arange(len(seq))[None], cache, [0], last_only=True)
+        seq.append(int(logits[0, -1].argmax()))
+    return seq[len(prompt):]
+
+
+def run(strategy, prompts: list[list[int]], params: list[SamplingParams] | SamplingParams,
+        vocab: int = 24) -> list[list[int]]:
+    """Generate with the engine loop (no EOS) and return each row's output ids."""
+    if isinstance(params, SamplingParams):
+        params = [params] * len(prompts)
+    engine = Engine(strategy, StopChecker(tiny_tokenizer(vocab), set(), CONTEXT), CONTEXT)
+    out = {}
+    for seq, _ in engine.run(prompts, params):
+        out[seq.seq_id] = seq
+    return [out[i].output_ids for i in range(len(prompts))]
+
+
+def prompts_for(batch: int, seed: int = 0, vocab: int = 24) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(batch)]
+
+
+__all__ = ["greedy_reference", "run", "prompts_for", "tiny_model", "SlowModel"]
+
+
+class SlowModel(CausalLM):
+    """A CausalLM test double: ``model`` whose every forward also sleeps ``delay`` seconds (the
+    sleep releases the GIL like a device kernel does, so overlap shows in wall time)."""
+
+    def __init__(self, model, delay: float):
+        self.model, self.delay = model, delay
+        self.vocab_size, self.max_context = model.vocab_size, model.max_context
+        self.device, self.dtype, self.supports_tree_mask = model.device, model.dtype, model.supports_tree_mask
+
+    def new_cache(self, *args, **kwargs):
+        return self.model.new_cache(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        import time
+
+        time.sleep(self.delay)
+        return self.model.forward(*args, **kwargs)

@@ -1,0 +1,176 @@
+"""Greedy SSD equals greedy AR token for token, whatever the fan-out, backup, batch and transport;
+sampling SSD is reproducible and identical across transports; failures shut the worker down."""
+import pytest
+import torch
+
+from ssd_support import greedy_reference, prompts_for, run, tiny_model
+from ssdecode.decoding.ssd.config import SSDConfig
+from ssdecode.decoding.ssd.strategy import SSDStrategy, build_ssd_strategy
+from ssdecode.params import SamplingParams
+from ssdecode.transport.messages import DraftWorkerError
+
+MAX_TOKENS = 16
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    """One intra-op thread (overrides conftest): the tiny models gain nothing from two, and on
+    shared cores a second OpenMP thread turns every barrier into a scheduler wait."""
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def target():
+    return tiny_model(0)
+
+
+@pytest.fixture(scope="module")
+def draft():
+    return tiny_model(1)
+
+
+@pytest.fixture(scope="module")
+def references(target):
+    cache = {}
+
+    def get(prompts):
+        return [cache.setdefault(tuple(p), greedy_reference(target, p, MAX_TOKENS)) for p in prompts]
+    return get
+
+
+def _ssd(target, draft, **cfg):
+    return SSDStrategy(target, SSDConfig(**{"k": 3, **cfg}), draft=draft)
+
+
+def _check(strategy, prompts, references):
+    try:
+        out = run(strategy, prompts, SamplingParams(max_tokens=MAX_TOKENS))
+        stats = strategy.stats()
+    finally:
+        strategy.close()
+    assert out == references(prompts)
+    return stats
+
+
+@pytest.mark.parametrize("backup", ["neural", "fast", "adaptive"])
+@pytest.mark.parametrize("fanout", ["uniform:2", "geometric", "2,1,0,3"])
+def test_greedy_matches_ar_thread(target, draft, references, backup, fanout):
+    _check(_ssd(target, draft, fanout=fanout, backup=backup), prompts_for(3), references)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 4])
+def test_greedy_batch_sizes(target, draft, references, batch):
+    _check(_ssd(target, draft, k=4, fanout="geometric", budget=10), prompts_for(batch, seed=batch), references)
+
+
+@pytest.mark.parametrize("backup", ["neural", "fast"])
+def test_forced_hits_and_forced_misses(target, draft, references, backup):
+    stats = _check(_ssd(target, draft, fanout="uniform:99", backup=backup), prompts_for(2), references)
+    assert stats["hit_rate"] == 1.0  # every outcome is cached: F = V-1 (V at the bonus)
+    stats = _check(_ssd(target, draft, fanout=0, backup=backup), prompts_for(2), references)
+    assert stats["hit_rate"] == 0.0
+
+
+def test_draft_equal_to_target_hits_the_bonus(target, references):
+    stats = _check(_ssd(target, target, k=4, fanout="uniform:1"), prompts_for(3), references)
+    assert stats["hit_rate"] == 1.0 and set(stats["hit_rate_by_k"]) == {"4"}
+
+
+def test_saguaro_reweighting_keeps_greedy_exact(target, draft, references):
+    _check(_ssd(target, draft, saguaro_c=0.3, fanout="uniform:2"), prompts_for(2), references)
+
+
+def test_context_end_with_capped_draft_cache():
+    """tests/tiny.py's models hold 256 positions: the draft cache can't fit full trees near the end,
+    a row near the end verifies fewer draft tokens (ragged with a row that has room), and both
+    rows still equal AR, one up to the last position of the context."""
+    from ssdecode.engine.engine import Engine
+    from ssdecode.engine.stopping import StopChecker
+    from tiny import tiny_model as tiny256
+    from tiny import tiny_tokenizer
+
+    target, draft = tiny256(0), tiny256(1)
+    prompts = [(prompts_for(1, seed=5)[0] * 240)[:240], [3, 1, 4]]
+    strategy = SSDStrategy(target, SSDConfig(k=4, fanout="uniform:3"), draft=draft)
+    engine = Engine(strategy, StopChecker(tiny_tokenizer(), set(), 256), 256)
+    try:
+        out = {s.seq_id: s.output_ids for s, _ in engine.run(prompts, [SamplingParams(max_tokens=40)] * 2)}
+    finally:
+        strategy.close()
+    assert out[0] == greedy_reference(target, prompts[0], 256 - 240)
+    assert out[1] == greedy_reference(target, prompts[1], 40)
+
+
+def test_sampling_reproducible_and_same_across_transports(target, draft):
+    prompts = prompts_for(3, seed=7)
+    params = [SamplingParams(temperature=t, top_p=0.9, max_tokens=12, seed=10 + i) for i, t in enumerate((0.5, 1.0, 1.0))]
+    runs = []
+    for transport in ("thread", "thread", "process"):
+        s = _ssd(target, draft, fanout="geometric", saguaro_c=0.7, transport=transport, draft_threads=1)
+        try:
+            runs.append(run(s, prompts, params))
+        finally:
+            s.close()
+    assert runs[0] == runs[1] == runs[2]
+
+
+def test_greedy_process_transport(target, draft, references):
+    """The spawned gloo worker (draft shared through shared memory), two runs on one worker."""
+    s = _ssd(target, draft, fanout="uniform:2", backup="adaptive", transport="process", draft_threads=1)
+    try:
+        assert run(s, prompts_for(2), SamplingParams(max_tokens=MAX_TOKENS)) == references(prompts_for(2))
+        assert run(s, prompts_for(3, seed=1), SamplingParams(max_tokens=MAX_TOKENS)) == references(prompts_for(3, seed=1))
+        proc = s.client.proc
+    finally:
+        s.close()
+    assert not proc.is_alive()
+
+
+def test_build_from_cli_options(target, draft, references):
+    s = build_ssd_strategy(target, draft, None, 3, {"fanout": "uniform:2", "budget": None, "saguaro_c": 1.0,
+                                                    "backup": "fast", "transport": "thread", "draft_device": None,
+                                                    "draft_threads": 1})
+    _check(s, prompts_for(1), references)
+
+
+class _Exploding:
+    """A target whose n-th forward raises ``error``."""
+
+    def __init__(self, model, n, error):
+        self.model, self.n, self.error = model, n, error
+        self.vocab_size, self.max_context, self.device, self.dtype = (model.vocab_size, model.max_context,
+                                                                      model.device, model.dtype)
+
+    def new_cache(self, *a, **kw):
+        return self.model.new_cache(*a, **kw)
+
+    def forward(self, *a, **kw):
+        self.n -= 1
+        if self.n == 0:
+            raise self.error
+        return self.model.forward(*a, **kw)
+
+
+@pytest.mark.parametrize("transport", ["thread", "process"])
+def test_interrupt_shuts_the_worker_down(target, draft, transport):
+    s = _ssd(_Exploding(target, 3, KeyboardInterrupt()), draft, transport=transport, draft_threads=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(s, prompts_for(2), SamplingParams(max_tokens=MAX_TOKENS))
+    assert s.client is None  # closed
+    s.close()  # idempotent
+
+
+def test_worker_failure_raises(target):
+    class Broken:
+        vocab_size, max_context, device, dtype, supports_tree_mask = 24, 1024, torch.device("cpu"), torch.float32, True
+
+        def new_cache(self, *a):
+            return target.new_cache(*a)
+
+        def forward(self, *a, **kw):
+            raise RuntimeError("draft exploded")
+
+    s = _ssd(target, Broken())
+    with pytest.raises(DraftWorkerError, match="draft exploded"):
+        run(s, prompts_for(1), SamplingParams(max_tokens=4))
+    assert s.client is None
