@@ -7,25 +7,17 @@ from ssdecode.engine.engine import Engine
 from ssdecode.engine.stopping import StopChecker
 from ssdecode.params import SamplingParams
 from ssdecode.models.base import CausalLM
-from ssdecode.models.config import ModelConfig
-from ssdecode.models.llama import LlamaModel
-from tiny import tiny_hf_config, tiny_tokenizer
+from tiny import tiny_model as _tiny_model
+from tiny import tiny_tokenizer
 
 CONTEXT = 1024  # roomy: full fan-out trees need K * (K+1) * V scratch rows past the tokens
 
 
-def tiny_model(seed: int, vocab: int = 24, layers: int = 2, hidden: int = 32, sharpness: float = 4.0,
-               context: int = CONTEXT) -> LlamaModel:
-    """tests/tiny.py's random Qwen2-family model with a longer context."""
-    from transformers import Qwen2ForCausalLM
+def tiny_model(seed: int, vocab: int = 24, **kwargs):
+    """tests/tiny.py's random model with a context long enough for full fan-out trees."""
+    return _tiny_model(seed, vocab=vocab, context=CONTEXT, **kwargs)
 
-    torch.manual_seed(seed)
-    config = tiny_hf_config(vocab, layers, hidden)
-    config.max_position_embeddings = context
-    hf = Qwen2ForCausalLM(config).eval()
-    state = {k: v.detach().clone() for k, v in hf.state_dict().items()}
-    state["lm_head.weight"] = state["lm_head.weight"] * sharpness / state["lm_head.weight"].std() * 0.1
-    return LlamaModel.from_state_dict(ModelConfig.from_hf(hf.config), state)
+
 
 
 def greedy_reference(model, prompt: list[int], n: int) -> list[int]:
@@ -44,7 +36,7 @@ def run(strategy, prompts: list[list[int]], params: list[SamplingParams] | Sampl
     """Generate with the engine loop (no EOS) and return each row's output ids."""
     if isinstance(params, SamplingParams):
         params = [params] * len(prompts)
-    engine = Engine(strategy, StopChecker(tiny_tokenizer(vocab), set(), CONTEXT), CONTEXT)
+    engine = Engine(strategy, StopChecker(tiny_tokenizer(vocab), set()), CONTEXT)
     out = {}
     for seq, _ in engine.run(prompts, params):
         out[seq.seq_id] = seq

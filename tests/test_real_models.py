@@ -22,6 +22,11 @@ pytestmark = pytest.mark.real
 NEW_TOKENS = 64
 
 
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(2)
+
+
 @pytest.fixture(scope="module")
 def demo():
     return pull_demo(progress=False)

@@ -17,11 +17,6 @@ V, K, VERIFY_S, DRAFT_S = 8, 2, 0.3, 0.1  # glue + K tree steps = 3 draft forwar
 ROUNDS = 4
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    torch.set_num_threads(1)
-
-
 @pytest.mark.parametrize("transport", ["thread", "process"])
 def test_round_time_is_max_not_sum(transport):
     target = SlowModel(tiny_model(0, vocab=V), VERIFY_S)

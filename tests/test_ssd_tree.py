@@ -15,13 +15,6 @@ from ssdecode.sampling import SamplingTensors, probs_from_logits, saguaro_reweig
 V, K = 24, 3
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    """One intra-op thread (overrides conftest): the tiny models gain nothing from two, and on
-    shared cores a second OpenMP thread turns every barrier into a scheduler wait."""
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def draft():
     return tiny_model(1, vocab=V)

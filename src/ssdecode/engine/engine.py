@@ -18,10 +18,12 @@ from ssdecode.sampling import make_generator
 
 
 class Engine:
-    def __init__(self, strategy: Strategy, stopper: StopChecker, max_context: int):
+    def __init__(self, strategy: Strategy, stopper: StopChecker, model_context: int):
         self.strategy = strategy
         self.stopper = stopper
-        self.max_context = max_context
+        # The strategy looks ahead (draft tokens verified past the last committed one), so a
+        # sequence may only grow to what leaves that lookahead inside the model's context.
+        self.max_context = model_context - strategy.cache_tokens_needed()
         self.run_metrics = RequestMetrics()  # counts summed over requests, times per round
 
     def run(self, prompts: list[list[int]], params: list[SamplingParams]) -> Iterator[tuple[Sequence, list[int]]]:
@@ -42,13 +44,13 @@ class Engine:
         self.run_metrics.time_prefill += prefill_time
         for s, tok in zip(seqs, first):
             s.metrics.time_prefill = prefill_time
-            yield s, self.stopper.commit(s, [tok])
+            yield s, self.stopper.commit(s, [tok], self.max_context)
         active = self._retire(seqs)
         while active:
             out = self.strategy.step(active)
             self._record(active, out)
             for s, toks in zip(active, out.tokens):
-                yield s, self.stopper.commit(s, toks)
+                yield s, self.stopper.commit(s, toks, self.max_context)
             active = self._retire(active)
         elapsed = time.perf_counter() - start
         self.run_metrics.time_total += elapsed

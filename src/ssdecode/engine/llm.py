@@ -70,7 +70,7 @@ class LLM:
             check_compatible(tokenizer, draft_tokenizer, target, draft)
         self.tokenizer, self.target, self.draft, self.draft_spec = tokenizer, target, draft, draft_spec
         self.device = target.device
-        self.stopper = StopChecker(tokenizer, self._eos_ids(), target.max_context)
+        self.stopper = StopChecker(tokenizer, self._eos_ids())
         self.strategy = self.engine = None
 
     def configure(self, mode: str, k: int = 5, ssd=None) -> None:

@@ -9,13 +9,13 @@ from ssdecode.engine.sequence import Sequence
 
 
 class StopChecker:
-    def __init__(self, tokenizer, eos_ids: set[int], max_context: int):
+    def __init__(self, tokenizer, eos_ids: set[int]):
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
-        self.max_context = max_context
 
-    def commit(self, seq: Sequence, tokens: list[int]) -> list[int]:
-        """Append ``tokens`` up to the first stop; return the ones appended."""
+    def commit(self, seq: Sequence, tokens: list[int], max_context: int) -> list[int]:
+        """Append ``tokens`` up to the first stop (``max_context``: prompt + output limit);
+        return the ones appended."""
         emitted = []
         for tok in tokens:
             if seq.finished:
@@ -28,7 +28,7 @@ class StopChecker:
                 self._finish(seq, "stop")
             elif len(seq.output_ids) >= seq.params.max_tokens:
                 self._finish(seq, "length")
-            elif seq.num_tokens >= self.max_context:
+            elif seq.num_tokens >= max_context:
                 self._finish(seq, "length")
         return emitted
 
