@@ -5,7 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from ssdecode.decoding.ssd.backup import AdaptiveBackup, expected_throughput, ngram_lookup, round_throughput
+from ssdecode.decoding.ssd.backup import AdaptiveBackup, ngram_lookup
+from ssdecode.plan.theory import batch_throughput as expected_throughput
+from ssdecode.plan.theory import round_throughput
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.stats import WorkerStats
 from ssdecode.params import SamplingParams

@@ -6,8 +6,8 @@ import torch
 
 from ssd_support import tiny_model
 from ssdecode.decoding.ssd.config import SSDConfig
-from ssdecode.decoding.ssd.fanout import (FanoutPolicy, fit_power, geometric_fanout, outcome_probs, position_caps,
-                                          round_to_budget)
+from ssdecode.decoding.ssd.fanout import FanoutPolicy, fit_power, geometric_fanout, position_caps, round_to_budget
+from ssdecode.plan.theory import outcome_probs
 from ssdecode.decoding.ssd.tree import TreeRow, build_branches, fork
 from ssdecode.params import InvalidParams, SamplingParams
 from ssdecode.sampling import SamplingTensors, probs_from_logits, saguaro_reweight

@@ -18,6 +18,7 @@ import torch
 
 from ssdecode.decoding.drafting import autoregress
 from ssdecode.decoding.ssd.state import SeqState, Spec
+from ssdecode.plan import theory
 from ssdecode.sampling import SamplingTensors, saguaro_reweight
 
 log = logging.getLogger(__name__)
@@ -79,19 +80,6 @@ def ngram_lookup(history: list[int], max_n: int, k: int) -> list[int]:
     return []
 
 
-def round_throughput(batch: int, misses: int, e_hit: float, e_miss: float, t_p: float, t_b: float) -> float:
-    """Expected tokens per verification-time of a round with ``misses`` of ``batch`` rows missed:
-    section 6's formula for one realized round, [(b - m) E_hit + m E_miss] / [max(1, T_p) + T_b]
-    (the target waits T_b for the backup; then verification and the next tree overlap)."""
-    return ((batch - misses) * e_hit + misses * e_miss) / (max(1.0, t_p) + t_b)
-
-
-def expected_throughput(h: float, batch: int, e_hit: float, e_miss: float, t_p: float, t_b: float) -> float:
-    """Section 6: [h E_hit + (1 - h) E_miss] / [h^b max(1, T_p) + (1 - h^b)(1 + T_b)]."""
-    all_hit = h ** batch
-    return (h * e_hit + (1 - h) * e_miss) / (all_hit * max(1.0, t_p) + (1 - all_hit) * (1 + t_b))
-
-
 class AdaptiveBackup(Backup):
     name = "adaptive"
 
@@ -104,13 +92,13 @@ class AdaptiveBackup(Backup):
         if t_b is None:
             return self.neural  # measure the neural backup's cost first
         a, k = worker.fanout.acceptance, worker.config.k
-        e_sd = (1 - a ** (k + 1)) / (1 - a)  # SD's expected tokens per round
+        e_sd = theory.expected_tokens(a, k)  # SD's expected tokens per round
         e_hit = stats.expected_tokens("hit") or e_sd
         e_neural = stats.expected_tokens("neural") or e_sd
         e_fast = stats.expected_tokens("fast") or 1.0
         t_p = stats.t_p or 0.0
-        neural = round_throughput(batch, misses, e_hit, e_neural, t_p, t_b)
-        fast = round_throughput(batch, misses, e_hit, e_fast, t_p, stats.t_b("fast") or 0.0)
+        neural = theory.round_throughput(batch, misses, e_hit, e_neural, t_p, t_b)
+        fast = theory.round_throughput(batch, misses, e_hit, e_fast, t_p, stats.t_b("fast") or 0.0)
         return self.neural if neural >= fast else self.fast
 
     def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:

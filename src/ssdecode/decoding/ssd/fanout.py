@@ -15,11 +15,7 @@ import math
 from collections import defaultdict
 
 from ssdecode.decoding.ssd.config import SSDConfig
-
-
-def outcome_probs(a: float, k: int) -> list[float]:
-    """P(k') for k' = 0..K under per-token acceptance a."""
-    return [(1 - a) * a ** j for j in range(k)] + [a ** k]
+from ssdecode.plan.theory import outcome_probs
 
 
 def round_to_budget(weights: list[float], budget: int, caps: list[int]) -> list[int]:
