@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 
 from scipy.stats import chi2
 
@@ -82,6 +83,25 @@ def exact_sequence_distribution(next_probs_fn: Callable[[tuple[int, ...]], Seque
                     grown[seq + (token,)] = mass * float(p)
         dist = grown
     return dist
+
+
+def exact_target_distribution(model, params, prompt: Sequence[int], n_tokens: int) -> dict[tuple[int, ...], float]:
+    """The exact distribution of a CausalLM's next ``n_tokens`` after ``prompt`` under the
+    request's sampling transforms (ssdecode.sampling), each prefix run from scratch."""
+    import torch
+
+    from ssdecode.sampling import SamplingTensors, probs_from_logits
+
+    st = SamplingTensors.from_params([params])
+
+    @lru_cache(maxsize=None)
+    def next_probs(tokens: tuple[int, ...]):
+        cache = model.new_cache(1, len(tokens) + 1)
+        ids = torch.tensor([tokens])
+        logits = model.forward(ids, torch.arange(len(tokens))[None], cache, [0], last_only=True)[:, 0]
+        return probs_from_logits(logits, st)[0].tolist()
+
+    return exact_sequence_distribution(next_probs, prompt, n_tokens)
 
 
 def _tv(counts: Counter, exact: dict[tuple, float], n: int) -> float:

@@ -6,16 +6,12 @@ distribution under the same sampling transforms.
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import pytest
-import torch
 
-from exactness import chi_square_check, exact_sequence_distribution
+from exactness import chi_square_check, exact_target_distribution
 from ssdecode.engine.llm import LLM
 from ssdecode.models.base import CausalLM
 from ssdecode.params import SamplingParams
-from ssdecode.sampling import SamplingTensors, probs_from_logits
 from tiny import tiny_model, tiny_tokenizer
 
 VOCAB, PROMPT, N = 12, [3, 7, 1], 4000
@@ -38,19 +34,6 @@ class Adversarial(CausalLM):
 @pytest.fixture(scope="module")
 def target():
     return tiny_model(0, vocab=VOCAB)
-
-
-def exact_distribution(model, params: SamplingParams, n_tokens: int) -> dict:
-    st = SamplingTensors.from_params([params])
-
-    @lru_cache(maxsize=None)
-    def next_probs(tokens: tuple[int, ...]):
-        cache = model.new_cache(1, 32)
-        ids = torch.tensor([tokens])
-        logits = model.forward(ids, torch.arange(len(tokens))[None], cache, [0], last_only=True)[:, 0]
-        return probs_from_logits(logits, st)[0].tolist()
-
-    return exact_sequence_distribution(next_probs, PROMPT, n_tokens)
 
 
 def sd_samples(target, draft, params: SamplingParams, k: int, n_tokens: int, n: int = N) -> list[tuple]:
@@ -81,13 +64,13 @@ def test_sd_matches_target_distribution(name, target):
     draft, k = make_draft(case.pop("draft"), target), case.pop("k")
     params = SamplingParams(**case)
     samples = sd_samples(target, draft, params, k, n_tokens=2)
-    chi_square_check(samples, exact_distribution(target, params, 2))
+    chi_square_check(samples, exact_target_distribution(target, params, PROMPT, 2))
 
 
 def test_three_token_joint_distribution(target):
     params = SamplingParams(temperature=1.0)
     samples = sd_samples(target, tiny_model(1, vocab=VOCAB), params, k=2, n_tokens=3, n=6000)
-    chi_square_check(samples, exact_distribution(target, params, 3))
+    chi_square_check(samples, exact_target_distribution(target, params, PROMPT, 3))
 
 
 def test_wrong_verifier_fails_the_suite(target, monkeypatch):
@@ -105,4 +88,4 @@ def test_wrong_verifier_fails_the_suite(target, monkeypatch):
     params = SamplingParams(temperature=1.0)
     samples = sd_samples(target, tiny_model(1, vocab=VOCAB), params, k=3, n_tokens=2)
     with pytest.raises(AssertionError, match="do not follow"):
-        chi_square_check(samples, exact_distribution(target, params, 2))
+        chi_square_check(samples, exact_target_distribution(target, params, PROMPT, 2))
