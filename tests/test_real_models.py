@@ -97,3 +97,15 @@ def test_cli_reports_bad_input_clearly(tmp_path):
     out = subprocess.run([sys.executable, "-m", "ssdecode.cli", "generate", "x", "--temperature", "-1"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "temperature" in out.stderr
+
+
+def test_greedy_ssd_equals_ar_second_process(llm, prompts, ar_outputs):
+    """SSD with the draft worker in a second process (gloo), one core each."""
+    llm.configure("ssd", k=3, ssd={"transport": "process", "draft_threads": 1, "budget": 8})
+    try:
+        outs = llm.generate(prompts[:2], SamplingParams(max_tokens=NEW_TOKENS))
+        stats = llm.strategy.stats()
+    finally:
+        llm.configure("ar")
+    assert [c.token_ids for c in outs] == ar_outputs[:2]
+    assert stats["rounds"] > 0

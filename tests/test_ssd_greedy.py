@@ -168,3 +168,16 @@ def test_worker_failure_raises(target):
     with pytest.raises(DraftWorkerError, match="draft exploded"):
         run(s, prompts_for(1), SamplingParams(max_tokens=4))
     assert s.client is None
+
+
+def test_two_process_workers_at_once(target, draft, references):
+    """Each spawned worker has a private process group, so strategies can coexist (benchmarks)."""
+    a = _ssd(target, draft, transport="process", draft_threads=1)
+    b = _ssd(target, draft, k=2, transport="process", draft_threads=1)
+    try:
+        prompts = prompts_for(2)
+        params = SamplingParams(max_tokens=MAX_TOKENS)
+        assert run(a, prompts, params) == run(b, prompts, params) == references(prompts)
+    finally:
+        a.close()
+        b.close()

@@ -67,6 +67,12 @@ def ssd_options(args) -> dict:
             "draft_threads": args.draft_threads}
 
 
+def _stats(completion, llm) -> dict:
+    """The request's metrics, plus the strategy's own (SSD worker) under its mode's name."""
+    extra = llm.strategy.stats()
+    return {**completion.stats, llm.mode: extra} if extra else completion.stats
+
+
 def cmd_generate(args) -> int:
     from ssdecode.engine.llm import LLM
 
@@ -79,7 +85,7 @@ def cmd_generate(args) -> int:
             c = llm.generate([args.prompt], params, chat=not args.raw)[0]
             print(json.dumps({"text": c.text, "token_ids": c.token_ids,
                               "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
-                              "stats": c.stats}))
+                              "stats": _stats(c, llm)}))
             return 0
         for piece in llm.stream(args.prompt, params, chat=not args.raw):
             if isinstance(piece, str):
@@ -88,7 +94,7 @@ def cmd_generate(args) -> int:
             else:
                 sys.stdout.write("\n")
                 if args.stats:
-                    print(json.dumps(piece.stats, indent=2), file=sys.stderr)
+                    print(json.dumps(_stats(piece, llm), indent=2), file=sys.stderr)
     return 0
 
 

@@ -1,7 +1,6 @@
 """``ssdecode bench``: AR, SD (K sweep), SSD and the Transformers peers on the same prompts."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -10,54 +9,65 @@ def add_bench_parser(sub, add_model_args) -> None:
     b = sub.add_parser("bench", help="benchmark decoding modes against Transformers")
     add_model_args(b)
     b.add_argument("--modes", default="ar,sd", help="comma list of ar,sd,ssd")
-    b.add_argument("--sd-k", default="3,5,7", help="K values to sweep for sd (comma list)")
-    b.add_argument("--ssd-k", default=None, help="K values for ssd (default: --k or 5)")
+    b.add_argument("--sd-k", default="5,7", help="K values to sweep for sd (comma list)")
+    b.add_argument("--ssd-k", default=None, help="K values for ssd (default: --k or 3)")
     b.add_argument("--prompts", default="humaneval,stdlib",
                    help="comma list of prompt sets: humaneval, stdlib, or a file")
-    b.add_argument("--num-prompts", type=int, default=20)
+    b.add_argument("--num-prompts", type=int, default=20, help="prompts per set (comma list per set allowed)")
     b.add_argument("--max-tokens", type=int, default=128)
     b.add_argument("--no-hf", action="store_true", help="skip the Transformers peers")
     b.add_argument("--out", default=None, help="also write the JSON result to this file")
 
 
-def cmd_bench(args) -> int:
+def build_systems(args, llm, draft_spec: str) -> list:
     from ssdecode.bench.hf_peer import HFPeer
-    from ssdecode.bench.prompts import load_prompts
-    from ssdecode.bench.runner import encode_all, run_hf, run_ours
+    from ssdecode.bench.runner import hf_system, our_system
     from ssdecode.cli import ssd_options
     from ssdecode.engine.llm import LLM
     from ssdecode.models.loader import resolve_model
 
     modes = args.modes.split(",")
-    sd_ks = [int(k) for k in args.sd_k.split(",")]
-    ssd_ks = [int(k) for k in (args.ssd_k or str(args.k or 5)).split(",")]
+
+    def ours(mode: str, k: int = 5, ssd=None) -> LLM:
+        return LLM.from_models(llm.tokenizer, llm.target, llm.draft, mode=mode, k=k, ssd=ssd,
+                               draft_spec=draft_spec)
+
+    systems = [our_system("ssdecode-ar", llm)]
+    for k in [int(k) for k in args.sd_k.split(",")] if "sd" in modes else []:
+        systems.append(our_system(f"ssdecode-sd-k{k}", ours("sd", k)))
+    for k in [int(k) for k in (args.ssd_k or str(args.k or 3)).split(",")] if "ssd" in modes else []:
+        systems.append(our_system(f"ssdecode-ssd-k{k}", ours("ssd", k, ssd_options(args))))
+    if not args.no_hf:
+        peer = HFPeer(resolve_model(args.target), resolve_model(draft_spec), str(llm.device))
+        systems += [hf_system("hf-generate", peer, False), hf_system("hf-assisted", peer, True)]
+    return systems
+
+
+def cmd_bench(args) -> int:
+    from ssdecode.bench.prompts import load_prompts
+    from ssdecode.bench.runner import run_systems
+    from ssdecode.engine.llm import LLM
+
     draft_spec = args.draft or "demo-draft"
     llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device)
-    sets = {name: encode_all(llm, load_prompts(name, args.num_prompts)) for name in args.prompts.split(",")}
+    names = args.prompts.split(",")
+    counts = [int(n) for n in str(args.num_prompts).split(",")]
+    counts += [counts[-1]] * (len(names) - len(counts))
+    sets = {name: [llm.encode(p.text, chat=p.chat) for p in load_prompts(name, n)]
+            for name, n in zip(names, counts)}
+    systems = build_systems(args, llm, draft_spec)
     rows = []
     for set_name, ids in sets.items():
-        results = []
-        llm.configure("ar")
-        base = run_ours(llm, "ssdecode-ar", set_name, ids, args.max_tokens, True)
-        results.append(base)
-        for k in sd_ks if "sd" in modes else []:
-            llm.configure("sd", k=k)
-            results.append(run_ours(llm, f"ssdecode-sd-k{k}", set_name, ids, args.max_tokens, True))
-        for k in ssd_ks if "ssd" in modes else []:
-            llm.configure("ssd", k=k, ssd=ssd_options(args))
-            results.append(run_ours(llm, f"ssdecode-ssd-k{k}", set_name, ids, args.max_tokens, True))
-        llm.configure("ar")
-        if not args.no_hf:
-            peer = HFPeer(resolve_model(args.target), resolve_model(draft_spec), llm.device)
-            hf_ar = run_hf(peer, "hf-generate", set_name, ids, args.max_tokens, False, True)
-            hf_as = run_hf(peer, "hf-assisted", set_name, ids, args.max_tokens, True, True)
-            hf_as.extra["speedup_vs_hf_ar"] = round(hf_as.tokens_per_s / hf_ar.tokens_per_s, 3)
-            results += [hf_ar, hf_as]
-            del peer
-        rows += [r.row(base) for r in results]
-        _print_table([r for r in rows if r["prompts"] == set_name])
-    llm.close()
-    summary = {"bench": rows, "max_tokens": args.max_tokens, "num_prompts": args.num_prompts}
+        results = run_systems(systems, set_name, ids, args.max_tokens)
+        set_rows = [r.row(results[0]) for r in results]
+        by_name = {r["system"]: r for r in set_rows}
+        if "hf-assisted" in by_name:
+            by_name["hf-assisted"]["speedup_vs_hf_generate"] = round(
+                by_name["hf-assisted"]["tokens_per_s"] / by_name["hf-generate"]["tokens_per_s"], 3)
+        _print_table(set_rows)
+        rows += set_rows
+    summary = {"bench": rows, "max_tokens": args.max_tokens, "num_prompts": counts,
+               "threads": args.threads}
     if args.out:
         with open(args.out, "w") as f:
             json.dump(summary, f, indent=2)

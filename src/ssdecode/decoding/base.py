@@ -44,6 +44,10 @@ class Strategy(ABC):
     def close(self) -> None:
         """Stop background workers; the strategy is not used afterwards."""
 
+    def stats(self) -> dict:
+        """Strategy-level metrics the engine cannot see (SSD: hit rate by k, T_p, fan-out)."""
+        return {}
+
     def cache_tokens_needed(self) -> int:
         """KV rows a sequence may need beyond prompt + max_tokens (draft tokens, tree scratch)."""
         return 0

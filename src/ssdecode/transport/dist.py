@@ -33,8 +33,10 @@ WORKER_RANK, TARGET_RANK = 1, 0
 class TensorChannel(Channel):
     """Either end of the pair: encode -> send, recv -> decode, over preallocated buffers."""
 
-    def __init__(self, peer: int, device: torch.device | str):
-        self.peer, self.device = peer, torch.device(device)
+    def __init__(self, peer: int, device: torch.device | str, group=None):
+        """``group``: a private two-rank process group (spawned pairs), or None for the default
+        group (torchrun)."""
+        self.peer, self.device, self.group = peer, torch.device(device), group
         self.send_head = torch.zeros(CHUNK, dtype=torch.int64, device=self.device)
         self.recv_head = torch.zeros(CHUNK, dtype=torch.int64, device=self.device)
         self.ints = torch.zeros(0, dtype=torch.int64, device=self.device)
@@ -45,30 +47,42 @@ class TensorChannel(Channel):
         ints, floats = encode(msg)
         n = ints.numel()
         self.send_head[:min(n, CHUNK)].copy_(ints[:CHUNK])
-        dist.send(self.send_head, self.peer)
+        self._send(self.send_head)
         if n > CHUNK:
-            dist.send(ints[CHUNK:].to(self.device), self.peer)
+            self._send(ints[CHUNK:].to(self.device))
         if floats is not None:
             if floats.device != self.device or not floats.is_contiguous():
                 self.floats_out = _grown(self.floats_out, floats.numel())
                 floats = self.floats_out[:floats.numel()].copy_(floats.reshape(-1))
-            dist.send(floats, self.peer)
+            self._send(floats)
 
     def recv(self):
-        dist.recv(self.recv_head, self.peer)
+        self._recv(self.recv_head)
         n, m = self.recv_head[1:HEADER].tolist()
         ints = self.recv_head[:min(n, CHUNK)]
         if n > CHUNK:
             self.ints = _grown(self.ints, n - CHUNK)
             rest = self.ints[:n - CHUNK]
-            dist.recv(rest, self.peer)
+            self._recv(rest)
             ints = torch.cat([ints, rest])
         floats = None
         if m:
             self.floats_in = _grown(self.floats_in, m)
             floats = self.floats_in[:m]
-            dist.recv(floats, self.peer)
+            self._recv(floats)
         return decode(ints, floats)
+
+    def _send(self, t: torch.Tensor) -> None:
+        if self.group is None:
+            dist.send(t, self.peer)
+        else:
+            self.group.send([t], self.peer, 0).wait()
+
+    def _recv(self, t: torch.Tensor) -> None:
+        if self.group is None:
+            dist.recv(t, self.peer)
+        else:
+            self.group.recv([t], self.peer, 0).wait()
 
 
 def _grown(buf: torch.Tensor, n: int) -> torch.Tensor:
@@ -110,13 +124,13 @@ class DistClient(DraftClient):
         if launch == "auto":
             launch = "external" if under_torchrun() else "spawn"
         backend, draft_device = pick_backend(config, target_device, external=launch == "external")
-        if dist.is_initialized():
-            raise RuntimeError("torch.distributed is already initialized in this process; the SSD process "
-                               "transport needs its own two-rank group (use the thread transport)")
         timeout = timedelta(seconds=config.timeout_s)
-        self.proc = None
+        self.proc, self.group = None, None
         self.closed = False
         if launch == "external":
+            if dist.is_initialized():
+                raise RuntimeError("torch.distributed is already initialized in this process; a torchrun "
+                                   "draft worker needs the default two-rank group")
             if int(os.environ.get("RANK", 0)) != TARGET_RANK:
                 raise RuntimeError("under torchrun the target must be rank 0 (the draft worker is rank 1)")
             dist.init_process_group(backend, init_method="env://", rank=TARGET_RANK, world_size=2, timeout=timeout)
@@ -132,12 +146,12 @@ class DistClient(DraftClient):
             self.proc.start()
             try:
                 self._wait_for_worker(store, config.timeout_s)
-                dist.init_process_group(backend, store=store, rank=TARGET_RANK, world_size=2, timeout=timeout)
+                self.group = private_group(backend, store, TARGET_RANK, timeout)
             except BaseException:
                 self._stop_process(grace_s=0.0)
                 raise
         comm = target_device if backend == "nccl" else torch.device("cpu")
-        self.channel = TensorChannel(WORKER_RANK, comm)
+        self.channel = TensorChannel(WORKER_RANK, comm, self.group)
 
     def _wait_for_worker(self, store, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -164,10 +178,12 @@ class DistClient(DraftClient):
         except Exception as e:  # the peer is gone already
             log.debug("sending Shutdown failed: %s", e)
         self._stop_process()
-        try:
-            dist.destroy_process_group()
-        except Exception as e:
-            log.debug("destroy_process_group failed: %s", e)
+        if self.group is None:  # the default group belongs to this torchrun pair
+            try:
+                dist.destroy_process_group()
+            except Exception as e:
+                log.debug("destroy_process_group failed: %s", e)
+        self.group = None
 
     def _stop_process(self, grace_s: float = 5.0) -> None:
         if self.proc is None:
@@ -180,6 +196,16 @@ class DistClient(DraftClient):
         if self.proc.is_alive():
             self.proc.kill()
             self.proc.join(5)
+
+
+def private_group(backend: str, store, rank: int, timeout: timedelta):
+    """A two-rank process group of its own (not the default group), so several spawned draft
+    workers (one per SSD strategy, e.g. a benchmark comparing K) can live in one process."""
+    if backend == "nccl":
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, 2, opts)
+    return dist.ProcessGroupGloo(store, rank, 2, timeout)
 
 
 def _free_port() -> int:

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from ssdecode.transport.base import serve
-from ssdecode.transport.dist import TARGET_RANK, WORKER_RANK, TensorChannel, WorkerLaunch
+from ssdecode.transport.dist import TARGET_RANK, WORKER_RANK, TensorChannel, WorkerLaunch, private_group
 from ssdecode.transport.spec import load_draft
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,9 @@ class _FailedWorker:
         pass
 
 
-def run_worker(spec, device: str, dtype: str | None, backend: str) -> None:
-    """Load the draft and serve the target (rank 0) until Shutdown; the group is joined already."""
+def run_worker(spec, device: str, dtype: str | None, backend: str, group=None) -> None:
+    """Load the draft and serve the target (rank 0) until Shutdown over ``group`` (None: the
+    default group, joined already)."""
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
     try:
@@ -55,9 +56,10 @@ def run_worker(spec, device: str, dtype: str | None, backend: str) -> None:
         worker = _FailedWorker(traceback.format_exc())
     comm = device if backend == "nccl" else "cpu"
     try:
-        serve(worker, TensorChannel(TARGET_RANK, comm))
+        serve(worker, TensorChannel(TARGET_RANK, comm, group))
     finally:
-        dist.destroy_process_group()
+        if group is None:
+            dist.destroy_process_group()
 
 
 def spawned_worker(spec, info: WorkerLaunch) -> None:
@@ -67,8 +69,8 @@ def spawned_worker(spec, info: WorkerLaunch) -> None:
     timeout = timedelta(seconds=info.timeout_s)
     store = dist.TCPStore("127.0.0.1", info.port, world_size=2, is_master=False, timeout=timeout)
     store.set("worker_up", "1")
-    dist.init_process_group(info.backend, store=store, rank=WORKER_RANK, world_size=2, timeout=timeout)
-    run_worker(spec, info.device, info.dtype, info.backend)
+    group = private_group(info.backend, store, WORKER_RANK, timeout)
+    run_worker(spec, info.device, info.dtype, info.backend, group)
 
 
 def main(argv: list[str] | None = None) -> int:
