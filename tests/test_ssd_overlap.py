@@ -4,7 +4,6 @@ max(verify, draft work), not their sum. Forced hits (full fan-out) keep the back
 import time
 
 import pytest
-import torch
 
 from ssd_support import SlowModel, prompts_for, tiny_model
 from ssdecode.decoding.ssd.config import SSDConfig

@@ -163,12 +163,17 @@ def saguaro_reweight(probs: torch.Tensor, c: float,
     return weighted / weighted.sum(-1, keepdim=True)
 
 
-def make_generator(params: SamplingParams,
-                   device: torch.device | str = "cpu") -> torch.Generator | None:
+STREAM_SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: derived streams differ from seed's
+
+
+def make_generator(params: SamplingParams, device: torch.device | str = "cpu",
+                   stream: int = 0) -> torch.Generator | None:
     """A request's generator: seeded from ``params.seed`` (random when None); None for greedy.
 
-    CPU generators (the default) give the same tokens for a seed on every device; their uniforms
-    travel to the accelerator in one pinned, non-blocking copy per call.
+    ``stream`` > 0 derives an independent, still reproducible stream from the same seed (the
+    SSD draft worker samples with one of its own). CPU generators (the default) give the same
+    tokens for a seed on every device; their uniforms travel to the accelerator in one pinned,
+    non-blocking copy per call.
     """
     if params.greedy:
         return None
@@ -176,7 +181,7 @@ def make_generator(params: SamplingParams,
     if params.seed is None:
         gen.seed()
     else:
-        gen.manual_seed(params.seed)
+        gen.manual_seed(params.seed if stream == 0 else (params.seed * STREAM_SEED_MIX + stream) % (1 << 63))
     return gen
 
 

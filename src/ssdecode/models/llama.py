@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from ssdecode.models.base import CausalLM, new_token_counts, key_span, new_token_counts
+from ssdecode.models.base import CausalLM, key_span, new_token_counts
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.layers import LayerWeights, apply_rope, attend, rms_norm, rope_tables
 from ssdecode.runtime.kv_cache import KVCache

@@ -10,7 +10,6 @@ from ssdecode.decoding.ssd.tree import Branches
 from ssdecode.params import SamplingParams
 from ssdecode.sampling import SamplingTensors
 
-DRAFT_SEED_MIX = 0x9E3779B97F4A7C15  # golden-ratio constant: the draft stream differs from the target's
 
 
 @dataclass
@@ -43,16 +42,3 @@ class SeqState:
     @property
     def samples(self) -> bool:
         return self.generator is not None
-
-
-def draft_generator(params: SamplingParams, device: torch.device | str = "cpu") -> torch.Generator | None:
-    """The draft's own generator: independent of the target's (which verifies with seed itself),
-    reproducible from ``params.seed``; None for greedy rows."""
-    if params.greedy:
-        return None
-    gen = torch.Generator(device=device)
-    if params.seed is None:
-        gen.seed()
-    else:
-        gen.manual_seed((params.seed * DRAFT_SEED_MIX + 1) % (1 << 63))
-    return gen

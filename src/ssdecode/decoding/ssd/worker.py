@@ -22,11 +22,11 @@ import torch
 from ssdecode.decoding.drafting import feed_batch
 from ssdecode.decoding.ssd.backup import AdaptiveBackup, FastBackup, NeuralBackup, make_backup
 from ssdecode.decoding.ssd.fanout import FanoutPolicy, position_caps
-from ssdecode.decoding.ssd.state import SeqState, Spec, draft_generator
+from ssdecode.decoding.ssd.state import SeqState, Spec
 from ssdecode.decoding.ssd.stats import WorkerStats
 from ssdecode.decoding.ssd.tree import TreeRow, build_branches
 from ssdecode.models.base import CausalLM
-from ssdecode.sampling import SamplingTensors
+from ssdecode.sampling import SamplingTensors, make_generator
 from ssdecode.transport.messages import Outcome, Ready, Setup, Speculation, Start, Stats, StatsRequest
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class DraftWorker:
         states = []
         for s in msg.seqs:
             state = SeqState(s.seq_id, s.slot, s.params, SamplingTensors.from_params([s.params], device),
-                             draft_generator(s.params), list(s.prompt_ids) + [s.first_token])
+                             make_generator(s.params, stream=1), list(s.prompt_ids) + [s.first_token])
             self.seqs[s.seq_id] = state
             self.cache.reset(s.slot)
             states.append(state)
