@@ -37,6 +37,17 @@ def test_greedy_sd_equals_ar(models, k, same_draft):
         assert sd[0].stats["acceptance_rate"] == 1.0
 
 
+@pytest.mark.parametrize("threshold", [0.3, 0.9])
+def test_confidence_gated_draft_length_keeps_greedy_equal(models, threshold):
+    target, poor = models
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    llm = LLM.from_models(tiny_tokenizer(), target, poor, mode="sd", k=6, min_confidence=threshold)
+    out = llm.generate(PROMPTS, params)
+    assert [c.token_ids for c in out] == [c.token_ids for c in run(target, poor, "ar", params)]
+    m = llm.engine.run_metrics
+    assert m.draft_proposed < 6 * m.verifications  # some rounds stopped drafting early
+
+
 def test_max_tokens_inside_an_accepted_run(models):
     target, _ = models
     params = SamplingParams(max_tokens=4, ignore_eos=True)
@@ -90,6 +101,8 @@ def test_bad_input(models, caplog):
         SamplingParams(top_p=0.0)
     with pytest.raises(InvalidParams):
         SamplingParams(max_tokens=0)
+    with pytest.raises(InvalidParams, match="confidence"):
+        LLM.from_models(tiny_tokenizer(), target, draft, mode="sd", min_confidence=1.5)
     with caplog.at_level(logging.WARNING):
         LLM.from_models(tiny_tokenizer(), draft, tiny_model(3, hidden=64), mode="sd")
     assert "larger than the target" in caplog.text

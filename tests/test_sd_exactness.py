@@ -36,8 +36,9 @@ def target():
     return tiny_model(0, vocab=VOCAB)
 
 
-def sd_samples(target, draft, params: SamplingParams, k: int, n_tokens: int, n: int = N) -> list[tuple]:
-    llm = LLM.from_models(tiny_tokenizer(VOCAB), target, draft, mode="sd", k=k)
+def sd_samples(target, draft, params: SamplingParams, k: int, n_tokens: int, n: int = N,
+               min_confidence: float | None = None) -> list[tuple]:
+    llm = LLM.from_models(tiny_tokenizer(VOCAB), target, draft, mode="sd", k=k, min_confidence=min_confidence)
     rows = [SamplingParams(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
                            max_tokens=n_tokens, ignore_eos=True, seed=1000 + i) for i in range(n)]
     return [tuple(c.token_ids) for c in llm.generate([PROMPT] * n, rows)]
@@ -65,6 +66,13 @@ def test_sd_matches_target_distribution(name, target):
     params = SamplingParams(**case)
     samples = sd_samples(target, draft, params, k, n_tokens=2)
     chi_square_check(samples, exact_target_distribution(target, params, PROMPT, 2))
+
+
+def test_confidence_gated_draft_length_is_exact(target):
+    params = SamplingParams(temperature=1.0)
+    samples = sd_samples(target, tiny_model(1, vocab=VOCAB), params, k=4, n_tokens=3, n=6000,
+                         min_confidence=0.5)
+    chi_square_check(samples, exact_target_distribution(target, params, PROMPT, 3))
 
 
 def test_three_token_joint_distribution(target):

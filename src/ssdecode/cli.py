@@ -17,6 +17,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda if present)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the target")
     p.add_argument("--k", type=int, default=None, help="draft tokens per round (sd/ssd)")
+    p.add_argument("--draft-confidence", type=float, default=None,
+                   help="sd: end a round's drafting after a token the draft gives less than this "
+                        "probability (K is then the maximum per round)")
     ssd = p.add_argument_group("ssd (speculative speculative decoding)")
     ssd.add_argument("--fanout", default="geometric",
                      help="'geometric', 'uniform:F', or a comma list F_0,...,F_K")
@@ -80,7 +83,7 @@ def cmd_generate(args) -> int:
                             max_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop))
     k = args.k if args.k is not None else 5
     with LLM(target=args.target, draft=args.draft, mode=args.mode, k=k, device=args.device,
-             ssd=ssd_options(args)) as llm:
+             ssd=ssd_options(args), min_confidence=args.draft_confidence) as llm:
         if args.json:
             c = llm.generate([args.prompt], params, chat=not args.raw)[0]
             print(json.dumps({"text": c.text, "token_ids": c.token_ids,

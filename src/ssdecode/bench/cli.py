@@ -10,6 +10,8 @@ def add_bench_parser(sub, add_model_args) -> None:
     add_model_args(b)
     b.add_argument("--modes", default="ar,sd", help="comma list of ar,sd,ssd")
     b.add_argument("--sd-k", default="5,7", help="K values to sweep for sd (comma list)")
+    b.add_argument("--sd-confidence", type=float, default=None,
+                   help="also run sd with this draft confidence threshold, for each K")
     b.add_argument("--ssd-k", default=None, help="K values for ssd (default: --k or 3)")
     b.add_argument("--prompts", default="humaneval,stdlib",
                    help="comma list of prompt sets: humaneval, stdlib, or a file")
@@ -28,13 +30,15 @@ def build_systems(args, llm, draft_spec: str) -> list:
 
     modes = args.modes.split(",")
 
-    def ours(mode: str, k: int = 5, ssd=None) -> LLM:
+    def ours(mode: str, k: int = 5, ssd=None, conf=None) -> LLM:
         return LLM.from_models(llm.tokenizer, llm.target, llm.draft, mode=mode, k=k, ssd=ssd,
-                               draft_spec=draft_spec)
+                               draft_spec=draft_spec, min_confidence=conf)
 
     systems = [our_system("ssdecode-ar", llm)]
     for k in [int(k) for k in args.sd_k.split(",")] if "sd" in modes else []:
         systems.append(our_system(f"ssdecode-sd-k{k}", ours("sd", k)))
+        if args.sd_confidence is not None:
+            systems.append(our_system(f"ssdecode-sd-k{k}-c{args.sd_confidence}", ours("sd", k, conf=args.sd_confidence)))
     for k in [int(k) for k in (args.ssd_k or str(args.k or 3)).split(",")] if "ssd" in modes else []:
         systems.append(our_system(f"ssdecode-ssd-k{k}", ours("ssd", k, ssd_options(args))))
     if not args.no_hf:

@@ -21,8 +21,9 @@ from ssdecode.sampling import SamplingTensors, probs_from_logits, sample
 
 @dataclass
 class Draft:
-    tokens: torch.Tensor  # [B, K] long: s_1..s_K
-    probs: torch.Tensor | None  # [B, K, V] float32: q_i each s_i was sampled from; None = not kept
+    tokens: torch.Tensor  # [B, n] long: s_1..s_n, n <= k draft steps run
+    probs: torch.Tensor | None  # [B, n, V] float32: q_i each s_i was sampled from; None = not kept
+    num_draft: list[int]  # [B] proposals per row (<= n: a row may stop early on low confidence)
 
 
 def feed_batch(cache: KVCache, slots: list[int], feed: list[list[int]], device) -> tuple:
@@ -38,11 +39,17 @@ def feed_batch(cache: KVCache, slots: list[int], feed: list[list[int]], device) 
 
 def autoregress(model: CausalLM, cache: KVCache, slots: list[int], feed: list[list[int]], k: int,
                  st: SamplingTensors, generators: list[torch.Generator], keep_probs: bool,
-                 reweight: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> Draft:
-    """Sample ``k`` tokens per row after feeding ``feed[b]`` (ragged). ``reweight(q, i)`` (Saguaro sampling) maps position i's q to
-    the distribution actually sampled from."""
+                 reweight: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+                 min_confidence: float | None = None) -> Draft:
+    """Sample up to ``k`` tokens per row after feeding ``feed[b]`` (ragged). ``reweight(q, i)``
+    (Saguaro sampling) maps position i's q to the distribution actually sampled from.
+
+    ``min_confidence``: a row stops proposing after a token its draft gave (untransformed)
+    probability below this, and drafting ends when every row has stopped. The length depends on
+    the draft alone, so verification stays exact; it saves the steps most likely rejected."""
     ids, positions, num_new = feed_batch(cache, slots, feed, model.device)
     tokens, probs = [], []
+    lengths = [k] * len(slots)
     for i in range(k):
         logits = model.forward(ids, positions, cache, slots, num_new=num_new, last_only=True)[:, 0]
         q = probs_from_logits(logits, st)
@@ -52,8 +59,14 @@ def autoregress(model: CausalLM, cache: KVCache, slots: list[int], feed: list[li
         tokens.append(s)
         if keep_probs:
             probs.append(q)
+        if min_confidence is not None:
+            conf = torch.softmax(logits.float(), -1).gather(-1, s[:, None])[:, 0].tolist()
+            lengths = [i + 1 if n == k and c < min_confidence else n for n, c in zip(lengths, conf)]
+            if all(n <= i + 1 for n in lengths):
+                break
         if i + 1 < k:
             ids = s[:, None]
             positions = positions.gather(1, torch.tensor(num_new, device=positions.device)[:, None] - 1) + 1
             num_new = [1] * len(slots)
-    return Draft(torch.stack(tokens, 1), torch.stack(probs, 1) if keep_probs else None)
+    return Draft(torch.stack(tokens, 1), torch.stack(probs, 1) if keep_probs else None,
+                 [min(n, len(tokens)) for n in lengths])

@@ -25,10 +25,11 @@ from ssdecode.sampling import SamplingTensors
 class SDStrategy(Strategy):
     name = "sd"
 
-    def __init__(self, target: CausalLM, draft: CausalLM, k: int):
+    def __init__(self, target: CausalLM, draft: CausalLM, k: int, min_confidence: float | None = None):
+        """``k``: draft tokens per round (at most, with ``min_confidence``: see drafting.py)."""
         if k < 1:
             raise ValueError(f"K (draft tokens per round) must be >= 1, got {k}")
-        self.target, self.draft, self.k = target, draft, k
+        self.target, self.draft, self.k, self.min_confidence = target, draft, k, min_confidence
         self.tcache = self.dcache = None
         self.uncached: dict[int, int] = {}  # slot -> trailing committed tokens the draft cache lacks
 
@@ -54,17 +55,22 @@ class SDStrategy(Strategy):
         dstart = [self.dcache.lengths[x] for x in slots]
         t0 = time.perf_counter()
         draft = autoregress(self.draft, self.dcache, slots, feed, k, st, gens,
-                            keep_probs=not all(s.params.greedy for s in seqs))
+                            keep_probs=not all(s.params.greedy for s in seqs),
+                            min_confidence=self.min_confidence)
         t1 = time.perf_counter()
-        accepted, nxt = verify_proposals(self.target, self.tcache, seqs, draft.tokens, draft.probs, st)
+        n = draft.num_draft
+        num_draft = None if min(n) == draft.tokens.shape[1] else torch.tensor(n, device=self.target.device)
+        accepted, nxt = verify_proposals(self.target, self.tcache, seqs, draft.tokens, draft.probs, st,
+                                         num_draft=num_draft)
         t2 = time.perf_counter()
-        tokens = draft.tokens.tolist()
+        tokens, steps = draft.tokens.tolist(), draft.tokens.shape[1]
         for b, s in enumerate(seqs):
-            self.dcache.truncate(s.slot, dstart[b] + len(feed[b]) + min(accepted[b], k - 1))
-            self.uncached[s.slot] = 2 if accepted[b] == k else 1
+            # the draft cache holds feed + s_1..s_{steps-1}; keep the accepted ones
+            self.dcache.truncate(s.slot, dstart[b] + len(feed[b]) + min(accepted[b], steps - 1))
+            self.uncached[s.slot] = 2 if accepted[b] == steps else 1
         return StepOutput(
             tokens=[tokens[b][: accepted[b]] + [nxt[b]] for b in range(len(seqs))],
-            proposed=[k] * len(seqs), accepted=accepted, time_draft=t1 - t0, time_verify=t2 - t1)
+            proposed=n, accepted=accepted, time_draft=t1 - t0, time_verify=t2 - t1)
 
 
 def prefill_draft(draft: CausalLM, cache, seqs: list[Sequence]) -> None:

@@ -38,7 +38,7 @@ def default_device() -> str:
 class LLM:
     def __init__(self, target: str = DEFAULT_TARGET, draft: str | None = None, mode: str = "ar",
                  k: int = 5, device: str | None = None, dtype: torch.dtype | None = None,
-                 ssd=None):
+                 ssd=None, min_confidence: float | None = None):
         """Load ``target`` (and ``draft`` for sd/ssd, default the demo draft) by spec: an alias
         (demo-target, demo-draft), an HF folder, a .gguf file or a hub id."""
         from ssdecode.models.loader import load_model, load_tokenizer
@@ -51,15 +51,16 @@ class LLM:
             draft_tokenizer = load_tokenizer(draft)
             draft_model = load_model(draft, device=device, dtype=dtype)
         self._attach(tokenizer, target_model, draft_model, draft_tokenizer, draft)
-        self.configure(mode, k, ssd)
+        self.configure(mode, k, ssd, min_confidence)
 
     @classmethod
     def from_models(cls, tokenizer, target: CausalLM, draft: CausalLM | None = None, mode: str = "ar",
-                    k: int = 5, ssd=None, draft_tokenizer=None, draft_spec: str | None = None) -> "LLM":
+                    k: int = 5, ssd=None, draft_tokenizer=None, draft_spec: str | None = None,
+                    min_confidence: float | None = None) -> "LLM":
         """An LLM over already-built models (tests, embedding in another program)."""
         llm = cls.__new__(cls)
         llm._attach(tokenizer, target, draft, draft_tokenizer or tokenizer, draft_spec)
-        llm.configure(mode, k, ssd)
+        llm.configure(mode, k, ssd, min_confidence)
         return llm
 
     def _attach(self, tokenizer, target: CausalLM, draft: CausalLM | None, draft_tokenizer,
@@ -73,14 +74,19 @@ class LLM:
         self.stopper = StopChecker(tokenizer, self._eos_ids())
         self.strategy = self.engine = None
 
-    def configure(self, mode: str, k: int = 5, ssd=None) -> None:
-        """Switch decoding strategy, keeping the loaded models (benchmarks compare modes so)."""
+    def configure(self, mode: str, k: int = 5, ssd=None, min_confidence: float | None = None) -> None:
+        """Switch decoding strategy, keeping the loaded models (benchmarks compare modes so).
+
+        ``min_confidence`` (sd): stop a round's drafting after a token the draft is less sure of
+        (K is then the most drafted per round)."""
         from ssdecode.decoding.autoregressive import ARStrategy
         from ssdecode.decoding.speculative import SDStrategy
         from ssdecode.decoding.vocab import align_draft
 
         if mode not in MODES:
             raise InvalidParams(f"mode must be one of {MODES}, got {mode!r}")
+        if min_confidence is not None and not 0.0 < min_confidence < 1.0:
+            raise InvalidParams(f"draft confidence threshold must be in (0, 1), got {min_confidence}")
         if k < 1:
             raise InvalidParams(f"K (draft tokens per round) must be >= 1, got {k}")
         if mode != "ar" and self.draft is None:
@@ -90,7 +96,7 @@ class LLM:
         if mode == "ar":
             self.strategy = ARStrategy(self.target)
         elif mode == "sd":
-            self.strategy = SDStrategy(self.target, align_draft(self.draft, self.target), k)
+            self.strategy = SDStrategy(self.target, align_draft(self.draft, self.target), k, min_confidence)
         else:
             from ssdecode.decoding.ssd.strategy import build_ssd_strategy
 
