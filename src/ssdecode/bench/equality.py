@@ -26,13 +26,14 @@ def main(argv=None) -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--ssd-k", type=int, default=3)
+    p.add_argument("--budget", type=int, default=6, help="ssd: total fan-out B")
     args = p.parse_args(argv)
     llm = LLM(target=args.target, draft=args.draft, mode="ar")
     ids = [llm.encode(x.text, chat=x.chat) for x in load_prompts(args.prompts, args.num_prompts)]
     params = SamplingParams(max_tokens=args.max_tokens, ignore_eos=True)
     runs, report = {}, {}
     for mode, k, ssd in (("ar", 1, None), ("sd", args.k, None),
-                         ("ssd", args.ssd_k, {"transport": "process", "draft_threads": 1})):
+                         ("ssd", args.ssd_k, {"transport": "process", "draft_threads": 1, "budget": args.budget})):
         llm.configure(mode, k=k, ssd=ssd)
         t0 = time.perf_counter()
         runs[mode] = [c.token_ids for c in llm.generate(ids, params)]
