@@ -6,7 +6,7 @@ target waited for the draft.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -33,15 +33,6 @@ class RequestMetrics:
             self.accepted_by_pos.extend([0] * (proposed - len(self.accepted_by_pos)))
         for i in range(accepted):
             self.accepted_by_pos[i] += 1
-
-    def merge(self, other: "RequestMetrics") -> None:
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            if isinstance(a, list):
-                merged = [x + y for x, y in zip(a, b)] + a[len(b):] + b[len(a):]
-                setattr(self, f.name, merged)
-            else:
-                setattr(self, f.name, a + b)
 
     def summary(self) -> dict:
         """Derived numbers for --stats, benchmarks and the server's usage block."""

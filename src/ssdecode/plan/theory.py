@@ -42,12 +42,3 @@ def round_throughput(batch: int, misses: int, e_hit: float, e_miss: float, t_p: 
     section 6's formula for one realized round, [(b - m) E_hit + m E_miss] / [max(1, T_p) + T_b]
     (the target waits T_b for the backup; then verification and the next tree overlap)."""
     return ((batch - misses) * e_hit + misses * e_miss) / (max(1.0, t_p) + t_b)
-
-
-def crossover_batch(h: float, e_hit: float, e_neural: float, e_fast: float, t_p: float,
-                    t_neural: float, t_fast: float, max_b: int = 4096) -> int | None:
-    """Smallest batch size at which the fast backup beats the neural one (None: never)."""
-    for b in range(1, max_b + 1):
-        if batch_throughput(h, b, e_hit, e_fast, t_p, t_fast) > batch_throughput(h, b, e_hit, e_neural, t_p, t_neural):
-            return b
-    return None
