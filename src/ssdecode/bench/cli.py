@@ -12,6 +12,8 @@ def add_bench_parser(sub, add_model_args) -> None:
     b.add_argument("--sd-k", default="5,7", help="K values to sweep for sd (comma list)")
     b.add_argument("--sd-confidence", type=float, default=None,
                    help="also run sd with this draft confidence threshold, for each K")
+    b.add_argument("--sd-draft-weights", default=None,
+                   help="comma list of draft weight formats to run the sd sweep with (default: --draft-weights)")
     b.add_argument("--ssd-k", default=None, help="K values for ssd (default: --k or 3)")
     b.add_argument("--prompts", default="humaneval,stdlib",
                    help="comma list of prompt sets: humaneval, stdlib, or a file")
@@ -26,19 +28,25 @@ def build_systems(args, llm, draft_spec: str) -> list:
     from ssdecode.bench.runner import hf_system, our_system
     from ssdecode.cli import ssd_options
     from ssdecode.engine.llm import LLM
-    from ssdecode.models.loader import resolve_model
+    from ssdecode.models.loader import load_model, resolve_model
 
     modes = args.modes.split(",")
+    drafts = {args.draft_weights: llm.draft}
+    for fmt in (args.sd_draft_weights or args.draft_weights).split(",") if "sd" in modes else []:
+        drafts[fmt] = drafts.get(fmt) or load_model(draft_spec, device=llm.device, weights=fmt)
 
-    def ours(mode: str, k: int = 5, ssd=None, conf=None) -> LLM:
-        return LLM.from_models(llm.tokenizer, llm.target, llm.draft, mode=mode, k=k, ssd=ssd,
-                               draft_spec=draft_spec, min_confidence=conf)
+    def ours(mode: str, k: int = 5, ssd=None, conf=None, fmt=args.draft_weights) -> LLM:
+        return LLM.from_models(llm.tokenizer, llm.target, drafts[fmt], mode=mode, k=k, ssd=ssd,
+                               draft_spec=draft_spec, min_confidence=conf, draft_weights=fmt)
 
     systems = [our_system("ssdecode-ar", llm)]
-    for k in [int(k) for k in args.sd_k.split(",")] if "sd" in modes else []:
-        systems.append(our_system(f"ssdecode-sd-k{k}", ours("sd", k)))
-        if args.sd_confidence is not None:
-            systems.append(our_system(f"ssdecode-sd-k{k}-c{args.sd_confidence}", ours("sd", k, conf=args.sd_confidence)))
+    for fmt in (args.sd_draft_weights or args.draft_weights).split(",") if "sd" in modes else []:
+        tag = "" if fmt == args.draft_weights else f"-{fmt}"
+        for k in [int(k) for k in args.sd_k.split(",")]:
+            systems.append(our_system(f"ssdecode-sd-k{k}{tag}", ours("sd", k, fmt=fmt)))
+            if args.sd_confidence is not None:
+                systems.append(our_system(f"ssdecode-sd-k{k}-c{args.sd_confidence}{tag}",
+                                          ours("sd", k, conf=args.sd_confidence, fmt=fmt)))
     for k in [int(k) for k in (args.ssd_k or str(args.k or 3)).split(",")] if "ssd" in modes else []:
         systems.append(our_system(f"ssdecode-ssd-k{k}", ours("ssd", k, ssd_options(args))))
     if not args.no_hf:
@@ -53,7 +61,8 @@ def cmd_bench(args) -> int:
     from ssdecode.engine.llm import LLM
 
     draft_spec = args.draft or "demo-draft"
-    llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device)
+    llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device,
+              draft_weights=args.draft_weights)
     names = args.prompts.split(",")
     counts = [int(n) for n in str(args.num_prompts).split(",")]
     counts += [counts[-1]] * (len(names) - len(counts))

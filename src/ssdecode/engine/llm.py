@@ -38,9 +38,11 @@ def default_device() -> str:
 class LLM:
     def __init__(self, target: str = DEFAULT_TARGET, draft: str | None = None, mode: str = "ar",
                  k: int = 5, device: str | None = None, dtype: torch.dtype | None = None,
-                 ssd=None, min_confidence: float | None = None):
+                 ssd=None, min_confidence: float | None = None, draft_weights: str = "auto"):
         """Load ``target`` (and ``draft`` for sd/ssd, default the demo draft) by spec: an alias
-        (demo-target, demo-draft), an HF folder, a .gguf file or a hub id."""
+        (demo-target, demo-draft), an HF folder, a .gguf file or a hub id. ``draft_weights``: the
+        draft's matmul weight format (``models/linear.py``; ``int8`` quarters its bytes per token
+        and keeps decoding exact, since the verifier uses the q the draft sampled from)."""
         from ssdecode.models.loader import load_model, load_tokenizer
 
         device = device or default_device()
@@ -49,27 +51,28 @@ class LLM:
         if mode != "ar" or draft is not None:
             draft = draft or DEFAULT_DRAFT
             draft_tokenizer = load_tokenizer(draft)
-            draft_model = load_model(draft, device=device, dtype=dtype)
-        self._attach(tokenizer, target_model, draft_model, draft_tokenizer, draft)
+            draft_model = load_model(draft, device=device, dtype=dtype, weights=draft_weights)
+        self._attach(tokenizer, target_model, draft_model, draft_tokenizer, draft, draft_weights)
         self.configure(mode, k, ssd, min_confidence)
 
     @classmethod
     def from_models(cls, tokenizer, target: CausalLM, draft: CausalLM | None = None, mode: str = "ar",
                     k: int = 5, ssd=None, draft_tokenizer=None, draft_spec: str | None = None,
-                    min_confidence: float | None = None) -> "LLM":
+                    min_confidence: float | None = None, draft_weights: str = "auto") -> "LLM":
         """An LLM over already-built models (tests, embedding in another program)."""
         llm = cls.__new__(cls)
-        llm._attach(tokenizer, target, draft, draft_tokenizer or tokenizer, draft_spec)
+        llm._attach(tokenizer, target, draft, draft_tokenizer or tokenizer, draft_spec, draft_weights)
         llm.configure(mode, k, ssd, min_confidence)
         return llm
 
     def _attach(self, tokenizer, target: CausalLM, draft: CausalLM | None, draft_tokenizer,
-                draft_spec: str | None) -> None:
+                draft_spec: str | None, draft_weights: str = "auto") -> None:
         from ssdecode.decoding.vocab import check_compatible
 
         if draft is not None:
             check_compatible(tokenizer, draft_tokenizer, target, draft)
         self.tokenizer, self.target, self.draft, self.draft_spec = tokenizer, target, draft, draft_spec
+        self.draft_weights = draft_weights  # what a worker process loading ``draft_spec`` uses
         self.device = target.device
         self.stopper = StopChecker(tokenizer, self._eos_ids())
         self.strategy = self.engine = None
@@ -100,6 +103,9 @@ class LLM:
         else:
             from ssdecode.decoding.ssd.strategy import build_ssd_strategy
 
+            if ssd is None or isinstance(ssd, dict):  # a worker process loads the draft like this LLM did
+                ssd = dict(ssd or {})
+                ssd["draft_weights"] = ssd.get("draft_weights") or self.draft_weights
             self.strategy = build_ssd_strategy(self.target, align_draft(self.draft, self.target),
                                                self.draft_spec, k, ssd)
         self.mode = mode

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ssdecode.models.config import ModelConfig
+from ssdecode.models.linear import Linear, make_linear
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -67,19 +68,19 @@ class LayerWeights:
     two fewer matmuls per layer, which matters when decode is bound by per-op overhead."""
 
     in_norm: torch.Tensor
-    wqkv: torch.Tensor  # [(H + 2 * Hkv) * D, hidden]
-    bqkv: torch.Tensor | None  # Qwen2 bias, same layout
+    qkv: Linear  # [(H + 2 * Hkv) * D, hidden], with Qwen2's bias
     q_norm: torch.Tensor | None  # Qwen3 per-head RMSNorm weights [D]
     k_norm: torch.Tensor | None
-    wo: torch.Tensor
+    o: Linear
     post_norm: torch.Tensor
-    w_gate_up: torch.Tensor  # [2 * intermediate, hidden]
-    w_down: torch.Tensor
+    gate_up: Linear  # [2 * intermediate, hidden]
+    down: Linear
 
     @classmethod
     def from_hf(cls, weights: Mapping[str, torch.Tensor], prefix: str, config: ModelConfig,
-                device: torch.device | str, dtype: torch.dtype) -> "LayerWeights":
-        """Gather (and fuse) the tensors of ``prefix`` = ``model.layers.N.`` in HF naming."""
+                device: torch.device | str, dtype: torch.dtype, fmt: str) -> "LayerWeights":
+        """Gather (and fuse) the tensors of ``prefix`` = ``model.layers.N.`` in HF naming; the
+        products in weight format ``fmt`` (``linear.resolve_format``)."""
 
         def get(name: str) -> torch.Tensor:
             return weights[prefix + name].to(device=device, dtype=dtype)
@@ -91,14 +92,14 @@ class LayerWeights:
         qkv = [attn + p + "_proj." for p in "qkv"]
         return cls(
             in_norm=get("input_layernorm.weight"),
-            wqkv=cat(*(p + "weight" for p in qkv)),
-            bqkv=cat(*(p + "bias" for p in qkv)) if config.qkv_bias else None,
+            qkv=make_linear(cat(*(p + "weight" for p in qkv)),
+                            cat(*(p + "bias" for p in qkv)) if config.qkv_bias else None, fmt),
             q_norm=get(attn + "q_norm.weight") if config.qk_norm else None,
             k_norm=get(attn + "k_norm.weight") if config.qk_norm else None,
-            wo=get(attn + "o_proj.weight"),
+            o=make_linear(get(attn + "o_proj.weight"), None, fmt),
             post_norm=get("post_attention_layernorm.weight"),
-            w_gate_up=cat("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-            w_down=get("mlp.down_proj.weight"),
+            gate_up=make_linear(cat("mlp.gate_proj.weight", "mlp.up_proj.weight"), None, fmt),
+            down=make_linear(get("mlp.down_proj.weight"), None, fmt),
         )
 
 

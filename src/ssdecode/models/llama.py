@@ -21,6 +21,7 @@ from safetensors import safe_open
 from ssdecode.models.base import CausalLM, key_span, new_token_counts
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.layers import LayerWeights, apply_rope, attend, rms_norm, rope_tables
+from ssdecode.models.linear import Linear, make_linear, resolve_format
 from ssdecode.runtime.kv_cache import KVCache
 
 DEFAULT_MAX_LEN = 4096
@@ -41,38 +42,41 @@ class LlamaModel(CausalLM):
         self.embed: torch.Tensor | None = None
         self.layers: list[LayerWeights] = []
         self.norm: torch.Tensor | None = None
-        self.lm_head: torch.Tensor | None = None
+        self.lm_head: Linear | None = None
+        self.weight_format = "dense"
 
     @classmethod
     def from_state_dict(cls, config: ModelConfig, state_dict: Mapping[str, torch.Tensor],
-                        device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "LlamaModel":
-        """Build from tensors in HF naming (``model.layers.N.self_attn.q_proj.weight``, ...)."""
+                        device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                        weights: str = "auto") -> "LlamaModel":
+        """Build from tensors in HF naming (``model.layers.N.self_attn.q_proj.weight``, ...).
+        ``weights``: the matmul weight format (``models/linear.py``); auto = packed on CPU fp32."""
         model = cls(config, device, dtype)
+        fmt = model.weight_format = resolve_format(weights, model.device, dtype)
 
         def get(name: str) -> torch.Tensor:
             return state_dict[name].to(device=model.device, dtype=dtype)
 
         model.embed = get("model.embed_tokens.weight")
-        model.layers = [LayerWeights.from_hf(state_dict, f"model.layers.{i}.", config, model.device, dtype)
+        model.layers = [LayerWeights.from_hf(state_dict, f"model.layers.{i}.", config, model.device, dtype, fmt)
                         for i in range(config.num_layers)]
         model.norm = get("model.norm.weight")
         if config.tie_word_embeddings:
-            model.lm_head = model.embed
+            model.lm_head = make_linear(model.embed, None, fmt)
         elif "lm_head.weight" in state_dict:
-            model.lm_head = get("lm_head.weight")
+            model.lm_head = make_linear(get("lm_head.weight"), None, fmt)
         else:
             raise KeyError("lm_head.weight is missing and tie_word_embeddings is false")
         return model
 
     @classmethod
     def from_folder(cls, path: str | Path, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> "LlamaModel":
+                    dtype: torch.dtype = torch.float32, weights: str = "auto") -> "LlamaModel":
         """Load an HF folder: ``config.json`` plus ``*.safetensors`` (sharded or not)."""
         from transformers import AutoConfig
 
         config = ModelConfig.from_hf(AutoConfig.from_pretrained(str(path)))
-        return cls.from_state_dict(config, _SafetensorsFolder(Path(path)), device, dtype)
+        return cls.from_state_dict(config, _SafetensorsFolder(Path(path)), device, dtype, weights)
 
     def new_cache(self, num_slots: int, max_len: int | None = None) -> KVCache:
         max_len = min(self.max_context, DEFAULT_MAX_LEN) if max_len is None else max_len
@@ -100,7 +104,7 @@ class LlamaModel(CausalLM):
             else:
                 last = torch.tensor([n - 1 for n in counts], device=self.device)
                 h = h[torch.arange(b, device=self.device), last].unsqueeze(1)
-        logits = F.linear(rms_norm(h, self.norm, self.config.rms_norm_eps), self.lm_head).float()
+        logits = self.lm_head(rms_norm(h, self.norm, self.config.rms_norm_eps)).float()
         cache.advance(slots, counts)
         return logits
 
@@ -109,7 +113,7 @@ class LlamaModel(CausalLM):
         c = self.config
         b, t, _ = h.shape
         q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-        qkv = F.linear(rms_norm(h, lw.in_norm, c.rms_norm_eps), lw.wqkv, lw.bqkv)
+        qkv = lw.qkv(rms_norm(h, lw.in_norm, c.rms_norm_eps))
         q = qkv[..., :q_dim].view(b, t, c.num_heads, c.head_dim)
         k = qkv[..., q_dim:q_dim + kv_dim].view(b, t, c.num_kv_heads, c.head_dim)
         v = qkv[..., q_dim + kv_dim:].view(b, t, c.num_kv_heads, c.head_dim)
@@ -120,11 +124,11 @@ class LlamaModel(CausalLM):
         step.write(k_buf, apply_rope(k, cos, sin))
         step.write(v_buf, v)
         out = attend(q, step.read(k_buf), step.read(v_buf), step.mask, step.is_causal)
-        h = h + F.linear(out, lw.wo)
-        gate_up = F.linear(rms_norm(h, lw.post_norm, c.rms_norm_eps), lw.w_gate_up)
+        h = h + lw.o(out)
+        gate_up = lw.gate_up(rms_norm(h, lw.post_norm, c.rms_norm_eps))
         inter = gate_up.shape[-1] // 2
         act = F.silu(gate_up[..., :inter]).mul_(gate_up[..., inter:])
-        return h.add_(F.linear(act, lw.w_down))
+        return h.add_(lw.down(act))
 
 
 @dataclass

@@ -19,6 +19,7 @@ from ssdecode.models.config import ModelConfig, UnsupportedArchitecture
 from ssdecode.models.demo import DEMO_MODELS, ensure_demo_model
 from ssdecode.models.errors import ModelLoadError
 from ssdecode.models.gguf_convert import convert_gguf
+from ssdecode.models.linear import resolve_format
 
 __all__ = ["ModelLoadError", "resolve_model", "load_model", "load_tokenizer"]
 
@@ -79,26 +80,31 @@ def _dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype
 
 
 def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
-               dtype: torch.dtype | str | None = None) -> CausalLM:
+               dtype: torch.dtype | str | None = None, weights: str = "auto") -> CausalLM:
     """Resolve ``spec`` and load it: native ``LlamaModel`` if supported, else ``HFCausalLM``.
 
-    ``dtype`` defaults to fp32 on CPU and bf16 on CUDA.
+    ``dtype`` defaults to fp32 on CPU and bf16 on CUDA. ``weights``: the native runtime's matmul
+    weight format (``models/linear.py``: auto, dense, packed, int8).
     """
     from transformers import AutoConfig
 
     folder = resolve_model(spec)
     device = torch.device(device)
     dtype = _dtype(dtype, device)
+    fmt = resolve_format(weights, device, dtype)
     try:
         ModelConfig.from_hf(AutoConfig.from_pretrained(folder))
     except UnsupportedArchitecture as e:
+        if weights not in ("auto", "dense"):
+            raise ModelLoadError(f"weight format {weights!r} needs the native runtime, and {folder} is "
+                                 f"not a supported architecture ({e})") from e
         logger.warning("%s: %s; using the Transformers fallback (correct but slower)", folder, e)
         from ssdecode.models.hf_fallback import HFCausalLM
 
         return HFCausalLM(str(folder), device, dtype)
     from ssdecode.models.llama import LlamaModel
 
-    return LlamaModel.from_folder(folder, device, dtype)
+    return LlamaModel.from_folder(folder, device, dtype, fmt)
 
 
 def load_tokenizer(spec_or_dir: str | os.PathLike):

@@ -98,6 +98,7 @@ class WorkerLaunch:
     device: str
     threads: int | None
     dtype: str | None
+    weights: str
     timeout_s: float
 
 
@@ -139,7 +140,8 @@ class DistClient(DraftClient):
             store = dist.TCPStore("127.0.0.1", port, world_size=2, is_master=True, timeout=timeout,
                                   wait_for_workers=False)
             ctx = torch.multiprocessing.get_context("spawn")
-            info = WorkerLaunch(port, backend, draft_device, config.draft_threads, config.draft_dtype, config.timeout_s)
+            info = WorkerLaunch(port, backend, draft_device, config.draft_threads, config.draft_dtype,
+                                config.draft_weights, config.timeout_s)
             from ssdecode.transport.worker_main import spawned_worker
 
             self.proc = ctx.Process(target=spawned_worker, args=(spec, info), name="ssd-draft-worker", daemon=True)

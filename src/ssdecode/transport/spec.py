@@ -6,8 +6,8 @@
   checkpoints) for the native ``LlamaModel``;
 - a picklable zero-argument callable returning a CausalLM (``functools.partial`` of a module-level
   function);
-- a CausalLM object (spawned workers only): its CPU tensors travel through shared memory, so the
-  draft is not copied; it stays on its device.
+- a CausalLM object (spawned workers only): its plain CPU tensors travel through shared memory;
+  oneDNN-packed weights (``models/linear.py``) are copied and repacked by the worker.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ from ssdecode.models.base import CausalLM
 class StateDictSpec:
     path: str
 
-    def load(self, device, dtype) -> CausalLM:
+    def load(self, device, dtype, weights: str = "auto") -> CausalLM:
         from ssdecode.models.config import ModelConfig
         from ssdecode.models.llama import LlamaModel
 
         data = torch.load(self.path, map_location="cpu", weights_only=False)
         return LlamaModel.from_state_dict(ModelConfig(**data["config"]), data["state_dict"], device,
-                                          dtype or torch.float32)
+                                          dtype or torch.float32, weights)
 
     @classmethod
     def save(cls, path: str, config, state_dict: dict) -> "StateDictSpec":
@@ -37,17 +37,20 @@ class StateDictSpec:
         return cls(str(path))
 
 
-def load_draft(spec, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None) -> CausalLM:
+def load_draft(spec, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+               weights: str = "auto") -> CausalLM:
+    """The draft a worker serves; ``weights`` (the matmul weight format) applies to the specs it
+    loads (strings, StateDictSpec), not to built models and factories."""
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if isinstance(spec, CausalLM) or (hasattr(spec, "forward") and hasattr(spec, "new_cache")):
         return spec
     if isinstance(spec, StateDictSpec):
-        return spec.load(device or "cpu", dtype)
+        return spec.load(device or "cpu", dtype, weights)
     if isinstance(spec, str):
         from ssdecode.models.loader import load_model
 
-        return load_model(spec, device=device or "cpu", dtype=dtype)
+        return load_model(spec, device=device or "cpu", dtype=dtype, weights=weights)
     if callable(spec):
         return spec()
     raise TypeError(f"not a draft spec: {type(spec).__name__} (a loader string, StateDictSpec, factory or CausalLM)")

@@ -43,7 +43,7 @@ class _FailedWorker:
         pass
 
 
-def run_worker(spec, device: str, dtype: str | None, backend: str, group=None) -> None:
+def run_worker(spec, device: str, dtype: str | None, weights: str, backend: str, group=None) -> None:
     """Load the draft and serve the target (rank 0) until Shutdown over ``group`` (None: the
     default group, joined already)."""
     if torch.device(device).type == "cuda":
@@ -51,7 +51,7 @@ def run_worker(spec, device: str, dtype: str | None, backend: str, group=None) -
     try:
         from ssdecode.decoding.ssd.worker import DraftWorker
 
-        worker = DraftWorker(load_draft(spec, device, dtype))
+        worker = DraftWorker(load_draft(spec, device, dtype, weights))
     except Exception:
         worker = _FailedWorker(traceback.format_exc())
     comm = device if backend == "nccl" else "cpu"
@@ -70,7 +70,7 @@ def spawned_worker(spec, info: WorkerLaunch) -> None:
     store = dist.TCPStore("127.0.0.1", info.port, world_size=2, is_master=False, timeout=timeout)
     store.set("worker_up", "1")
     group = private_group(info.backend, store, WORKER_RANK, timeout)
-    run_worker(spec, info.device, info.dtype, info.backend, group)
+    run_worker(spec, info.device, info.dtype, info.weights, info.backend, group)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draft", required=True, help="draft model: demo-draft, an HF folder, a .gguf file or a hub id")
     p.add_argument("--device", default=None, help="draft device (default: cuda:LOCAL_RANK if CUDA, else cpu)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: per device)")
+    p.add_argument("--weights", default="auto", help="matmul weight format: auto, dense, packed, int8")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl on CUDA)")
     p.add_argument("--timeout", type=float, default=600.0, help="collective timeout in seconds")
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     dist.init_process_group(backend, init_method="env://", rank=WORKER_RANK, world_size=2,
                             timeout=timedelta(seconds=args.timeout))
     log.info("draft worker up: %s on %s (%s)", args.draft, device, backend)
-    run_worker(args.draft, device, args.dtype, backend)
+    run_worker(args.draft, device, args.dtype, args.weights, backend)
     return 0
 
 

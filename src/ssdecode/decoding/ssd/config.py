@@ -10,6 +10,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from ssdecode.models.linear import FORMATS
 from ssdecode.params import InvalidParams
 
 FANOUT_MODES = ("uniform", "list", "geometric")
@@ -40,6 +41,7 @@ class SSDConfig:
     draft_device: str | None = None  # process transport: device of the draft (default: target's)
     draft_threads: int | None = None  # process transport: torch CPU threads of the worker process
     draft_dtype: str | None = None  # process transport: dtype name for loading ("float32", ...)
+    draft_weights: str = "auto"  # process transport: matmul weight format (models/linear.py)
     backend: str | None = None  # torch.distributed backend (default: nccl for cuda, else gloo)
     timeout_s: float = 600.0  # process transport: rendezvous / collective timeout
     # normalized fan-out (filled by __post_init__; do not pass)
@@ -66,7 +68,7 @@ class SSDConfig:
         if not 0.0 < self.saguaro_c <= 1.0:
             raise InvalidParams(f"Saguaro constant C must be in (0, 1], got {self.saguaro_c}")
         for name, value, allowed in (("backup", self.backup, BACKUPS), ("transport", self.transport, TRANSPORTS),
-                                     ("launch", self.launch, LAUNCHES)):
+                                     ("launch", self.launch, LAUNCHES), ("draft_weights", self.draft_weights, FORMATS)):
             if value not in allowed:
                 raise InvalidParams(f"{name} must be one of {allowed}, got {value!r}")
         if self.fast_ngram < 1:

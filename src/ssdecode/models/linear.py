@@ -1,0 +1,86 @@
+"""Weight formats for the native models' matrix products.
+
+- ``dense``: ``F.linear`` on the stored weight; any device and dtype.
+- ``packed``: the weight reordered once, at load time, into oneDNN's blocked layout (CPU, fp32).
+  Decode-shaped products (1-16 rows against a large weight) run about 2x faster than
+  ``F.linear``'s, and a K+1-row verification costs little more than one row (measured in
+  docs/benchmarks.md). The default for fp32 on CPU.
+- ``int8``: weight-only int8, one scale per output channel, run by fbgemm's dynamic-quantized
+  product (activations quantized per call). A quarter of the bytes per token; meant for DRAFT
+  models: speculation stays exact whatever the draft outputs, because the verifier uses the q the
+  draft actually sampled from. Opt-in (``--draft-weights int8``); CPU only.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+FORMATS = ("auto", "dense", "packed", "int8")
+
+
+class Linear:
+    """``y = x W^T + b`` on a dense weight ``[out, in]``."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class PackedLinear(Linear):
+    """The weight in oneDNN's layout; the dense copy is dropped."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__(torch.ops.mkldnn._reorder_linear_weight(weight, 1), bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+
+    def __reduce__(self):
+        # oneDNN tensors don't pickle. Ship the plain weight by value (a temporary tensor would go
+        # through torch's fd-based shared memory and be freed before a spawned child reads it).
+        return _repack, (self.weight.to_dense().numpy(), self.bias)
+
+
+def _repack(weight, bias: torch.Tensor | None) -> PackedLinear:
+    return PackedLinear(torch.from_numpy(weight), bias)
+
+
+class Int8Linear(Linear):
+    """Symmetric per-output-channel int8 weight, prepacked for fbgemm."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        w = weight.float()
+        scale = w.abs().amax(1).clamp_min(1e-8) / 127
+        with warnings.catch_warnings():  # quantized tensors are deprecated upstream; torch is pinned
+            warnings.simplefilter("ignore")
+            q = torch.quantize_per_channel(w, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0,
+                                           torch.qint8)
+            packed = torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float())
+        super().__init__(packed, None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # reduce_range: 7-bit activations, so fbgemm's int16 pair sums cannot saturate on AVX2
+        return torch.ops.quantized.linear_dynamic(x, self.weight, True)
+
+
+def resolve_format(fmt: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The concrete format for ``fmt`` on this device and dtype; refuses impossible pairs."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown weight format {fmt!r}; use one of {', '.join(FORMATS)}")
+    cpu_fp32 = device.type == "cpu" and dtype == torch.float32
+    if fmt == "auto":
+        return "packed" if cpu_fp32 and torch.backends.mkldnn.is_available() else "dense"
+    if fmt == "packed" and not (cpu_fp32 and torch.backends.mkldnn.is_available()):
+        raise ValueError("weight format 'packed' needs fp32 on a CPU with oneDNN")
+    if fmt == "int8" and not (cpu_fp32 and "fbgemm" in torch.backends.quantized.supported_engines):
+        raise ValueError("weight format 'int8' needs fp32 on a CPU with fbgemm (x86)")
+    return fmt
+
+
+def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> Linear:
+    """``fmt`` as returned by ``resolve_format``."""
+    return {"dense": Linear, "packed": PackedLinear, "int8": Int8Linear}[fmt](weight, bias)
