@@ -278,6 +278,10 @@ def test_load_model_picks_native_or_fallback(tmp_path, caplog):
         model = load_model(tmp_path / "gpt2")
     assert isinstance(model, HFCausalLM)
     assert "Transformers fallback" in caplog.text and "gpt2" in caplog.text
+    with pytest.raises(ModelLoadError, match="needs the native runtime"):
+        load_model(tmp_path / "gpt2", weights="int8")
+    with pytest.raises(ValueError, match="unknown weight format"):
+        load_model(tmp_path / "llama", weights="int4")
 
 
 @pytest.mark.real

@@ -37,6 +37,14 @@ def test_greedy_sd_equals_ar(models, k, same_draft):
         assert sd[0].stats["acceptance_rate"] == 1.0
 
 
+def test_greedy_sd_with_an_int8_draft_equals_ar(models):
+    target, _ = models
+    params = SamplingParams(max_tokens=24, ignore_eos=True)
+    out = run(target, tiny_model(0, weights="int8"), "sd", params, k=4)
+    assert [c.token_ids for c in out] == [c.token_ids for c in run(target, None, "ar", params)]
+    assert 0 < out[0].stats["acceptance_rate"] < 1  # the draft differs from the target
+
+
 @pytest.mark.parametrize("threshold", [0.3, 0.9])
 def test_confidence_gated_draft_length_keeps_greedy_equal(models, threshold):
     target, poor = models

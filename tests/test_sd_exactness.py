@@ -51,12 +51,14 @@ CASES = {
     "adversarial-t1-k5": dict(draft="adversarial", temperature=1.0, k=5),
     "poor-draft-topk3-k5": dict(draft="poor", temperature=1.0, top_k=3, k=5),
     "poor-draft-topp08-k1": dict(draft="poor", temperature=1.0, top_p=0.8, k=1),
+    "int8-draft-t1-k5": dict(draft="int8", temperature=1.0, k=5),
 }
 
 
 def make_draft(kind: str, target):
     return {"same": lambda: target, "poor": lambda: tiny_model(1, vocab=VOCAB),
-            "adversarial": lambda: Adversarial(target)}[kind]()
+            "adversarial": lambda: Adversarial(target),
+            "int8": lambda: tiny_model(0, vocab=VOCAB, weights="int8")}[kind]()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -6,7 +6,7 @@ import torch
 from ssd_support import greedy_reference, prompts_for, run, tiny_model
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.strategy import SSDStrategy, build_ssd_strategy
-from ssdecode.params import SamplingParams
+from ssdecode.params import InvalidParams, SamplingParams
 from ssdecode.transport.messages import DraftWorkerError
 
 MAX_TOKENS = 16
@@ -49,6 +49,17 @@ def _check(strategy, prompts, references):
 @pytest.mark.parametrize("fanout", ["uniform:2", "geometric", "2,1,0,3"])
 def test_greedy_matches_ar_thread(target, draft, references, backup, fanout):
     _check(_ssd(target, draft, fanout=fanout, backup=backup), prompts_for(3), references)
+
+
+def test_greedy_matches_ar_with_an_int8_draft_in_a_process(target, references):
+    """The int8 draft's packed weights travel to the spawned worker; exactness is the verifier's."""
+    draft = tiny_model(1, weights="int8")
+    _check(_ssd(target, draft, transport="process", draft_threads=1), prompts_for(2), references)
+
+
+def test_invalid_draft_weights_are_refused():
+    with pytest.raises(InvalidParams, match="draft_weights"):
+        SSDConfig(k=3, draft_weights="int4")
 
 
 @pytest.mark.parametrize("batch", [1, 2, 4])

@@ -54,17 +54,32 @@ class Int8Linear(Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         w = weight.float()
-        scale = w.abs().amax(1).clamp_min(1e-8) / 127
-        with warnings.catch_warnings():  # quantized tensors are deprecated upstream; torch is pinned
-            warnings.simplefilter("ignore")
-            q = torch.quantize_per_channel(w, scale.double(), torch.zeros_like(scale, dtype=torch.long), 0,
-                                           torch.qint8)
-            packed = torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float())
-        super().__init__(packed, None)
+        scale = (w.abs().amax(1).clamp_min(1e-8) / 127).double()
+        ints = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        super().__init__(_prepack(ints, scale, bias), None)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # reduce_range: 7-bit activations, so fbgemm's int16 pair sums cannot saturate on AVX2
         return torch.ops.quantized.linear_dynamic(x, self.weight, True)
+
+    def __reduce__(self):  # by value, as PackedLinear's
+        q, bias = torch.ops.quantized.linear_unpack(self.weight)
+        return _int8, (q.int_repr().numpy(), q.q_per_channel_scales().numpy(),
+                       None if bias is None else bias.numpy())
+
+
+def _prepack(ints: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
+    with warnings.catch_warnings():  # quantized tensors are deprecated upstream; torch is pinned
+        warnings.simplefilter("ignore")
+        q = torch._make_per_channel_quantized_tensor(ints, scale, torch.zeros_like(scale, dtype=torch.long), 0)
+        return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float())
+
+
+def _int8(ints, scale, bias) -> Int8Linear:
+    lin = Int8Linear.__new__(Int8Linear)
+    Linear.__init__(lin, _prepack(torch.from_numpy(ints), torch.from_numpy(scale),
+                                  None if bias is None else torch.from_numpy(bias)), None)
+    return lin
 
 
 def resolve_format(fmt: str, device: torch.device, dtype: torch.dtype) -> str:

@@ -1,0 +1,53 @@
+"""Matmul weight formats (models/linear.py): each computes x W^T + b, pickles, and refuses
+devices and dtypes it cannot run on; a whole model gives the same logits in dense and packed."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import torch
+
+from ssdecode.models.linear import make_linear, resolve_format
+from tiny import tiny_model
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("fmt, rel_tol", [("dense", 1e-6), ("packed", 1e-5), ("int8", 3e-2)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_formats_compute_the_product(fmt, rel_tol, bias):
+    torch.manual_seed(0)
+    w, b = torch.randn(48, 32), torch.randn(48) if bias else None
+    lin = make_linear(w, b, fmt)
+    for shape in [(1, 32), (3, 5, 32)]:
+        x = torch.randn(*shape)
+        want = torch.nn.functional.linear(x, w, b)
+        got = lin(x)
+        assert got.shape == want.shape and got.dtype == torch.float32
+        assert (got - want).abs().max() <= rel_tol * want.abs().max()
+    again = pickle.loads(pickle.dumps(lin))
+    x = torch.randn(2, 32)
+    assert torch.equal(again(x), lin(x))
+
+
+def test_auto_resolves_per_device_and_dtype():
+    assert resolve_format("auto", CPU, torch.float32) == "packed"
+    assert resolve_format("auto", CPU, torch.bfloat16) == "dense"
+    assert resolve_format("auto", torch.device("cuda"), torch.bfloat16) == "dense"
+
+
+@pytest.mark.parametrize("fmt, device, dtype", [("packed", "cpu", torch.bfloat16), ("packed", "cuda", torch.float32),
+                                                ("int8", "cuda", torch.float32), ("int8", "cpu", torch.float16),
+                                                ("fp4", "cpu", torch.float32)])
+def test_impossible_formats_are_refused(fmt, device, dtype):
+    with pytest.raises(ValueError, match="weight format"):
+        resolve_format(fmt, torch.device(device), dtype)
+
+
+def test_packed_model_matches_dense_model():
+    dense, packed = tiny_model(0, weights="dense"), tiny_model(0, weights="packed")
+    ids = torch.tensor([[1, 5, 2, 9, 3]])
+    pos = torch.arange(5)[None]
+    a = dense.forward(ids, pos, dense.new_cache(1, 16), [0])
+    b = packed.forward(ids, pos, packed.new_cache(1, 16), [0])
+    assert (a - b).abs().max() < 1e-5
