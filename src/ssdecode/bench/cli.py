@@ -41,14 +41,15 @@ def build_systems(args, llm, draft_spec: str) -> list:
 
     systems = [our_system("ssdecode-ar", llm)]
     for fmt in (args.sd_draft_weights or args.draft_weights).split(",") if "sd" in modes else []:
-        tag = "" if fmt == args.draft_weights else f"-{fmt}"
+        tag = "" if fmt == "auto" else f"-{fmt}"
         for k in [int(k) for k in args.sd_k.split(",")]:
             systems.append(our_system(f"ssdecode-sd-k{k}{tag}", ours("sd", k, fmt=fmt)))
             if args.sd_confidence is not None:
                 systems.append(our_system(f"ssdecode-sd-k{k}-c{args.sd_confidence}{tag}",
                                           ours("sd", k, conf=args.sd_confidence, fmt=fmt)))
     for k in [int(k) for k in (args.ssd_k or str(args.k or 3)).split(",")] if "ssd" in modes else []:
-        systems.append(our_system(f"ssdecode-ssd-k{k}", ours("ssd", k, ssd_options(args))))
+        tag = "" if args.draft_weights == "auto" else f"-{args.draft_weights}"
+        systems.append(our_system(f"ssdecode-ssd-k{k}{tag}", ours("ssd", k, ssd_options(args))))
     if not args.no_hf:
         peer = HFPeer(resolve_model(args.target), resolve_model(draft_spec), str(llm.device))
         systems += [hf_system("hf-generate", peer, False), hf_system("hf-assisted", peer, True)]
