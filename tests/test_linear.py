@@ -51,3 +51,19 @@ def test_packed_model_matches_dense_model():
     a = dense.forward(ids, pos, dense.new_cache(1, 16), [0])
     b = packed.forward(ids, pos, packed.new_cache(1, 16), [0])
     assert (a - b).abs().max() < 1e-5
+
+
+def test_step_benchmark_reports_every_format(tmp_path, capsys):
+    import json
+
+    from transformers import Qwen2ForCausalLM
+
+    from ssdecode.bench import steps
+    from tiny import tiny_hf_config
+
+    Qwen2ForCausalLM(tiny_hf_config(vocab=1024, context=512)).save_pretrained(tmp_path / "m")
+    steps.main(["--model", str(tmp_path / "m"), "--weights", "dense,packed,int8", "--tokens", "1,4",
+                "--repeats", "1"])
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["seconds"]) == {"dense", "packed", "int8"}
+    assert all(s > 0 for row in out["seconds"].values() for s in row.values())

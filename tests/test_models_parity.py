@@ -6,8 +6,6 @@ ragged batches and tree masks are all checked against the same ground truth.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -190,23 +188,3 @@ def test_fallback_ragged_batch_and_tree_refusal(fallback_pair):
     with pytest.raises(ValueError, match="native model"):
         model.forward(torch.tensor([[1]]), torch.tensor([[4]]), cache, [1],
                       attn_mask=torch.ones(1, 1, 5, dtype=torch.bool))
-
-
-@pytest.mark.real
-def test_real_draft_matches_hf():
-    """Native vs Transformers on the real demo draft (Qwen2.5-Coder-0.5B) in float32."""
-    folder = Path(os.environ.get("SSDECODE_DEMO_DRAFT_DIR", "/nonexistent"))
-    if not (folder / "config.json").exists():
-        pytest.skip("SSDECODE_DEMO_DRAFT_DIR does not point at an HF model folder")
-    hf = tf.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
-    model = LlamaModel.from_folder(folder)
-    seq = torch.randint(0, 20000, (23,), generator=torch.Generator().manual_seed(0)).tolist()
-    ref = ref_logits(hf, seq)
-    del hf
-    cache = model.new_cache(1, max_len=64)
-    got = [step(model, cache, 0, seq[:20], 0)]
-    got += [step(model, cache, 0, seq[i:i + 1], i) for i in range(20, 23)]
-    # measured ~2e-5 (logits up to ~17): fused matmuls only reorder float32 reductions
-    diff = (torch.cat(got) - ref).abs().max().item()
-    assert diff < TOL, diff

@@ -10,8 +10,9 @@ def add_bench_parser(sub, add_model_args) -> None:
     add_model_args(b)
     b.add_argument("--modes", default="ar,sd", help="comma list of ar,sd,ssd")
     b.add_argument("--sd-k", default="5,7", help="K values to sweep for sd (comma list)")
-    b.add_argument("--sd-confidence", type=float, default=None,
-                   help="also run sd with this draft confidence threshold, for each K")
+    b.add_argument("--sd-confidence", default="none",
+                   help="comma list of draft confidence thresholds to run sd with, for each K "
+                        "('none' = no gating), e.g. none,0.4")
     b.add_argument("--sd-draft-weights", default=None,
                    help="comma list of draft weight formats to run the sd sweep with (default: --draft-weights)")
     b.add_argument("--ssd-k", default=None, help="K values for ssd (default: --k or 3)")
@@ -43,10 +44,9 @@ def build_systems(args, llm, draft_spec: str) -> list:
     for fmt in (args.sd_draft_weights or args.draft_weights).split(",") if "sd" in modes else []:
         tag = "" if fmt == "auto" else f"-{fmt}"
         for k in [int(k) for k in args.sd_k.split(",")]:
-            systems.append(our_system(f"ssdecode-sd-k{k}{tag}", ours("sd", k, fmt=fmt)))
-            if args.sd_confidence is not None:
-                systems.append(our_system(f"ssdecode-sd-k{k}-c{args.sd_confidence}{tag}",
-                                          ours("sd", k, conf=args.sd_confidence, fmt=fmt)))
+            for conf in [None if c == "none" else float(c) for c in args.sd_confidence.split(",")]:
+                ctag = "" if conf is None else f"-c{conf}"
+                systems.append(our_system(f"ssdecode-sd-k{k}{ctag}{tag}", ours("sd", k, conf=conf, fmt=fmt)))
     for k in [int(k) for k in (args.ssd_k or str(args.k or 3)).split(",")] if "ssd" in modes else []:
         tag = "" if args.draft_weights == "auto" else f"-{args.draft_weights}"
         systems.append(our_system(f"ssdecode-ssd-k{k}{tag}", ours("ssd", k, ssd_options(args))))
