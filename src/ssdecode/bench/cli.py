@@ -18,7 +18,7 @@ def add_bench_parser(sub, add_model_args) -> None:
     b.add_argument("--ssd-k", default=None, help="K values for ssd (default: --k or 3)")
     b.add_argument("--prompts", default="humaneval,stdlib",
                    help="comma list of prompt sets: humaneval, stdlib, or a file")
-    b.add_argument("--num-prompts", type=int, default=20, help="prompts per set (comma list per set allowed)")
+    b.add_argument("--num-prompts", default="20", help="prompts per set, or a comma list with one count per set")
     b.add_argument("--max-tokens", type=int, default=128)
     b.add_argument("--no-hf", action="store_true", help="skip the Transformers peers")
     b.add_argument("--out", default=None, help="also write the JSON result to this file")
