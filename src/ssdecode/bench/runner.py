@@ -63,7 +63,10 @@ class SystemResult:
                 "hit_rate": s.get("hit_rate"), "e_hit": s.get("e_hit"), "e_miss": s.get("e_miss"),
                 "time_draft_s": s["time_draft_s"], "time_verify_s": s["time_verify_s"],
                 "matches_ar": round(sum(a == b for a, b in zip(self.outputs, baseline.outputs))
-                                    / len(self.outputs), 3), **self.extra}
+                                    / len(self.outputs), 3),
+                # the strategy's own stats (SSD worker: T_p, hit rate by k, ...) restart with each
+                # request, so they describe the last prompt; the fields above cover the whole set
+                **({"last_request": self.extra} if self.extra else {})}
 
 
 def run_systems(systems: list[System], set_name: str, prompts: list[list[int]], max_tokens: int,
