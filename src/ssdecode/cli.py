@@ -7,6 +7,7 @@ import logging
 import sys
 
 from ssdecode.models.errors import ModelLoadError
+from ssdecode.models.linear import FORMATS
 from ssdecode.params import InvalidParams, SamplingParams
 
 
@@ -17,7 +18,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda if present)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the target")
     p.add_argument("--k", type=int, default=None, help="draft tokens per round (sd/ssd)")
-    p.add_argument("--draft-weights", default="auto", choices=["auto", "dense", "packed", "int8"],
+    p.add_argument("--draft-weights", default="auto", choices=FORMATS,
                    help="draft matmul weights: auto (oneDNN-packed fp32 on CPU), dense, packed, or "
                         "int8 (CPU; 4x fewer bytes per draft token; decoding stays exact)")
     p.add_argument("--draft-confidence", type=float, default=None,

@@ -32,8 +32,9 @@ def build_systems(args, llm, draft_spec: str) -> list:
     from ssdecode.models.loader import load_model, resolve_model
 
     modes = args.modes.split(",")
+    sd_formats = (args.sd_draft_weights or args.draft_weights).split(",") if "sd" in modes else []
     drafts = {args.draft_weights: llm.draft}
-    for fmt in (args.sd_draft_weights or args.draft_weights).split(",") if "sd" in modes else []:
+    for fmt in sd_formats:
         drafts[fmt] = drafts.get(fmt) or load_model(draft_spec, device=llm.device, weights=fmt)
 
     def ours(mode: str, k: int = 5, ssd=None, conf=None, fmt=args.draft_weights) -> LLM:
@@ -41,7 +42,7 @@ def build_systems(args, llm, draft_spec: str) -> list:
                                draft_spec=draft_spec, min_confidence=conf, draft_weights=fmt)
 
     systems = [our_system("ssdecode-ar", llm)]
-    for fmt in (args.sd_draft_weights or args.draft_weights).split(",") if "sd" in modes else []:
+    for fmt in sd_formats:
         tag = "" if fmt == "auto" else f"-{fmt}"
         for k in [int(k) for k in args.sd_k.split(",")]:
             for conf in [None if c == "none" else float(c) for c in args.sd_confidence.split(",")]:

@@ -55,8 +55,14 @@ class Int8Linear(Linear):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         w = weight.float()
         scale = (w.abs().amax(1).clamp_min(1e-8) / 127).double()
-        ints = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        super().__init__(_prepack(ints, scale, bias), None)
+        self._prepack(torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale, bias)
+
+    def _prepack(self, ints: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        with warnings.catch_warnings():  # quantized tensors are deprecated upstream; torch is pinned
+            warnings.simplefilter("ignore")
+            q = torch._make_per_channel_quantized_tensor(ints, scale, torch.zeros_like(scale, dtype=torch.long), 0)
+            self.weight = torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float())
+        self.bias = None  # inside the packed params
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         # reduce_range: 7-bit activations, so fbgemm's int16 pair sums cannot saturate on AVX2
@@ -68,17 +74,9 @@ class Int8Linear(Linear):
                        None if bias is None else bias.numpy())
 
 
-def _prepack(ints: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
-    with warnings.catch_warnings():  # quantized tensors are deprecated upstream; torch is pinned
-        warnings.simplefilter("ignore")
-        q = torch._make_per_channel_quantized_tensor(ints, scale, torch.zeros_like(scale, dtype=torch.long), 0)
-        return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float())
-
-
 def _int8(ints, scale, bias) -> Int8Linear:
-    lin = Int8Linear.__new__(Int8Linear)
-    Linear.__init__(lin, _prepack(torch.from_numpy(ints), torch.from_numpy(scale),
-                                  None if bias is None else torch.from_numpy(bias)), None)
+    lin = Int8Linear.__new__(Int8Linear)  # already quantized: skip __init__'s quantization
+    lin._prepack(torch.from_numpy(ints), torch.from_numpy(scale), None if bias is None else torch.from_numpy(bias))
     return lin
 
 
