@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ssdecode.engine.engine import Engine
-from ssdecode.engine.stopping import StopChecker
+from ssdecode.engine.core import EngineCore
 from ssdecode.params import SamplingParams
 from ssdecode.models.base import CausalLM
 from tiny import tiny_model as _tiny_model
@@ -32,15 +31,18 @@ def greedy_reference(model, prompt: list[int], n: int) -> list[int]:
 
 
 def run(strategy, prompts: list[list[int]], params: list[SamplingParams] | SamplingParams,
-        vocab: int = 24) -> list[list[int]]:
-    """Generate with the engine loop (no EOS) and return each row's output ids."""
+        vocab: int = 24, context: int = CONTEXT) -> list[list[int]]:
+    """Generate with an engine core sized for this batch (no EOS); each row's output ids."""
     if isinstance(params, SamplingParams):
         params = [params] * len(prompts)
-    engine = Engine(strategy, StopChecker(tiny_tokenizer(vocab), set()), CONTEXT)
-    out = {}
-    for seq, _ in engine.run(prompts, params):
-        out[seq.seq_id] = seq
-    return [out[i].output_ids for i in range(len(prompts))]
+    limit = context - strategy.cache_tokens_needed()
+    need = min(limit, max(len(p) + sp.max_tokens for p, sp in zip(prompts, params)))
+    core = EngineCore(strategy, tiny_tokenizer(vocab), set(), context, vocab, len(prompts), need)
+    rids = [core.add_request(p, sp) for p, sp in zip(prompts, params)]
+    done = {}
+    while core.has_unfinished():
+        done.update((o.request_id, o.request.output_ids) for o in core.step() if o.finished)
+    return [done[r] for r in rids]
 
 
 def prompts_for(batch: int, seed: int = 0, vocab: int = 24) -> list[list[int]]:

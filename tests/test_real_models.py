@@ -79,7 +79,7 @@ def test_greedy_sd_equals_ar(llm, prompts, ar_outputs):
     llm.configure("sd", k=5)
     outs = llm.generate(prompts, SamplingParams(max_tokens=NEW_TOKENS))
     assert [c.token_ids for c in outs] == ar_outputs
-    assert llm.engine.run_metrics.summary()["acceptance_rate"] > 0.5
+    assert llm.core.run_metrics.summary()["acceptance_rate"] > 0.5
 
 
 def test_cli_generate_json(demo):

@@ -52,7 +52,7 @@ def test_confidence_gated_draft_length_keeps_greedy_equal(models, threshold):
     llm = LLM.from_models(tiny_tokenizer(), target, poor, mode="sd", k=6, min_confidence=threshold)
     out = llm.generate(PROMPTS, params)
     assert [c.token_ids for c in out] == [c.token_ids for c in run(target, poor, "ar", params)]
-    m = llm.engine.run_metrics
+    m = llm.core.run_metrics
     assert m.draft_proposed < 6 * m.verifications  # some rounds stopped drafting early
 
 
@@ -81,7 +81,7 @@ def test_eos_stops_generation(models):
     free = run(target, target, "ar", SamplingParams(max_tokens=16, ignore_eos=True))[0]
     eos_like = free.token_ids[4]
     llm = LLM.from_models(tiny_tokenizer(), target, target, mode="sd", k=5)
-    llm.stopper.eos_ids = {eos_like}
+    llm.core.stopper.eos_ids = {eos_like}
     out = llm.generate([PROMPTS[0]], SamplingParams(max_tokens=16))[0]
     assert out.token_ids == free.token_ids[: free.token_ids.index(eos_like) + 1]
     assert out.finish_reason == "stop"

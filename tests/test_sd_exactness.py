@@ -38,7 +38,8 @@ def target():
 
 def sd_samples(target, draft, params: SamplingParams, k: int, n_tokens: int, n: int = N,
                min_confidence: float | None = None) -> list[tuple]:
-    llm = LLM.from_models(tiny_tokenizer(VOCAB), target, draft, mode="sd", k=k, min_confidence=min_confidence)
+    llm = LLM.from_models(tiny_tokenizer(VOCAB), target, draft, mode="sd", k=k, min_confidence=min_confidence,
+                          max_num_seqs=n, max_model_len=len(PROMPT) + n_tokens)
     rows = [SamplingParams(temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
                            max_tokens=n_tokens, ignore_eos=True, seed=1000 + i) for i in range(n)]
     return [tuple(c.token_ids) for c in llm.generate([PROMPT] * n, rows)]

@@ -88,17 +88,13 @@ def test_context_end_with_capped_draft_cache():
     """tests/tiny.py's models hold 256 positions: the draft cache can't fit full trees near the end,
     a row near the end verifies fewer draft tokens (ragged with a row that has room), and both
     rows still equal AR, one up to the last position of the context."""
-    from ssdecode.engine.engine import Engine
-    from ssdecode.engine.stopping import StopChecker
     from tiny import tiny_model as tiny256
-    from tiny import tiny_tokenizer
 
     target, draft = tiny256(0), tiny256(1)
     prompts = [(prompts_for(1, seed=5)[0] * 240)[:240], [3, 1, 4]]
     strategy = SSDStrategy(target, SSDConfig(k=4, fanout="uniform:3"), draft=draft)
-    engine = Engine(strategy, StopChecker(tiny_tokenizer(), set()), 256)
     try:
-        out = {s.seq_id: s.output_ids for s, _ in engine.run(prompts, [SamplingParams(max_tokens=40)] * 2)}
+        out = dict(enumerate(run(strategy, prompts, SamplingParams(max_tokens=40), context=256)))
     finally:
         strategy.close()
     # the engine keeps the K+1 lookahead inside the context: 256 - (K + 1) tokens in all

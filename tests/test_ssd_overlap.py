@@ -8,7 +8,7 @@ import pytest
 from ssd_support import SlowModel, prompts_for, tiny_model
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.strategy import SSDStrategy
-from ssdecode.engine.sequence import Sequence
+from ssdecode.decoding.sequence import Sequence
 from ssdecode.sampling import make_generator
 from ssdecode.params import SamplingParams
 

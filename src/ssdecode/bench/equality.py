@@ -38,7 +38,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         runs[mode] = [c.token_ids for c in llm.generate(ids, params)]
         report[mode] = {"seconds": round(time.perf_counter() - t0, 1), **llm.strategy.stats()}
-        report[mode]["metrics"] = llm.engine.run_metrics.summary()
+        report[mode]["metrics"] = llm.core.run_metrics.summary()
     llm.close()
     equal = {m: [i for i, (a, b) in enumerate(zip(runs["ar"], runs[m])) if a != b] for m in ("sd", "ssd")}
     print(json.dumps({"equality": {m: not bad for m, bad in equal.items()}, "mismatched_prompts": equal,

@@ -33,8 +33,8 @@ def our_system(name: str, llm: LLM) -> System:
         return llm.generate([ids], SamplingParams(max_tokens=n, ignore_eos=True))[0].token_ids
 
     def reset() -> None:
-        llm.engine.run_metrics = RequestMetrics()
-    return System(name, generate, lambda: llm.engine.run_metrics, reset, llm.strategy.stats)
+        llm.core.run_metrics = RequestMetrics()
+    return System(name, generate, lambda: llm.core.run_metrics, reset, llm.strategy.stats)
 
 
 def hf_system(name: str, peer, assisted: bool) -> System:

@@ -5,7 +5,7 @@ import time
 
 from ssdecode.decoding.base import StepOutput, Strategy
 from ssdecode.decoding.drafting import autoregress
-from ssdecode.engine.sequence import Sequence
+from ssdecode.decoding.sequence import Sequence
 from ssdecode.models.base import CausalLM
 from ssdecode.sampling import SamplingTensors
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
-from ssdecode.engine.sequence import Sequence
+from ssdecode.decoding.sequence import Sequence
 
 
 @dataclass

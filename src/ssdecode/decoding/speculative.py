@@ -17,7 +17,7 @@ from ssdecode.decoding.autoregressive import prefill_target
 from ssdecode.decoding.base import StepOutput, Strategy
 from ssdecode.decoding.drafting import autoregress, feed_batch
 from ssdecode.decoding.verify import verify
-from ssdecode.engine.sequence import Sequence
+from ssdecode.decoding.sequence import Sequence
 from ssdecode.models.base import CausalLM
 from ssdecode.sampling import SamplingTensors
 

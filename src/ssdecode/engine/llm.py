@@ -1,7 +1,8 @@
 """The Python API: ``LLM(target=..., mode=...).generate(prompts, SamplingParams(...))``.
 
-Loads the models once, applies the chat template, picks the strategy once, and drives the
-engine loop. AR, SD and SSD share everything here but the strategy object.
+Loads the models once, applies the chat template, picks the strategy, and builds the persistent
+engine core (engine/core.py) that ``generate`` and ``stream`` drive: a thin client that adds its
+requests and steps the core until they finish. AR, SD and SSD share everything but the strategy.
 """
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from typing import Iterator
 
 import torch
 
-from ssdecode.engine.engine import Engine
-from ssdecode.engine.stopping import StopChecker
+from ssdecode.engine.core import DEFAULT_MAX_NUM_SEQS, EngineCore
+from ssdecode.engine.request import Request
 from ssdecode.models.base import CausalLM
 from ssdecode.params import InvalidParams, SamplingParams
 
@@ -38,11 +39,13 @@ def default_device() -> str:
 class LLM:
     def __init__(self, target: str = DEFAULT_TARGET, draft: str | None = None, mode: str = "ar",
                  k: int = 5, device: str | None = None, dtype: torch.dtype | None = None,
-                 ssd=None, min_confidence: float | None = None, draft_weights: str = "auto"):
+                 ssd=None, min_confidence: float | None = None, draft_weights: str = "auto",
+                 max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None):
         """Load ``target`` (and ``draft`` for sd/ssd, default the demo draft) by spec: an alias
         (demo-target, demo-draft), an HF folder, a .gguf file or a hub id. ``draft_weights``: the
         draft's matmul weight format (``models/linear.py``; ``int8`` quarters its bytes per token
-        and keeps decoding exact, since the verifier uses the q the draft sampled from)."""
+        and keeps decoding exact, since the verifier uses the q the draft sampled from).
+        ``max_num_seqs`` requests run at once (more wait), each up to ``max_model_len`` tokens."""
         from ssdecode.models.loader import load_model, load_tokenizer
 
         device = device or default_device()
@@ -52,21 +55,25 @@ class LLM:
             draft = draft or DEFAULT_DRAFT
             draft_tokenizer = load_tokenizer(draft)
             draft_model = load_model(draft, device=device, dtype=dtype, weights=draft_weights)
-        self._attach(tokenizer, target_model, draft_model, draft_tokenizer, draft, draft_weights)
+        self._attach(tokenizer, target_model, draft_model, draft_tokenizer, draft, draft_weights,
+                     max_num_seqs, max_model_len)
         self.configure(mode, k, ssd, min_confidence)
 
     @classmethod
     def from_models(cls, tokenizer, target: CausalLM, draft: CausalLM | None = None, mode: str = "ar",
                     k: int = 5, ssd=None, draft_tokenizer=None, draft_spec: str | None = None,
-                    min_confidence: float | None = None, draft_weights: str = "auto") -> "LLM":
+                    min_confidence: float | None = None, draft_weights: str = "auto",
+                    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None) -> "LLM":
         """An LLM over already-built models (tests, embedding in another program)."""
         llm = cls.__new__(cls)
-        llm._attach(tokenizer, target, draft, draft_tokenizer or tokenizer, draft_spec, draft_weights)
+        llm._attach(tokenizer, target, draft, draft_tokenizer or tokenizer, draft_spec, draft_weights,
+                    max_num_seqs, max_model_len)
         llm.configure(mode, k, ssd, min_confidence)
         return llm
 
     def _attach(self, tokenizer, target: CausalLM, draft: CausalLM | None, draft_tokenizer,
-                draft_spec: str | None, draft_weights: str = "auto") -> None:
+                draft_spec: str | None, draft_weights: str, max_num_seqs: int,
+                max_model_len: int | None) -> None:
         from ssdecode.decoding.vocab import check_compatible
 
         if draft is not None:
@@ -74,11 +81,12 @@ class LLM:
         self.tokenizer, self.target, self.draft, self.draft_spec = tokenizer, target, draft, draft_spec
         self.draft_weights = draft_weights  # what a worker process loading ``draft_spec`` uses
         self.device = target.device
-        self.stopper = StopChecker(tokenizer, self._eos_ids())
-        self.strategy = self.engine = None
+        self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
+        self.strategy = self.core = None
 
     def configure(self, mode: str, k: int = 5, ssd=None, min_confidence: float | None = None) -> None:
         """Switch decoding strategy, keeping the loaded models (benchmarks compare modes so).
+        Builds a new engine core; requests still in the old one are dropped.
 
         ``min_confidence`` (sd): stop a round's drafting after a token the draft is less sure of
         (K is then the most drafted per round)."""
@@ -94,8 +102,8 @@ class LLM:
             raise InvalidParams(f"K (draft tokens per round) must be >= 1, got {k}")
         if mode != "ar" and self.draft is None:
             raise InvalidParams(f"mode {mode!r} needs a draft model; this LLM was loaded without one")
-        if self.strategy is not None:
-            self.strategy.close()
+        if self.core is not None:
+            self.core.close()
         if mode == "ar":
             self.strategy = ARStrategy(self.target)
         elif mode == "sd":
@@ -109,7 +117,12 @@ class LLM:
             self.strategy = build_ssd_strategy(self.target, align_draft(self.draft, self.target),
                                                self.draft_spec, k, ssd)
         self.mode = mode
-        self.engine = Engine(self.strategy, self.stopper, self.target.max_context)
+        try:
+            self.core = EngineCore(self.strategy, self.tokenizer, self._eos_ids(), self.target.max_context,
+                                   self.target.vocab_size, self.max_num_seqs, self.max_model_len)
+        except BaseException:
+            self.strategy.close()
+            raise
 
     def _eos_ids(self) -> set[int]:
         config = getattr(self.target, "config", None)
@@ -127,42 +140,56 @@ class LLM:
 
     def generate(self, prompts: str | list[str] | list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
                  chat: bool = True) -> list[Completion]:
-        """Generate for a batch; rows finish independently. Token-id prompts skip templating."""
+        """Generate for a batch; rows finish independently (more than ``max_num_seqs`` rows
+        queue for a slot). Token-id prompts skip templating."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         ids = [p if isinstance(p, list) else self.encode(p, chat) for p in prompts]
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(ids)
         if len(plist) != len(ids):
             raise InvalidParams(f"{len(plist)} SamplingParams for {len(ids)} prompts")
-        seqs = {}
-        for seq, _ in self.engine.run(ids, plist):
-            seqs[seq.seq_id] = seq
-        return [self._completion(seqs[i]) for i in range(len(ids))]
+        for p in ids:  # refuse a bad prompt before any is queued
+            self.core.check_prompt(p)
+        rids = [self.core.add_request(p, sp) for p, sp in zip(ids, plist)]
+        done: dict[int, Request] = {}
+        try:
+            while len(done) < len(rids):
+                for out in self.core.step():
+                    if out.finished:
+                        done[out.request_id] = out.request
+        except BaseException:
+            self._abort(set(rids) - set(done))
+            raise
+        return [self._completion(done[r]) for r in rids]
 
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None,
                chat: bool = True) -> Iterator[str | Completion]:
         """Yield text deltas as rounds commit tokens, then the final Completion."""
         ids = prompt if isinstance(prompt, list) else self.encode(prompt, chat)
-        sent, seq = "", None
-        for seq, new in self.engine.run([ids], [params or SamplingParams()]):
-            text = self._text(seq)
-            if seq.params.stop and not seq.finished:  # hold back what may start a stop string
-                text = text[: len(text) - max(map(len, seq.params.stop)) + 1]
-            if new and not text.endswith("\ufffd") and len(text) > len(sent):
-                yield text[len(sent):]
-                sent = text
-        yield self._completion(seq)
+        rid = self.core.add_request(ids, params or SamplingParams())
+        try:
+            while True:
+                for out in self.core.step():
+                    if out.request_id != rid:
+                        continue
+                    if out.text:
+                        yield out.text
+                    if out.finished:
+                        yield self._completion(out.request)
+                        return
+        finally:  # a consumer that stops early (or an error) frees the slot
+            self._abort({rid})
 
-    def _text(self, seq) -> str:
-        if seq.stop_text is not None:
-            return seq.stop_text
-        return self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
+    def _abort(self, rids) -> None:
+        for rid in rids:
+            self.core.abort(rid)
 
-    def _completion(self, seq) -> Completion:
-        return Completion(self._text(seq), list(seq.output_ids), seq.finish_reason,
-                          len(seq.prompt_ids), seq.metrics.summary())
+    @staticmethod
+    def _completion(req: Request) -> Completion:
+        return Completion(req.text, list(req.output_ids), req.finish_reason, len(req.seq.prompt_ids),
+                          req.metrics.summary())
 
     def close(self) -> None:
-        self.strategy.close()
+        self.core.close()
 
     def __enter__(self):
         return self

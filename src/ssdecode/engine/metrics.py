@@ -23,7 +23,8 @@ class RequestMetrics:
     time_draft: float = 0.0  # seconds the target side spent drafting or waiting for the draft
     time_verify: float = 0.0
     time_prefill: float = 0.0
-    time_total: float = 0.0
+    time_queue: float = 0.0  # seconds waiting for a slot before prefill
+    time_total: float = 0.0  # prefill start to finish
 
     def record_round(self, proposed: int, accepted: int) -> None:
         self.verifications += 1
@@ -33,6 +34,16 @@ class RequestMetrics:
             self.accepted_by_pos.extend([0] * (proposed - len(self.accepted_by_pos)))
         for i in range(accepted):
             self.accepted_by_pos[i] += 1
+
+    def record_speculation(self, hit: bool, tokens: int) -> None:
+        """SSD: a round whose speculation came from the cache (hit) or the backup, and the
+        tokens it committed."""
+        self.hits += hit
+        self.misses += not hit
+        if hit:
+            self.tokens_on_hit += tokens
+        else:
+            self.tokens_on_miss += tokens
 
     def summary(self) -> dict:
         """Derived numbers for --stats, benchmarks and the server's usage block."""
@@ -45,6 +56,7 @@ class RequestMetrics:
             "mean_accepted_length": 1 + _ratio(self.draft_accepted, self.verifications)
             if self.verifications else None,
             "acceptance_by_position": [_ratio(c, self.verifications) for c in self.accepted_by_pos],
+            "time_queue_s": round(self.time_queue, 4),
             "time_prefill_s": round(self.time_prefill, 4),
             "time_draft_s": round(self.time_draft, 4),
             "time_verify_s": round(self.time_verify, 4),

@@ -1,46 +1,48 @@
-"""Commit tokens to a sequence, stopping exactly at EOS, a stop string, max_tokens or the context.
+"""Commit tokens to a request, stopping exactly at EOS, a stop string, max_tokens or the context.
 
 Strategies may commit several tokens per round; everything after the stop is dropped here, so
-no token past a stop is ever emitted.
+no token past a stop is ever emitted. Stop strings are searched only in the text a token added
+(plus the longest stop string's length before it), so checking is linear in the output.
 """
 from __future__ import annotations
 
-from ssdecode.engine.sequence import Sequence
+from ssdecode.engine.request import Request
 
 
 class StopChecker:
-    def __init__(self, tokenizer, eos_ids: set[int]):
-        self.tokenizer = tokenizer
+    def __init__(self, eos_ids: set[int]):
         self.eos_ids = eos_ids
 
-    def commit(self, seq: Sequence, tokens: list[int], max_context: int) -> list[int]:
-        """Append ``tokens`` up to the first stop (``max_context``: prompt + output limit);
-        return the ones appended."""
+    def commit(self, req: Request, tokens: list[int], max_len: int) -> list[int]:
+        """Append ``tokens`` up to the first stop (``max_len``: prompt + output limit); return
+        the ones appended."""
+        seq, params = req.seq, req.seq.params
         emitted = []
         for tok in tokens:
-            if seq.finished:
+            if req.finished:
                 break
             seq.output_ids.append(tok)
             emitted.append(tok)
-            if tok in self.eos_ids and not seq.params.ignore_eos:
-                self._finish(seq, "stop")
-            elif seq.params.stop and self._hit_stop_string(seq):
-                self._finish(seq, "stop")
-            elif len(seq.output_ids) >= seq.params.max_tokens:
-                self._finish(seq, "length")
-            elif seq.num_tokens >= max_context:
-                self._finish(seq, "length")
+            delta = req.detok.add(tok)
+            if tok in self.eos_ids and not params.ignore_eos:
+                self._finish(req, "stop")
+            elif params.stop and delta and self._hit_stop_string(req, len(delta)):
+                self._finish(req, "stop")
+            elif len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= max_len:
+                self._finish(req, "length")
         return emitted
 
-    def _hit_stop_string(self, seq: Sequence) -> bool:
-        text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=True)
-        cut = min((i for i in (text.find(s) for s in seq.params.stop) if i >= 0), default=-1)
-        if cut < 0:
+    @staticmethod
+    def _hit_stop_string(req: Request, new_chars: int) -> bool:
+        text = req.detok.text
+        start = max(0, len(text) - new_chars - max(map(len, req.seq.params.stop)) + 1)
+        found = [i for i in (text.find(s, start) for s in req.seq.params.stop) if i >= 0]
+        if not found:
             return False
-        seq.stop_text = text[:cut]
+        req.stop_cut = min(found)
         return True
 
     @staticmethod
-    def _finish(seq: Sequence, reason: str) -> None:
-        seq.finished = True
-        seq.finish_reason = reason
+    def _finish(req: Request, reason: str) -> None:
+        req.finished = True
+        req.finish_reason = reason

@@ -152,6 +152,7 @@ class _Step:
         span = key_span(cache, slots, t)
         # Padding tokens of a ragged row may run past max_len; they are dropped, not written.
         kv_len = min(span, cache.max_len)
+        cache.readable(kv_len)
         write_at = write_idx = write_sel = None
         if b == 1 and starts[0] + t <= cache.max_len:
             write_at = (slots[0], starts[0])

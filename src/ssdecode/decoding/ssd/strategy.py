@@ -20,7 +20,7 @@ from ssdecode.decoding.autoregressive import prefill_target
 from ssdecode.decoding.base import StepOutput, Strategy
 from ssdecode.decoding.verify import verify
 from ssdecode.decoding.ssd.config import SSDConfig
-from ssdecode.engine.sequence import Sequence
+from ssdecode.decoding.sequence import Sequence
 from ssdecode.models.base import CausalLM
 from ssdecode.params import InvalidParams
 from ssdecode.sampling import SamplingTensors
