@@ -1,4 +1,6 @@
-"""``ssdecode bench``: AR, SD (K sweep), SSD and the Transformers peers on the same prompts."""
+"""``ssdecode bench``: AR, SD (K sweep), SSD and the Transformers peers on the same prompts;
+``ssdecode bench --serve``: the same modes behind ``ssdecode serve`` under concurrent streaming
+clients (bench/serving.py)."""
 from __future__ import annotations
 
 import json
@@ -22,6 +24,10 @@ def add_bench_parser(sub, add_model_args) -> None:
     b.add_argument("--max-tokens", type=int, default=128)
     b.add_argument("--no-hf", action="store_true", help="skip the Transformers peers")
     b.add_argument("--out", default=None, help="also write the JSON result to this file")
+    b.add_argument("--serve", action="store_true",
+                   help="serving benchmark: one `ssdecode serve` per mode in --modes, driven by concurrent "
+                        "streaming clients")
+    b.add_argument("--concurrency", default="1,2,4,8", help="--serve: comma list of concurrent clients")
 
 
 def build_systems(args, llm, draft_spec: str) -> list:
@@ -57,19 +63,63 @@ def build_systems(args, llm, draft_spec: str) -> list:
     return systems
 
 
-def cmd_bench(args) -> int:
+def _prompt_sets(args) -> dict[str, list]:
     from ssdecode.bench.prompts import load_prompts
-    from ssdecode.bench.runner import run_systems
-    from ssdecode.engine.llm import LLM
 
-    draft_spec = args.draft or "demo-draft"
-    llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device,
-              draft_weights=args.draft_weights)
     names = args.prompts.split(",")
     counts = [int(n) for n in str(args.num_prompts).split(",")]
     counts += [counts[-1]] * (len(names) - len(counts))
-    sets = {name: [llm.encode(p.text, chat=p.chat) for p in load_prompts(name, n)]
-            for name, n in zip(names, counts)}
+    return {name: load_prompts(name, n) for name, n in zip(names, counts)}
+
+
+def _serve_args(args, mode: str, max_num_seqs: int) -> list[str]:
+    """``ssdecode serve`` arguments for one mode, from the bench's model and SSD options."""
+    out = ["--mode", mode, "--target", args.target, "--max-num-seqs", str(max_num_seqs),
+           "--draft-weights", args.draft_weights]
+    if args.draft:
+        out += ["--draft", args.draft]
+    if args.threads:
+        out += ["--threads", str(args.threads)]
+    if mode == "sd":
+        out += ["--k", args.sd_k.split(",")[0]]
+        if args.sd_confidence.split(",")[0] != "none":
+            out += ["--draft-confidence", args.sd_confidence.split(",")[0]]
+    if mode == "ssd":
+        out += ["--k", (args.ssd_k or str(args.k or 3)).split(",")[0], "--fanout", args.fanout,
+                "--saguaro-c", str(args.saguaro_c), "--backup", args.backup, "--transport", args.transport,
+                "--draft-threads", str(args.draft_threads)]
+        if args.budget is not None:
+            out += ["--budget", str(args.budget)]
+    return out
+
+
+def cmd_bench_serve(args) -> int:
+    from ssdecode.bench.serving import COLUMNS, bench_serving
+
+    levels = [int(n) for n in args.concurrency.split(",")]
+    sets = _prompt_sets(args)
+    servers = {m: _serve_args(args, m, max(levels)) for m in args.modes.split(",")}
+    print(" | ".join(f"{c:>10}" for c in COLUMNS))
+    rows = bench_serving(servers, sets, levels, args.max_tokens, progress=lambda line: print(line, flush=True))
+    summary = {"serve_bench": rows, "max_tokens": args.max_tokens, "concurrency": levels,
+               "num_prompts": {k: len(v) for k, v in sets.items()}, "servers": servers}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=2)
+    print(json.dumps(summary))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from ssdecode.bench.runner import run_systems
+    from ssdecode.engine.llm import LLM
+
+    if args.serve:
+        return cmd_bench_serve(args)
+    draft_spec = args.draft or "demo-draft"
+    llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device,
+              draft_weights=args.draft_weights)
+    sets = {name: [llm.encode(p.text, chat=p.chat) for p in prompts] for name, prompts in _prompt_sets(args).items()}
     systems = build_systems(args, llm, draft_spec)
     rows = []
     for set_name, ids in sets.items():
@@ -81,7 +131,7 @@ def cmd_bench(args) -> int:
                 by_name["hf-assisted"]["tokens_per_s"] / by_name["hf-generate"]["tokens_per_s"], 3)
         _print_table(set_rows)
         rows += set_rows
-    summary = {"bench": rows, "max_tokens": args.max_tokens, "num_prompts": counts,
+    summary = {"bench": rows, "max_tokens": args.max_tokens, "num_prompts": {k: len(v) for k, v in sets.items()},
                "threads": args.threads}
     if args.out:
         with open(args.out, "w") as f:
