@@ -40,7 +40,7 @@ def test_ssd_matches_target_distribution(name, models):
     case = dict(CASES[name])
     sampling = {key: case.pop(key) for key in ("temperature", "top_k", "top_p") if key in case}
     target, draft = models
-    strategy = SSDStrategy(target, SSDConfig(k=K, transport="thread", **case), draft=draft)
+    strategy = SSDStrategy(target, SSDConfig(k=K, **case), draft=draft)
     rows = [SamplingParams(**sampling, max_tokens=TOKENS, ignore_eos=True, seed=500 + i) for i in range(N)]
     try:
         samples = [tuple(out) for out in run(strategy, [PROMPT] * N, rows, vocab=VOCAB)]

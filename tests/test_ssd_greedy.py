@@ -32,7 +32,7 @@ def references(target):
 
 
 def _ssd(target, draft, **cfg):
-    return SSDStrategy(target, SSDConfig(**{"k": 3, **cfg}), draft=draft)
+    return build_ssd_strategy(target, draft, None, cfg.pop("k", 3), cfg)
 
 
 def _check(strategy, prompts, references):
@@ -55,11 +55,6 @@ def test_greedy_matches_ar_with_an_int8_draft_in_a_process(target, references):
     """The int8 draft's packed weights travel to the spawned worker; exactness is the verifier's."""
     draft = tiny_model(1, weights="int8")
     _check(_ssd(target, draft, transport="process", draft_threads=1), prompts_for(2), references)
-
-
-def test_invalid_draft_weights_are_refused():
-    with pytest.raises(InvalidParams, match="draft_weights"):
-        SSDConfig(k=3, draft_weights="int4")
 
 
 @pytest.mark.parametrize("batch", [1, 2, 4])

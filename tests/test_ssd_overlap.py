@@ -9,6 +9,7 @@ from ssd_support import SlowModel, prompts_for, tiny_model
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.strategy import SSDStrategy
 from ssdecode.decoding.sequence import Sequence
+from ssdecode.transport.deploy import DraftDeployment
 from ssdecode.sampling import make_generator
 from ssdecode.params import SamplingParams
 
@@ -20,8 +21,8 @@ ROUNDS = 4
 def test_round_time_is_max_not_sum(transport):
     target = SlowModel(tiny_model(0, vocab=V), VERIFY_S)
     draft = SlowModel(tiny_model(1, vocab=V), DRAFT_S)
-    config = SSDConfig(k=K, fanout=f"uniform:{V}", transport=transport, draft_threads=1)
-    strategy = SSDStrategy(target, config, draft=draft)
+    config = SSDConfig(k=K, fanout=f"uniform:{V}")
+    strategy = SSDStrategy(target, config, draft=draft, deploy=DraftDeployment(transport=transport, draft_threads=1))
     params = SamplingParams(temperature=1.0, max_tokens=64, seed=0)
     seqs = [Sequence(i, i, p, params, make_generator(params)) for i, p in enumerate(prompts_for(2, vocab=V))]
     try:

@@ -1,4 +1,5 @@
 """SSD building blocks: glue + fork + tree decode against per-branch decoding, and fan-out math."""
+import json
 import math
 
 import pytest
@@ -6,7 +7,9 @@ import torch
 
 from ssd_support import tiny_model
 from ssdecode.decoding.ssd.config import SSDConfig
-from ssdecode.decoding.ssd.fanout import FanoutPolicy, fit_power, geometric_fanout, position_caps, round_to_budget
+from ssdecode.decoding.ssd.fanout import FanoutPolicy, fit_power, position_caps
+from ssdecode.plan.theory import geometric_fanout, round_to_budget
+from ssdecode.transport.deploy import DraftDeployment
 from ssdecode.plan.theory import outcome_probs
 from ssdecode.decoding.ssd.tree import TreeRow, build_branches, fork
 from ssdecode.params import InvalidParams, SamplingParams
@@ -148,16 +151,33 @@ def test_policy_modes_and_online_update():
 
 
 @pytest.mark.parametrize("bad", [dict(fanout="1,2"), dict(fanout="uniform:x"), dict(saguaro_c=0.0),
-                                 dict(saguaro_c=1.5), dict(backup="slow"), dict(transport="smoke"), dict(k=0)])
+                                 dict(saguaro_c=1.5), dict(backup="slow"), dict(k=0)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(InvalidParams):
         SSDConfig(**{"k": 3, **bad})
 
 
+@pytest.mark.parametrize("bad", [dict(transport="smoke"), dict(launch="later"), dict(draft_threads=0),
+                                 dict(timeout_s=0), dict(draft_weights="int4")])
+def test_deployment_rejects_bad_values(bad):
+    with pytest.raises(InvalidParams):
+        DraftDeployment(**bad)
+
+
+def test_ssd_options_split_into_algorithm_and_deployment():
+    from ssdecode.decoding.ssd.strategy import build_ssd_strategy
+
+    s = build_ssd_strategy(None, object(), None, 4, {"fanout": "uniform:2", "transport": "thread",
+                                                     "draft_threads": None, "backup": "fast"})
+    assert s.config == SSDConfig(k=4, fanout="uniform:2", backup="fast") and s.deploy == DraftDeployment()
+    with pytest.raises(InvalidParams, match="unknown SSD options"):
+        build_ssd_strategy(None, object(), None, 4, {"fanuot": 3})
+
+
 def test_config_builds_from_cli_dict_and_json():
     cfg = SSDConfig.build(4, {"fanout": "geometric", "budget": None, "saguaro_c": 0.5, "backup": "adaptive"})
     assert cfg.k == 4 and cfg.total_budget == 15 and cfg.saguaro_c == 0.5
-    assert SSDConfig.from_json(cfg.to_json()) == cfg
+    assert SSDConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     listed = SSDConfig(k=2, fanout=(1, 2, 3))
-    assert SSDConfig.from_json(listed.to_json()) == listed and listed.total_budget == 6
+    assert SSDConfig.from_dict(json.loads(json.dumps(listed.to_dict()))) == listed and listed.total_budget == 6
     assert math.isclose(SSDConfig.build(2, None).acceptance, 0.7)

@@ -1,4 +1,4 @@
-"""The ``ssdecode`` command line: generate, models pull, bench. The only module that prints."""
+"""The ``ssdecode`` command line: generate, serve, models pull, bench. The only module that prints."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true",
                    help="print one JSON object with text, token_ids and stats instead of streaming")
 
+    s = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API")
+    s.add_argument("--mode", default="ar", choices=["ar", "sd", "ssd"])
+    _add_model_args(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
+    s.add_argument("--max-num-seqs", type=int, default=8, help="requests decoded at once")
+    s.add_argument("--max-model-len", type=int, default=None, help="prompt + output tokens per request")
+    s.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 429")
+    s.add_argument("--served-model-name", default=None, help="the model name clients send (default: --target)")
+
     m = sub.add_parser("models", help="manage models")
     msub = m.add_subparsers(dest="models_command", required=True)
     pull = msub.add_parser("pull", help="download, verify and convert a model")
@@ -106,6 +117,20 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    from ssdecode.engine.llm import LLM
+    from ssdecode.server.serve import serve
+
+    k = args.k if args.k is not None else 5
+    llm = LLM(target=args.target, draft=args.draft, mode=args.mode, k=k, device=args.device,
+              ssd=ssd_options(args), min_confidence=args.draft_confidence, draft_weights=args.draft_weights,
+              max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
+    name = args.served_model_name or args.target
+    print(f"serving {name} ({args.mode}) at http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    serve(llm, name, host=args.host, port=args.port, api_key=args.api_key, max_queue=args.max_queue)
+    return 0
+
+
 def cmd_models(args) -> int:
     from ssdecode.models.demo import pull_demo
 
@@ -121,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "threads", None):
         import torch
         torch.set_num_threads(args.threads)
-    handlers = {"generate": cmd_generate, "models": cmd_models}
+    handlers = {"generate": cmd_generate, "models": cmd_models, "serve": cmd_serve}
     if args.command == "bench":
         from ssdecode.bench.cli import cmd_bench
         handlers["bench"] = cmd_bench

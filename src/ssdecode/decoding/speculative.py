@@ -83,20 +83,23 @@ def prefill_draft(draft: CausalLM, cache, seqs: list[Sequence]) -> None:
 
 
 def verify_proposals(target: CausalLM, cache, seqs: list[Sequence], tokens: torch.Tensor,
-                     probs: torch.Tensor | None, st: SamplingTensors, point_mass=None,
-                     num_draft=None) -> tuple[list[int], list[int]]:
-    """One target forward over [t_prev, s_1..s_K], exact verification, target cache rollback.
+                     probs: torch.Tensor | None, st: SamplingTensors, point_mass: torch.Tensor | None = None,
+                     num_draft: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
+    """One verification round, for SD and SSD alike: ONE target forward over [t_prev, s_1..s_n]
+    per row, exact verification (verify.py), target cache rollback to the committed tokens.
 
-    Returns (accepted count, next token) per row; the target cache then holds the committed
-    tokens except the new last one."""
+    ``num_draft`` [B]: real draft tokens per row (default: all of ``tokens``' width); a shorter
+    row is ragged and writes no padding into its cache. Returns (accepted count, next token) per
+    row; the target cache then holds the committed tokens except the new last one."""
     slots = [s.slot for s in seqs]
-    start = torch.tensor([cache.lengths[x] for x in slots], dtype=torch.long)
+    start = [cache.lengths[x] for x in slots]
     ids = torch.cat([torch.tensor([[s.last_token] for s in seqs], dtype=torch.long), tokens.cpu()], 1)
-    positions = start[:, None] + torch.arange(ids.shape[1])[None, :]
-    logits = target.forward(ids.to(target.device), positions.to(target.device), cache, slots)
-    res = verify(logits, tokens, probs, st, [s.generator for s in seqs],
-                 point_mass=point_mass, num_draft=num_draft)
+    # Padding positions of short rows are clamped into the RoPE table; their outputs are unused.
+    positions = (torch.tensor(start)[:, None] + torch.arange(ids.shape[1])[None, :]).clamp(max=target.max_context - 1)
+    num_new = None if num_draft is None else (num_draft.cpu() + 1).tolist()
+    logits = target.forward(ids.to(target.device), positions.to(target.device), cache, slots, num_new=num_new)
+    res = verify(logits, tokens, probs, st, [s.generator for s in seqs], point_mass=point_mass, num_draft=num_draft)
     accepted, nxt = res.accepted.tolist(), res.next_token.tolist()
     for b, x in enumerate(slots):
-        cache.truncate(x, int(start[b]) + 1 + accepted[b])
+        cache.truncate(x, start[b] + 1 + accepted[b])
     return accepted, nxt

@@ -132,11 +132,16 @@ class LLM:
         return ids
 
     def encode(self, prompt: str, chat: bool = True) -> list[int]:
+        """Token ids of a prompt: one user message through the chat template (when the model
+        has one and ``chat``), else the raw text."""
         if chat and self.tokenizer.chat_template:
-            prompt = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-            return self.tokenizer.encode(prompt, add_special_tokens=False)
+            return self.encode_chat([{"role": "user", "content": prompt}])
         return self.tokenizer.encode(prompt)
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation through the chat template, ready for the reply."""
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.encode(text, add_special_tokens=False)
 
     def generate(self, prompts: str | list[str] | list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
                  chat: bool = True) -> list[Completion]:

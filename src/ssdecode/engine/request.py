@@ -17,7 +17,7 @@ class Request:
     metrics: RequestMetrics = field(default_factory=RequestMetrics)
     finished: bool = False
     finish_reason: str | None = None  # "stop" (EOS or stop string) | "length" | "abort"
-    stop_cut: int | None = None  # length of the text before the stop string that ended it
+    stop_cut: int | None = None  # characters of text before the stop string that ended it
     sent: int = 0  # characters of text already handed out as deltas
     admitted: float | None = None  # perf_counter() at prefill
     first_token_at: float | None = None
@@ -32,13 +32,14 @@ class Request:
 
     @property
     def text(self) -> str:
-        text = self.detok.text
+        """The output text (with a trailing incomplete character as U+FFFD, as a full decode)."""
+        text = self.detok.text + self.detok.tail
         return text if self.stop_cut is None else text[:self.stop_cut]
 
     def take_text(self) -> str:
-        """Text not handed out yet. While running, hold back what may be the start of a stop
-        string (at most the longest stop string minus one character)."""
-        text = self.text
+        """Text not handed out yet. While running, hold back an incomplete character and what
+        may be the start of a stop string (at most the longest stop string minus one character)."""
+        text = self.text if self.finished else self.detok.text
         end = len(text)
         if not self.finished and self.seq.params.stop:
             end -= max(map(len, self.seq.params.stop)) - 1

@@ -26,7 +26,7 @@ class StopChecker:
             delta = req.detok.add(tok)
             if tok in self.eos_ids and not params.ignore_eos:
                 self._finish(req, "stop")
-            elif params.stop and delta and self._hit_stop_string(req, len(delta)):
+            elif params.stop and (delta or req.detok.tail) and self._hit_stop_string(req, len(delta)):
                 self._finish(req, "stop")
             elif len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= max_len:
                 self._finish(req, "length")
@@ -34,8 +34,10 @@ class StopChecker:
 
     @staticmethod
     def _hit_stop_string(req: Request, new_chars: int) -> bool:
-        text = req.detok.text
-        start = max(0, len(text) - new_chars - max(map(len, req.seq.params.stop)) + 1)
+        """Search the text this token settled or left pending, with the longest stop string's
+        length minus one before it (a stop string may start in earlier text)."""
+        text = req.detok.text + req.detok.tail
+        start = max(0, len(req.detok.text) - new_chars - max(map(len, req.seq.params.stop)) + 1)
         found = [i for i in (text.find(s, start) for s in req.seq.params.stop) if i >= 0]
         if not found:
             return False

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ssdecode.decoding.ssd.fanout import geometric_fanout
 from ssdecode.plan import theory
 
 
@@ -45,7 +44,7 @@ def predict(profile: Profile, a: float, k: int, budget: int, r: float) -> Predic
     e = theory.expected_tokens(a, k)
     t_sd = k * profile.draft_1 / tv
     t_p = (k + 1) * profile.draft_wide / tv  # glue + K tree steps, each a wide draft forward
-    fanout = geometric_fanout(budget, a, r, k, caps=[budget] * (k + 1))
+    fanout = theory.geometric_fanout(budget, a, r, k, caps=[budget] * (k + 1))
     h = theory.hit_rate(fanout, a, r)
     sd = theory.speedup_sd(a, k, t_sd) * per_ar_token
     ssd = theory.speedup_ssd(h, e, e, t_p, t_sd) * per_ar_token

@@ -5,6 +5,8 @@ predictions and the adaptive backup policy, so they live in exactly one place.
 """
 from __future__ import annotations
 
+import math
+
 
 def outcome_probs(a: float, k: int) -> list[float]:
     """P(outcome stops at j), j = 0..K, for per-token acceptance a: (1-a)a^j, and a^K for j = K."""
@@ -42,3 +44,41 @@ def round_throughput(batch: int, misses: int, e_hit: float, e_miss: float, t_p: 
     section 6's formula for one realized round, [(b - m) E_hit + m E_miss] / [max(1, T_p) + T_b]
     (the target waits T_b for the backup; then verification and the next tree overlap)."""
     return ((batch - misses) * e_hit + misses * e_miss) / (max(1.0, t_p) + t_b)
+
+
+def round_to_budget(weights: list[float], budget: int, caps: list[int]) -> list[int]:
+    """Integers >= 0, each <= its cap, summing to min(budget, sum(caps)), proportional to
+    ``weights`` (water-filling over the caps, then largest remainders; ties -> lower position)."""
+    n = len(weights)
+    budget = min(budget, sum(caps))
+    real = [0.0] * n
+    free = [i for i in range(n) if caps[i] > 0]
+    left = float(budget)
+    while free and left > 1e-9:  # proportional split; positions that hit their cap are fixed
+        total = sum(weights[i] for i in free)
+        share = {i: left * (weights[i] / total if total > 0 else 1 / len(free)) for i in free}
+        over = [i for i in free if share[i] >= caps[i]]
+        if not over:
+            for i in free:
+                real[i] = share[i]
+            break
+        for i in over:
+            real[i] = float(caps[i])
+            left -= caps[i]
+            free.remove(i)
+    out = [min(int(math.floor(x + 1e-9)), caps[i]) for i, x in enumerate(real)]
+    rest = budget - sum(out)
+    order = sorted(range(n), key=lambda i: (-(real[i] - out[i]), i))
+    for i in order:
+        if rest <= 0:
+            break
+        if out[i] < caps[i]:
+            out[i] += 1
+            rest -= 1
+    return out
+
+
+def geometric_fanout(budget: int, a: float, r: float, k: int, caps: list[int]) -> list[int]:
+    """F_0..F_K proportional to P(k)^(1/(1+r)), rounded to integers summing to the budget."""
+    weights = [p ** (1.0 / (1.0 + r)) for p in outcome_probs(a, k)]
+    return round_to_budget(weights, budget, caps)

@@ -11,7 +11,6 @@ import json
 
 import torch
 
-from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.params import SamplingParams
 from ssdecode.transport.messages import (NewSequence, Outcome, Ready, Setup, Shutdown, Speculation, Start, Stats,
                                          StatsRequest, WorkerError)
@@ -93,7 +92,7 @@ class _Reader:
 def encode(msg) -> tuple[torch.Tensor, torch.Tensor | None]:
     w, floats = _Writer(), None
     if isinstance(msg, Setup):
-        w.text(msg.config.to_json())
+        w.text(json.dumps(msg.config))
         for x in (msg.num_slots, msg.max_len, msg.vocab_size):
             w.int(x)
     elif isinstance(msg, Ready):
@@ -138,8 +137,7 @@ def decode(ints: torch.Tensor, floats: torch.Tensor | None = None):
     r = _Reader(ints)
     kind = TYPES[r.host[0]]
     if kind is Setup:
-        config = SSDConfig.from_json(r.text())
-        return Setup(config, r.int(), r.int(), r.int())
+        return Setup(json.loads(r.text()), r.int(), r.int(), r.int())
     if kind is Ready:
         return Ready(r.int(), r.int())
     if kind is Start:

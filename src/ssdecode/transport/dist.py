@@ -1,6 +1,6 @@
 """torch.distributed transport: the draft worker is rank 1 of a two-rank group (gloo on CPU, NCCL
 when both ends are on CUDA), either spawned here (``torch.multiprocessing``, its own device and
-thread count) or started elsewhere under torchrun (``python -m ssdecode.transport.worker_main``).
+thread count) or started elsewhere under torchrun (``python -m ssdecode.decoding.ssd.worker_main``).
 
 A message is at most three point-to-point transfers, all into preallocated buffers: a fixed
 1024-element int64 block (header + the start of the payload: a whole round for small batches),
@@ -19,9 +19,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.transport.base import Channel, DraftClient
 from ssdecode.transport.codec import HEADER, decode, encode
+from ssdecode.transport.deploy import DraftDeployment
 from ssdecode.transport.messages import Shutdown
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class WorkerLaunch:
     timeout_s: float
 
 
-def pick_backend(config: SSDConfig, target_device: torch.device, external: bool = False) -> tuple[str, str]:
+def pick_backend(config: DraftDeployment, target_device: torch.device, external: bool = False) -> tuple[str, str]:
     """(backend, draft device): NCCL when both ends are on CUDA on different GPUs (NCCL can't
     pair two ranks on one GPU; a worker started elsewhere is assumed to have its own), else gloo."""
     draft_device = config.draft_device or str(target_device)
@@ -119,7 +119,9 @@ def under_torchrun() -> bool:
 
 
 class DistClient(DraftClient):
-    def __init__(self, spec, config: SSDConfig, target_device: torch.device | str):
+    def __init__(self, spec, config: DraftDeployment, target_device: torch.device | str, entry=None):
+        """``entry(spec, WorkerLaunch)``: the spawned process's function (decoding.ssd.worker_main's
+        ``spawned_worker``); unused when joining a worker started under torchrun."""
         target_device = torch.device(target_device)
         launch = config.launch
         if launch == "auto":
@@ -142,9 +144,7 @@ class DistClient(DraftClient):
             ctx = torch.multiprocessing.get_context("spawn")
             info = WorkerLaunch(port, backend, draft_device, config.draft_threads, config.draft_dtype,
                                 config.draft_weights, config.timeout_s)
-            from ssdecode.transport.worker_main import spawned_worker
-
-            self.proc = ctx.Process(target=spawned_worker, args=(spec, info), name="ssd-draft-worker", daemon=True)
+            self.proc = ctx.Process(target=entry, args=(spec, info), name="ssd-draft-worker", daemon=True)
             self.proc.start()
             try:
                 self._wait_for_worker(store, config.timeout_s)

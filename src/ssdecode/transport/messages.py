@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.params import SamplingParams
 
 
 @dataclass
 class Setup:
-    config: SSDConfig
+    config: dict  # the SSD algorithm settings as plain data (decoding.ssd.config.SSDConfig.to_dict)
     num_slots: int  # cache slots (sequence slots are < num_slots)
     max_len: int  # committed tokens + verification room per sequence (the target cache's length)
     vocab_size: int  # the target's vocabulary: draft logits are cut / padded to it

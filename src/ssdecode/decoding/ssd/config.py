@@ -1,22 +1,19 @@
-"""SSDConfig: every knob of speculative speculative decoding, validated once at the edge.
+"""SSDConfig: the algorithm's settings of speculative speculative decoding (K, fan-out, Saguaro C,
+backup), validated once at the edge. Where the draft worker runs (thread, process, device,
+threads, timeouts) is a separate deployment config, ``transport.deploy.DraftDeployment``.
 
 The config travels to the draft worker (a thread, a spawned process, or a torchrun rank on another
-host) inside the ``Setup`` message, so it is a frozen dataclass of plain values that round-trips
-through JSON (``to_json`` / ``from_json``).
+host) inside the ``Setup`` message as plain data (``to_dict`` / ``from_dict``).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from ssdecode.models.linear import FORMATS
 from ssdecode.params import InvalidParams
 
 FANOUT_MODES = ("uniform", "list", "geometric")
 BACKUPS = ("neural", "fast", "adaptive")
-TRANSPORTS = ("thread", "process")
-LAUNCHES = ("auto", "spawn", "external")
 
 
 @dataclass(frozen=True)
@@ -34,16 +31,6 @@ class SSDConfig:
     saguaro_c: float = 1.0  # Saguaro sampling constant C in (0, 1]; 1 = plain draft sampling
     backup: str = "neural"  # speculation on a cache miss: 'neural' | 'fast' | 'adaptive'
     fast_ngram: int = 3  # fast backup: longest n-gram matched in the sequence's own history
-    transport: str = "thread"  # draft worker: 'thread' (in process) | 'process' (torch.distributed)
-    # process transport: 'spawn' a local worker, 'external' = join a worker started under torchrun
-    # (rank 1, ``python -m ssdecode.transport.worker_main``), 'auto' = external under torchrun
-    launch: str = "auto"
-    draft_device: str | None = None  # process transport: device of the draft (default: target's)
-    draft_threads: int | None = None  # process transport: torch CPU threads of the worker process
-    draft_dtype: str | None = None  # process transport: dtype name for loading ("float32", ...)
-    draft_weights: str = "auto"  # process transport: matmul weight format (models/linear.py)
-    backend: str | None = None  # torch.distributed backend (default: nccl for cuda, else gloo)
-    timeout_s: float = 600.0  # process transport: rendezvous / collective timeout
     # normalized fan-out (filled by __post_init__; do not pass)
     fanout_mode: str = ""
     fanout_uniform: int = 0
@@ -67,14 +54,10 @@ class SSDConfig:
             raise InvalidParams(f"fanout_cap must be >= 0, got {self.fanout_cap}")
         if not 0.0 < self.saguaro_c <= 1.0:
             raise InvalidParams(f"Saguaro constant C must be in (0, 1], got {self.saguaro_c}")
-        for name, value, allowed in (("backup", self.backup, BACKUPS), ("transport", self.transport, TRANSPORTS),
-                                     ("launch", self.launch, LAUNCHES), ("draft_weights", self.draft_weights, FORMATS)):
-            if value not in allowed:
-                raise InvalidParams(f"{name} must be one of {allowed}, got {value!r}")
+        if self.backup not in BACKUPS:
+            raise InvalidParams(f"backup must be one of {BACKUPS}, got {self.backup!r}")
         if self.fast_ngram < 1:
             raise InvalidParams(f"fast_ngram must be >= 1, got {self.fast_ngram}")
-        if self.draft_threads is not None and self.draft_threads < 1:
-            raise InvalidParams(f"draft_threads must be >= 1, got {self.draft_threads}")
 
     @property
     def total_budget(self) -> int:
@@ -85,12 +68,13 @@ class SSDConfig:
             return sum(self.fanout_list)
         return self.budget if self.budget is not None else 3 * (self.k + 1)
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
+    def to_dict(self) -> dict:
+        """Plain JSON data (tuples as lists), as the transport carries it."""
+        return {key: list(v) if isinstance(v, tuple) else v for key, v in asdict(self).items()}
 
     @classmethod
-    def from_json(cls, text: str) -> "SSDConfig":
-        data = json.loads(text)
+    def from_dict(cls, data: dict) -> "SSDConfig":
+        data = dict(data)
         data["fanout_list"] = tuple(data.get("fanout_list", ()))
         if isinstance(data.get("fanout"), list):
             data["fanout"] = tuple(data["fanout"])
@@ -104,11 +88,17 @@ class SSDConfig:
             return cls(k=k)
         if isinstance(options, SSDConfig):
             return options if options.k == k else replace(options, k=k, fanout_mode="")
-        known = {f.name for f in fields(cls)} - {"k", "fanout_mode", "fanout_uniform", "fanout_list"}
+        known = cls.option_names()
         unknown = set(options) - known
         if unknown:
             raise InvalidParams(f"unknown SSD options {sorted(unknown)}; known: {sorted(known)}")
         return cls(k=k, **{key: v for key, v in options.items() if v is not None})
+
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The fields a user sets (the normalized fan-out fields are derived)."""
+        return {f.name for f in fields(cls)} - {"k", "fanout_mode", "fanout_uniform", "fanout_list"}
 
 
 def _parse_fanout(spec: Any, k: int) -> tuple[str, int, tuple[int, ...]]:

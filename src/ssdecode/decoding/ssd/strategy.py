@@ -6,6 +6,9 @@ receives the next round's speculation. While the target verifies, the worker pre
 speculation cache for every possible outcome (worker.py, tree.py), so on a hit the next
 speculation is ready at once; on a miss only the missed rows wait for the backup.
 
+Sequences join and leave between rounds: a ``Start`` brings new ones to the worker (it set up its
+caches once, at ``Setup``), and finished ones ride along as ``released`` ids in the next request.
+
 Target cache invariant (as SD): every committed token except the last (``seq.last_token``).
 """
 from __future__ import annotations
@@ -13,38 +16,53 @@ from __future__ import annotations
 import logging
 import time
 import weakref
+from dataclasses import dataclass
 
 import torch
 
 from ssdecode.decoding.autoregressive import prefill_target
 from ssdecode.decoding.base import StepOutput, Strategy
-from ssdecode.decoding.verify import verify
-from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.sequence import Sequence
+from ssdecode.decoding.speculative import verify_proposals
+from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.models.base import CausalLM
 from ssdecode.params import InvalidParams
 from ssdecode.sampling import SamplingTensors
+from ssdecode.transport.deploy import DraftDeployment
 from ssdecode.transport.messages import NewSequence, Outcome, Ready, Setup, Speculation, Start, StatsRequest
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class PendingSpeculation:
+    """A sequence's speculation for its next round, as the worker sent it."""
+
+    tokens: list[int]  # s_1..s_n (n <= K)
+    point_mass: bool  # not drawn from a kept q (greedy row, fast backup): q = delta(s_i)
+    probs: torch.Tensor | None  # [n or K, V] q_i each s_i was sampled from; None for point masses
+    hit: bool  # it came from the speculation cache
+
+
 class SSDStrategy(Strategy):
     name = "ssd"
 
-    def __init__(self, target: CausalLM, config: SSDConfig, draft: CausalLM | None = None, draft_spec=None):
+    def __init__(self, target: CausalLM, config: SSDConfig, draft: CausalLM | None = None, draft_spec=None,
+                 deploy: DraftDeployment | None = None):
         """``draft``: the draft model (thread transport; for a spawned process it is shared with
         the worker through shared memory when no ``draft_spec`` is given). ``draft_spec``: what the
         worker process loads (a loader spec string, a picklable zero-argument factory, or a
-        ``transport.spec.StateDictSpec``)."""
-        if config.transport == "thread" and draft is None:
+        ``transport.spec.StateDictSpec``). ``deploy``: where the worker runs (default: a thread)."""
+        deploy = deploy or DraftDeployment()
+        if deploy.transport == "thread" and draft is None:
             raise InvalidParams("the thread transport needs the draft model")
-        if config.transport == "process" and config.launch == "spawn" and draft is None and draft_spec is None:
+        if deploy.transport == "process" and deploy.launch == "spawn" and draft is None and draft_spec is None:
             raise InvalidParams("the process transport needs a draft spec (or a draft model to share)")
-        self.target, self.config, self.draft, self.draft_spec = target, config, draft, draft_spec
+        self.target, self.config, self.deploy = target, config, deploy
+        self.draft, self.draft_spec = draft, draft_spec
         self.client = None
         self.tcache = None
-        self.specs: dict[int, tuple] = {}  # seq id -> (tokens, num_draft, point_mass, probs or None, hit)
+        self.specs: dict[int, PendingSpeculation] = {}  # seq id -> its next speculation
         self.released: list[int] = []
         self.rounds = 0
         self.time_verify = self.time_wait = 0.0
@@ -54,16 +72,17 @@ class SSDStrategy(Strategy):
     def _connect(self):
         if self.client is not None:
             return
-        if self.config.transport == "thread":
+        if self.deploy.transport == "thread":
             from ssdecode.decoding.ssd.worker import DraftWorker
             from ssdecode.transport.thread import ThreadClient
 
             self.client = ThreadClient(DraftWorker(self.draft))
         else:
+            from ssdecode.decoding.ssd.worker_main import spawned_worker
             from ssdecode.transport.dist import DistClient
 
             spec = self.draft_spec if self.draft_spec is not None else self.draft
-            self.client = DistClient(spec, self.config, self.target.device)
+            self.client = DistClient(spec, self.deploy, self.target.device, entry=spawned_worker)
         self._finalizer = weakref.finalize(self, self.client.close)
 
     def setup(self, num_slots: int, max_len: int) -> None:
@@ -71,7 +90,7 @@ class SSDStrategy(Strategy):
             self._connect()
             # Verification never writes past the context: step() trims speculations near its end.
             self.tcache = self.target.new_cache(num_slots, min(max_len, self.target.max_context))
-            reply = self.client.request(Setup(self.config, num_slots, max_len, self.target.vocab_size))
+            reply = self.client.request(Setup(self.config.to_dict(), num_slots, max_len, self.target.vocab_size))
             assert isinstance(reply, Ready), reply
             self.specs, self.released = {}, []
 
@@ -105,7 +124,8 @@ class SSDStrategy(Strategy):
             tokens, num_draft, point_mass, probs = self._batch(seqs, specs)
             st = SamplingTensors.from_params([s.params for s in seqs], self.target.device)
             t0 = time.perf_counter()
-            accepted, nxt = self._verify(seqs, tokens, probs, st, point_mass, num_draft)
+            accepted, nxt = verify_proposals(self.target, self.tcache, seqs, tokens, probs, st,
+                                             point_mass=point_mass, num_draft=num_draft)
             t1 = time.perf_counter()
             reply = self.client.request(Outcome([s.seq_id for s in seqs], accepted, nxt, self._take_released(),
                                                 t1 - t0))
@@ -114,48 +134,28 @@ class SSDStrategy(Strategy):
             self.rounds += 1
             self.time_verify += t1 - t0
             self.time_wait += t2 - t1
-            committed = [spec[0][:a] + [t] for spec, a, t in zip(specs, accepted, nxt)]
+            committed = [spec.tokens[:a] + [t] for spec, a, t in zip(specs, accepted, nxt)]
             return StepOutput(tokens=committed, proposed=num_draft.tolist(), accepted=accepted,
-                              hit=[spec[4] for spec in specs], time_draft=t2 - t1, time_verify=t1 - t0)
+                              hit=[spec.hit for spec in specs], time_draft=t2 - t1, time_verify=t1 - t0)
 
-    def _verify(self, seqs: list[Sequence], tokens: torch.Tensor, probs: torch.Tensor | None, st: SamplingTensors,
-                point_mass: torch.Tensor, num_draft: torch.Tensor) -> tuple[list[int], list[int]]:
-        """ONE target forward over [t_prev, s_1..s_n] per row (ragged: a row with fewer draft
-        tokens writes no padding into its cache), exact verification, target cache rollback."""
-        slots = [s.slot for s in seqs]
-        start = [self.tcache.lengths[x] for x in slots]
-        ids = torch.cat([torch.tensor([[s.last_token] for s in seqs], dtype=torch.long), tokens.cpu()], 1)
-        # Padding positions of short rows are clamped into the RoPE table; their outputs are unused.
-        positions = (torch.tensor(start)[:, None] + torch.arange(ids.shape[1])[None, :]).clamp(
-            max=self.target.max_context - 1)
-        num_new = (num_draft.cpu() + 1).tolist()
-        logits = self.target.forward(ids.to(self.target.device), positions.to(self.target.device), self.tcache,
-                                     slots, num_new=num_new)
-        res = verify(logits, tokens, probs, st, [s.generator for s in seqs], point_mass=point_mass,
-                     num_draft=num_draft)
-        accepted, nxt = res.accepted.tolist(), res.next_token.tolist()
-        for b, x in enumerate(slots):
-            self.tcache.truncate(x, start[b] + 1 + accepted[b])
-        return accepted, nxt
-
-    def _batch(self, seqs: list[Sequence], specs: list[tuple]):
+    def _batch(self, seqs: list[Sequence], specs: list[PendingSpeculation]):
         """Speculations as the verifier takes them: [B, W] tokens (W = longest), num_draft [B]
         (trimmed so verification positions stay inside the context), point_mass [B], q [B, W, V]."""
         device = self.target.device
         room = [self.target.max_context - 1 - self.tcache.lengths[s.slot] for s in seqs]
-        num_draft = torch.tensor([max(0, min(spec[1], r)) for spec, r in zip(specs, room)], dtype=torch.long)
+        num_draft = torch.tensor([max(0, min(len(spec.tokens), r)) for spec, r in zip(specs, room)], dtype=torch.long)
         width = int(num_draft.max()) if len(seqs) else 0
         tokens = torch.zeros(len(seqs), width, dtype=torch.long)
         for b, spec in enumerate(specs):
             n = int(num_draft[b])
-            tokens[b, :n] = torch.tensor(spec[0][:n], dtype=torch.long)
-        point_mass = torch.tensor([spec[2] for spec in specs], dtype=torch.bool)
+            tokens[b, :n] = torch.tensor(spec.tokens[:n], dtype=torch.long)
+        point_mass = torch.tensor([spec.point_mass for spec in specs], dtype=torch.bool)
         probs = None
-        if width and not all(spec[2] for spec in specs):
+        if width and not all(spec.point_mass for spec in specs):
             probs = torch.zeros(len(seqs), width, self.target.vocab_size, device=device)
             for b, spec in enumerate(specs):
-                if spec[3] is not None:
-                    probs[b] = spec[3][:width].to(device)
+                if spec.probs is not None:
+                    probs[b] = spec.probs[:width].to(device)
         return tokens.to(device), num_draft.to(device), point_mass.to(device), probs
 
     def _store(self, reply: Speculation) -> None:
@@ -165,8 +165,8 @@ class SSDStrategy(Strategy):
         tokens = reply.tokens.tolist()
         probs = {b: reply.probs[i] for i, b in enumerate(reply.prob_rows)}
         for b, sid in enumerate(reply.seq_ids):
-            n = reply.num_draft[b]
-            self.specs[sid] = (tokens[b][:n], n, reply.point_mass[b], probs.get(b), reply.hit[b])
+            self.specs[sid] = PendingSpeculation(tokens[b][:reply.num_draft[b]], reply.point_mass[b], probs.get(b),
+                                                 reply.hit[b])
 
     def _take_released(self) -> list[int]:
         out, self.released = self.released, []
@@ -204,6 +204,16 @@ class _CloseOnError:
 
 
 def build_ssd_strategy(target: CausalLM, draft: CausalLM | None, draft_spec, k: int, options=None) -> SSDStrategy:
-    """The LLM API's entry point: ``options`` is None, a dict of SSDConfig fields (CLI) or an
-    SSDConfig; ``k`` wins over the options' K."""
-    return SSDStrategy(target, SSDConfig.build(k, options), draft=draft, draft_spec=draft_spec)
+    """The LLM API's entry point: ``options`` is None, an SSDConfig, or a dict (CLI) of SSDConfig
+    and DraftDeployment fields, split here; ``None`` values mean "default". ``k`` wins over the
+    options' K."""
+    if options is None or isinstance(options, SSDConfig):
+        return SSDStrategy(target, SSDConfig.build(k, options), draft=draft, draft_spec=draft_spec)
+    deploy_keys = DraftDeployment.field_names()
+    unknown = set(options) - deploy_keys - SSDConfig.option_names()
+    if unknown:
+        raise InvalidParams(f"unknown SSD options {sorted(unknown)}; known: "
+                            f"{sorted(deploy_keys | SSDConfig.option_names())}")
+    deploy = DraftDeployment(**{key: v for key, v in options.items() if key in deploy_keys and v is not None})
+    algo = {key: v for key, v in options.items() if key not in deploy_keys}
+    return SSDStrategy(target, SSDConfig.build(k, algo), draft=draft, draft_spec=draft_spec, deploy=deploy)

@@ -21,6 +21,7 @@ import torch
 
 from ssdecode.decoding.drafting import feed_batch
 from ssdecode.decoding.ssd.backup import AdaptiveBackup, FastBackup, NeuralBackup, make_backup
+from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.fanout import FanoutPolicy, position_caps
 from ssdecode.decoding.ssd.state import SeqState, Spec
 from ssdecode.decoding.ssd.stats import WorkerStats
@@ -69,7 +70,7 @@ class DraftWorker:
     def _setup(self, msg: Setup) -> Ready:
         from ssdecode.decoding.vocab import AlignedVocab
 
-        cfg = self.config = msg.config
+        cfg = self.config = SSDConfig.from_dict(msg.config)
         base = self.base_model
         self.model = base if base.vocab_size == msg.vocab_size else AlignedVocab(base, msg.vocab_size)
         vocab = self.model.vocab_size

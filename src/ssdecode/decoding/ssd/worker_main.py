@@ -5,7 +5,7 @@ device or host, e.g. with the target (rank 0) on host A::
 
     # host B (draft)
     torchrun --nnodes 2 --node-rank 1 --nproc-per-node 1 --master-addr A --master-port 29500 \\
-        -m ssdecode.transport.worker_main --draft demo-draft --device cuda:0
+        -m ssdecode.decoding.ssd.worker_main --draft demo-draft --device cuda:0
     # host A (target): same torchrun flags with --node-rank 0, running the ssdecode program with
     # the ssd transport 'process' (launch 'auto' or 'external' picks up the torchrun environment)
 
@@ -17,12 +17,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import traceback
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from ssdecode.decoding.ssd.worker import DraftWorker
 from ssdecode.transport.base import serve
 from ssdecode.transport.dist import TARGET_RANK, WORKER_RANK, TensorChannel, WorkerLaunch, private_group
 from ssdecode.transport.spec import load_draft
@@ -49,8 +51,6 @@ def run_worker(spec, device: str, dtype: str | None, weights: str, backend: str,
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
     try:
-        from ssdecode.decoding.ssd.worker import DraftWorker
-
         worker = DraftWorker(load_draft(spec, device, dtype, weights))
     except Exception:
         worker = _FailedWorker(traceback.format_exc())
@@ -63,7 +63,10 @@ def run_worker(spec, device: str, dtype: str | None, weights: str, backend: str,
 
 
 def spawned_worker(spec, info: WorkerLaunch) -> None:
-    """Entry point of a worker spawned by DistClient."""
+    """Entry point of a worker spawned by DistClient (its ``entry``). Ctrl+C reaches the whole
+    process group; the parent owns the shutdown (it sends Shutdown, then terminates), so the
+    worker ignores SIGINT instead of dying mid-message with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if info.threads:
         torch.set_num_threads(info.threads)
     timeout = timedelta(seconds=info.timeout_s)
@@ -74,7 +77,7 @@ def spawned_worker(spec, info: WorkerLaunch) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ssdecode.transport.worker_main", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m ssdecode.decoding.ssd.worker_main", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--draft", required=True, help="draft model: demo-draft, an HF folder, a .gguf file or a hub id")
     p.add_argument("--device", default=None, help="draft device (default: cuda:LOCAL_RANK if CUDA, else cpu)")
