@@ -63,8 +63,8 @@ def running(app):
         assert not thread.is_alive(), "the server did not shut down"
 
 
-def client(url: str, api_key: str = "unused") -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=60)
+def client(url: str, api_key: str = "unused", timeout: float = 60) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0, timeout=timeout)
 
 
 def connect(url: str) -> http.client.HTTPConnection:

@@ -93,6 +93,9 @@ def test_completion_from_text_or_token_ids_matches_generate(server, pair):
     ref = alone(pair, "sd", [1, 2, 3], SamplingParams(max_tokens=12, ignore_eos=True))
     assert by_text.object == "text_completion" and by_text.model == MODEL
     assert by_text.choices[0].text == by_ids.choices[0].text == ref.text
+    with_ids = c.completions.create(model=MODEL, prompt=[1, 2, 3], max_tokens=12, temperature=0,
+                                    extra_body={"ignore_eos": True, "return_token_ids": True})
+    assert with_ids.choices[0].model_extra["token_ids"] == ref.token_ids
     assert by_text.choices[0].finish_reason == "length"
     u = by_text.usage
     assert (u.prompt_tokens, u.completion_tokens, u.total_tokens) == (3, 12, 15)
@@ -326,21 +329,24 @@ def test_concurrent_greedy_streams_equal_generate_alone(pair, mode):
     """Five streams joining 30 ms apart on two slots (so some wait, and batches change every
     few rounds) each produce what LLM.generate gives that prompt alone."""
     params = SamplingParams(max_tokens=20, ignore_eos=True)
-    expected = [alone(pair, mode, p, params).text for p in PROMPTS]
+    expected = [alone(pair, mode, p, params) for p in PROMPTS]
     with running(build_app(tiny_llm(mode, *pair, delay=0.005, max_num_seqs=2), MODEL)) as url:
         c = client(url)
 
         def stream(i: int):
             time.sleep(0.03 * i)
             chunks = list(c.completions.create(model=MODEL, prompt=PROMPTS[i], max_tokens=20, stream=True,
-                                               stream_options={"include_usage": True}, **GREEDY))
-            return "".join(ch.choices[0].text for ch in chunks[:-1]), chunks[-1].usage
+                                               stream_options={"include_usage": True}, temperature=0,
+                                               extra_body={"ignore_eos": True, "return_token_ids": True}))
+            ids = [t for ch in chunks[:-1] for t in ch.choices[0].model_extra["token_ids"]]
+            return "".join(ch.choices[0].text for ch in chunks[:-1]), ids, chunks[-1].usage
 
         with ThreadPoolExecutor(len(PROMPTS)) as pool:
             results = list(pool.map(stream, range(len(PROMPTS))))
         m = metrics(url)
-    assert [text for text, _ in results] == expected
-    usages = [u.model_extra for _, u in results]
+    assert [ids for _, ids, _ in results] == [e.token_ids for e in expected]  # token for token
+    assert [text for text, _, _ in results] == [e.text for e in expected]
+    usages = [u.model_extra for _, _, u in results]
     assert all(u["mode"] == mode for u in usages)
     if mode == "ssd":
         hits, misses = sum(u["ssd_hits"] for u in usages), sum(u["ssd_misses"] for u in usages)

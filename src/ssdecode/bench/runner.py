@@ -64,9 +64,9 @@ class SystemResult:
                 "time_draft_s": s["time_draft_s"], "time_verify_s": s["time_verify_s"],
                 "matches_ar": round(sum(a == b for a, b in zip(self.outputs, baseline.outputs))
                                     / len(self.outputs), 3),
-                # the strategy's own stats (SSD worker: T_p, hit rate by k, ...) restart with each
-                # request, so they describe the last prompt; the fields above cover the whole set
-                **({"last_request": self.extra} if self.extra else {})}
+                # the strategy's own stats (SSD worker: T_p, hit rate by k, ...) since the system's
+                # engine core was built, so the warm-up generation is included
+                **({"strategy": self.extra} if self.extra else {})}
 
 
 def run_systems(systems: list[System], set_name: str, prompts: list[list[int]], max_tokens: int,

@@ -18,7 +18,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
@@ -52,20 +54,21 @@ class ServerProcess:
             self.port = s.getsockname()[1]
         cmd = [sys.executable, "-m", "ssdecode.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *args]
         log.info("starting %s", " ".join(cmd))
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.log = tempfile.TemporaryFile("w+")  # a pipe nobody reads could fill and stall the server
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
 
     def wait_ready(self) -> None:
-        import httpx
-
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited during startup:\n{self.proc.stderr.read()[-3000:]}")
+                self.log.seek(0)
+                raise RuntimeError(f"the server exited during startup:\n{self.log.read()[-3000:]}")
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:  # not listening yet (URLError is an OSError)
                 pass
             time.sleep(1.0)
         raise TimeoutError("the server did not become ready")
@@ -78,12 +81,13 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.log.close()
 
 
-async def _one(client, prompt, max_tokens: int) -> RequestTiming:
+async def _one(client, model: str, prompt, max_tokens: int) -> RequestTiming:
     """One streaming request; ``prompt`` is bench.prompts.Prompt (chat or raw completion)."""
     t = RequestTiming()
-    common = dict(model="default", max_tokens=max_tokens, temperature=0.0, stream=True,
+    common = dict(model=model, max_tokens=max_tokens, temperature=0.0, stream=True,
                   stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
     start = last = time.perf_counter()
     if prompt.chat:
@@ -120,11 +124,12 @@ async def run_level(base_url: str, prompts: list, concurrency: int, max_tokens: 
     for i, p in enumerate(prompts):
         queue.put_nowait((i, p))
     out: list[RequestTiming | None] = [None] * len(prompts)
+    model = (await client.models.list()).data[0].id
 
     async def worker():
         while not queue.empty():
             i, p = queue.get_nowait()
-            out[i] = await _one(client, p, max_tokens)
+            out[i] = await _one(client, model, p, max_tokens)
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -118,7 +118,7 @@ async def _respond(request: Request, engine: AsyncEngine, body: GenerationReques
         raise APIError(400, f"n={body.n} exceeds what this server runs at once ({engine.capacity})", param="n")
     group = engine.submit(ids, body.sampling_params(len(ids), engine.max_model_len))
     if body.stream:
-        return StreamingResponse(_stream(group, fmt, body.include_usage, engine.llm.mode),
+        return StreamingResponse(_stream(group, fmt, body.include_usage, engine.llm.mode, body.return_token_ids),
                                  media_type="text/event-stream")
     collect = asyncio.ensure_future(_collect(group))
     gone = asyncio.ensure_future(_disconnected(request))
@@ -129,7 +129,7 @@ async def _respond(request: Request, engine: AsyncEngine, body: GenerationReques
         gone.cancel()
     if collect not in done:  # the client left
         return Response(status_code=CLIENT_CLOSED)
-    return fmt.response(collect.result(), engine.llm.mode)
+    return fmt.response(collect.result(), engine.llm.mode, body.return_token_ids)
 
 
 async def _collect(group: RequestGroup) -> list:
@@ -148,7 +148,7 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _stream(group: RequestGroup, fmt: OpenAIFormat, include_usage: bool, mode: str):
+async def _stream(group: RequestGroup, fmt: OpenAIFormat, include_usage: bool, mode: str, token_ids: bool):
     """Server-sent events: a chunk per choice per engine step that produced text (chat: a role
     chunk per choice first), the usage chunk if asked for, ``[DONE]``. A client that goes away
     cancels this generator inside ``async with group``, which aborts the requests."""
@@ -159,9 +159,9 @@ async def _stream(group: RequestGroup, fmt: OpenAIFormat, include_usage: bool, m
                 for i in range(len(group.params)):
                     yield sse(fmt.chunk(i, None, None, include_usage, role=True))
             async for index, out in group:
-                if out.text or out.finished:
+                if out.text or out.finished or (token_ids and out.new_token_ids):
                     yield sse(fmt.chunk(index, out.text, out.finish_reason if out.finished else None,
-                                        include_usage))
+                                        include_usage, token_ids=out.new_token_ids if token_ids else None))
                 if out.finished:
                     finished[index] = out.request
         except Exception as e:  # the engine stopped or failed mid-stream: say so, in OpenAI's shape

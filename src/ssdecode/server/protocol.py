@@ -4,7 +4,8 @@ Strict types (no "2" for 2). OpenAI parameters that would change the output and 
 does not implement (logprobs, echo, best_of, penalties, logit_bias, tools, ...) are refused unless
 they hold their neutral value: a client asking for them must not get output that silently ignores
 them. Unknown parameters are refused too; the few that change nothing (user, metadata ...) pass.
-vLLM's extras ``top_k`` and ``ignore_eos`` are supported.
+vLLM's extras ``top_k``, ``ignore_eos`` and ``return_token_ids`` (each choice, and each stream
+chunk, also carries the generated token ids) are supported.
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class GenerationRequest(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM extra
+    return_token_ids: bool = False  # vLLM extra: choices carry ``token_ids``
 
     @property
     def include_usage(self) -> bool:

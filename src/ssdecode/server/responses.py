@@ -29,24 +29,30 @@ class OpenAIFormat:
     def _envelope(self, obj: str, choices: list[dict]) -> dict:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "choices": choices}
 
-    def response(self, requests: list[Request], mode: str) -> dict:
-        """A whole (non-streamed) response: choice i is ``requests[i]``."""
+    def response(self, requests: list[Request], mode: str, token_ids: bool = False) -> dict:
+        """A whole (non-streamed) response: choice i is ``requests[i]`` (``token_ids``: with its
+        generated ids)."""
         choices = []
         for i, req in enumerate(requests):
             body = {"message": {"role": "assistant", "content": req.text}} if self.chat else {"text": req.text}
             choices.append({"index": i, **body, "logprobs": None, "finish_reason": req.finish_reason})
+            if token_ids:
+                choices[-1]["token_ids"] = list(req.output_ids)
         out = self._envelope("chat.completion" if self.chat else "text_completion", choices)
         out["usage"] = usage(requests, mode)
         return out
 
     def chunk(self, index: int, text: str | None, finish_reason: str | None, include_usage: bool,
-              role: bool = False) -> dict:
-        """One stream chunk for one choice (``role``: chat's opening chunk of a choice)."""
+              role: bool = False, token_ids: list[int] | None = None) -> dict:
+        """One stream chunk for one choice (``role``: chat's opening chunk of a choice;
+        ``token_ids``: the ids this chunk adds, when the request asked for them)."""
         if self.chat:
             delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
             choice = {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         else:
             choice = {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}
+        if token_ids is not None:
+            choice["token_ids"] = token_ids
         out = self._envelope(self._chunk_object, [choice])
         if include_usage:
             out["usage"] = None
