@@ -19,7 +19,7 @@ from ssdecode.params import SamplingParams
 from ssdecode.server.app import build_app
 
 pytestmark = pytest.mark.real
-NEW_TOKENS, SLOTS, STAGGER_S = 24, 4, 0.4
+NEW_TOKENS, SLOTS, STAGGER_S = 16, 4, 0.4
 MODES = {"ar": {}, "sd": {"k": 4}, "ssd": {"k": 4, "ssd": {"transport": "process", "draft_threads": 1}}}
 
 
