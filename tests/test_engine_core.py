@@ -374,10 +374,12 @@ def test_refused_construction(target, draft):
             make_core(ARStrategy(target), max_num_seqs=bad)
     lookahead = K + 1  # SD verifies K draft tokens past the last committed one
     limit = CONTEXT - lookahead
-    for bad in (1, 0, limit + 1, 3.5):
-        with pytest.raises(InvalidParams, match=rf"max_model_len must be in \[2, {limit}\].*{CONTEXT}.*"
-                                                rf"{lookahead} lookahead.*got {bad}"):
+    for bad in (1, 0, 3.5):  # refused before any model is looked at
+        with pytest.raises(InvalidParams, match=rf"max_model_len must be an integer >= 2, got {bad}"):
             make_core(SDStrategy(target, draft, K), max_model_len=bad)
+    with pytest.raises(InvalidParams, match=rf"max_model_len must be in \[2, {limit}\].*{CONTEXT}.*"
+                                            rf"{lookahead} lookahead.*got {limit + 1}"):
+        make_core(SDStrategy(target, draft, K), max_model_len=limit + 1)
     assert make_core(SDStrategy(target, draft, K), max_num_seqs=1, max_model_len=limit).max_model_len == limit
     assert make_core(SDStrategy(target, draft, K), max_num_seqs=1, max_model_len=None).max_model_len == limit
 

@@ -413,3 +413,14 @@ def test_serve_command_ssd_worker_process_and_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_undecodable_prompt_text_is_replaced_not_refused(server):
+    """A JSON escape of a lone surrogate (bytes that were never UTF-8) becomes U+FFFD, as
+    ``ssdecode generate`` does for its argument: a documented replacement, not a 500."""
+    for path, field in (("/v1/completions", '"prompt": "w1 \\ud800 w2"'),
+                        ("/v1/chat/completions", '"messages": [{"role": "user", "content": "w1 \\udcff"}]')):
+        body = '{"model": "%s", %s, "max_tokens": 3, "temperature": 0, "ignore_eos": true}' % (MODEL, field)
+        status, out = call(server, "POST", path, body)
+        assert status == 200, out
+        assert out["usage"]["completion_tokens"] == 3

@@ -11,12 +11,25 @@ from ssdecode.models.linear import FORMATS
 from ssdecode.params import InvalidParams, SamplingParams
 
 
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (checked before anything loads)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="demo-target",
                    help="target model: demo-target, an HF folder, a .gguf file or a hub id")
     p.add_argument("--draft", default=None, help="draft model for sd/ssd (default: demo-draft)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda if present)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the target")
+    p.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads for the target")
     p.add_argument("--k", type=int, default=None, help="draft tokens per round (sd/ssd)")
     p.add_argument("--draft-weights", default="auto", choices=FORMATS,
                    help="draft matmul weights: auto (oneDNN-packed fp32 on CPU), dense, packed, or "
@@ -33,7 +46,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     ssd.add_argument("--transport", default="process", choices=["thread", "process"],
                      help="draft worker in a thread or in a second process (torch.distributed)")
     ssd.add_argument("--draft-device", default=None, help="device of the draft worker")
-    ssd.add_argument("--draft-threads", type=int, default=1, help="CPU threads of the draft worker")
+    ssd.add_argument("--draft-threads", type=_count(1), default=1, help="CPU threads of the draft worker")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
-    s.add_argument("--max-num-seqs", type=int, default=8, help="requests decoded at once")
+    s.add_argument("--max-num-seqs", type=_count(1), default=8, help="requests decoded at once")
     s.add_argument("--max-model-len", type=int, default=None, help="prompt + output tokens per request")
-    s.add_argument("--max-queue", type=int, default=64, help="requests waiting for a slot before 429")
+    s.add_argument("--max-queue", type=_count(0), default=64, help="requests waiting for a slot before 429")
     s.add_argument("--served-model-name", default=None, help="the model name clients send (default: --target)")
 
     m = sub.add_parser("models", help="manage models")

@@ -34,6 +34,14 @@ DEFAULT_MAX_NUM_SEQS, DEFAULT_MAX_MODEL_LEN = 8, 4096
 _request_ids = itertools.count()  # process-wide: ids stay unique across cores and configure()
 
 
+def check_limits(max_num_seqs, max_model_len) -> None:
+    """The engine's sizes, as far as they can be checked without the model (its context)."""
+    if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
+        raise InvalidParams(f"max_num_seqs must be an integer >= 1, got {max_num_seqs!r}")
+    if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 2):
+        raise InvalidParams(f"max_model_len must be an integer >= 2, got {max_model_len!r}")
+
+
 class EngineCore:
     def __init__(self, strategy: Strategy, tokenizer, eos_ids: set[int], model_context: int,
                  vocab_size: int, max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None):
@@ -42,11 +50,10 @@ class EngineCore:
         one), so slots hold that many rows more, within the model's context."""
         lookahead = strategy.cache_tokens_needed()
         limit = model_context - lookahead
-        if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
-            raise InvalidParams(f"max_num_seqs must be an integer >= 1, got {max_num_seqs!r}")
+        check_limits(max_num_seqs, max_model_len)
         if max_model_len is None:
             max_model_len = min(limit, DEFAULT_MAX_MODEL_LEN)
-        if not isinstance(max_model_len, int) or not 2 <= max_model_len <= limit:
+        if max_model_len > limit:
             raise InvalidParams(f"max_model_len must be in [2, {limit}] (the model's context of "
                                 f"{model_context} less {lookahead} lookahead rows), got {max_model_len!r}")
         self.strategy, self.tokenizer, self.vocab_size = strategy, tokenizer, vocab_size

@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from ssdecode.engine.core import DEFAULT_MAX_NUM_SEQS, EngineCore
+from ssdecode.engine.core import DEFAULT_MAX_NUM_SEQS, EngineCore, check_limits
 from ssdecode.engine.request import Request
 from ssdecode.models.base import CausalLM
 from ssdecode.params import InvalidParams, SamplingParams
@@ -36,6 +36,30 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_settings(mode: str, k: int, ssd, min_confidence: float | None) -> None:
+    """The decoding settings, checked without any model (InvalidParams names the bad one)."""
+    if mode not in MODES:
+        raise InvalidParams(f"mode must be one of {MODES}, got {mode!r}")
+    if min_confidence is not None and not 0.0 < min_confidence < 1.0:
+        raise InvalidParams(f"draft confidence threshold must be in (0, 1), got {min_confidence}")
+    if not isinstance(k, int) or k < 1:
+        raise InvalidParams(f"K (draft tokens per round) must be an integer >= 1, got {k!r}")
+    if mode == "ssd":
+        from ssdecode.decoding.ssd.strategy import ssd_settings
+
+        ssd_settings(k, ssd)
+
+
+def clean_text(text: str) -> str:
+    """Prompt text as the tokenizer can take it: lone surrogates (bytes that were not UTF-8, as
+    Python's command line or a JSON escape delivers them) become U+FFFD, like a lenient decode."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
+
+
 class LLM:
     def __init__(self, target: str = DEFAULT_TARGET, draft: str | None = None, mode: str = "ar",
                  k: int = 5, device: str | None = None, dtype: torch.dtype | None = None,
@@ -48,6 +72,8 @@ class LLM:
         ``max_num_seqs`` requests run at once (more wait), each up to ``max_model_len`` tokens."""
         from ssdecode.models.loader import load_model, load_tokenizer
 
+        check_settings(mode, k, ssd, min_confidence)  # bad options fail before the slow load
+        check_limits(max_num_seqs, max_model_len)
         device = device or default_device()
         tokenizer, target_model = load_tokenizer(target), load_model(target, device=device, dtype=dtype)
         draft_model = draft_tokenizer = None
@@ -94,12 +120,7 @@ class LLM:
         from ssdecode.decoding.speculative import SDStrategy
         from ssdecode.decoding.vocab import align_draft
 
-        if mode not in MODES:
-            raise InvalidParams(f"mode must be one of {MODES}, got {mode!r}")
-        if min_confidence is not None and not 0.0 < min_confidence < 1.0:
-            raise InvalidParams(f"draft confidence threshold must be in (0, 1), got {min_confidence}")
-        if k < 1:
-            raise InvalidParams(f"K (draft tokens per round) must be >= 1, got {k}")
+        check_settings(mode, k, ssd, min_confidence)
         if mode != "ar" and self.draft is None:
             raise InvalidParams(f"mode {mode!r} needs a draft model; this LLM was loaded without one")
         if self.core is not None:
@@ -136,10 +157,12 @@ class LLM:
         has one and ``chat``), else the raw text."""
         if chat and self.tokenizer.chat_template:
             return self.encode_chat([{"role": "user", "content": prompt}])
-        return self.tokenizer.encode(prompt)
+        return self.tokenizer.encode(clean_text(prompt))
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of a conversation through the chat template, ready for the reply."""
+        messages = [{**m, "content": clean_text(m["content"])} if isinstance(m.get("content"), str) else m
+                    for m in messages]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return self.tokenizer.encode(text, add_special_tokens=False)
 

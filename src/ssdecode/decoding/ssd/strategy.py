@@ -203,12 +203,12 @@ class _CloseOnError:
         return False
 
 
-def build_ssd_strategy(target: CausalLM, draft: CausalLM | None, draft_spec, k: int, options=None) -> SSDStrategy:
-    """The LLM API's entry point: ``options`` is None, an SSDConfig, or a dict (CLI) of SSDConfig
-    and DraftDeployment fields, split here; ``None`` values mean "default". ``k`` wins over the
-    options' K."""
+def ssd_settings(k: int, options=None) -> tuple[SSDConfig, DraftDeployment]:
+    """Validated settings from ``options``: None, an SSDConfig, or a dict (CLI) of SSDConfig and
+    DraftDeployment fields, split here; ``None`` values mean "default". ``k`` wins over the
+    options' K. Needs no model, so bad options fail before anything loads."""
     if options is None or isinstance(options, SSDConfig):
-        return SSDStrategy(target, SSDConfig.build(k, options), draft=draft, draft_spec=draft_spec)
+        return SSDConfig.build(k, options), DraftDeployment()
     deploy_keys = DraftDeployment.field_names()
     unknown = set(options) - deploy_keys - SSDConfig.option_names()
     if unknown:
@@ -216,4 +216,10 @@ def build_ssd_strategy(target: CausalLM, draft: CausalLM | None, draft_spec, k: 
                             f"{sorted(deploy_keys | SSDConfig.option_names())}")
     deploy = DraftDeployment(**{key: v for key, v in options.items() if key in deploy_keys and v is not None})
     algo = {key: v for key, v in options.items() if key not in deploy_keys}
-    return SSDStrategy(target, SSDConfig.build(k, algo), draft=draft, draft_spec=draft_spec, deploy=deploy)
+    return SSDConfig.build(k, algo), deploy
+
+
+def build_ssd_strategy(target: CausalLM, draft: CausalLM | None, draft_spec, k: int, options=None) -> SSDStrategy:
+    """The LLM API's entry point (``options`` as for ``ssd_settings``)."""
+    config, deploy = ssd_settings(k, options)
+    return SSDStrategy(target, config, draft=draft, draft_spec=draft_spec, deploy=deploy)
