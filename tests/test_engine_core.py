@@ -53,12 +53,15 @@ class RecordingClient:
     def __init__(self, inner):
         self.inner, self.sent = inner, []
 
-    def request(self, msg):
+    def request(self, msg, timeout_s=None):
         self.sent.append(msg)
-        return self.inner.request(msg)
+        return self.inner.request(msg, timeout_s)
 
     def close(self):
         self.inner.close()
+
+    def abandon(self):
+        self.inner.abandon()
 
     def count(self, kind) -> int:
         return sum(isinstance(m, kind) for m in self.sent)

@@ -47,6 +47,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                      help="draft worker in a thread or in a second process (torch.distributed)")
     ssd.add_argument("--draft-device", default=None, help="device of the draft worker")
     ssd.add_argument("--draft-threads", type=_count(1), default=1, help="CPU threads of the draft worker")
+    ssd.add_argument("--draft-timeout", type=float, default=60.0,
+                     help="seconds to wait for a draft worker reply before dropping the worker and going on "
+                          "with SD on the in-process draft (exact either way)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
 def ssd_options(args) -> dict:
     return {"fanout": args.fanout, "budget": args.budget, "saguaro_c": args.saguaro_c,
             "backup": args.backup, "transport": args.transport, "draft_device": args.draft_device,
-            "draft_threads": args.draft_threads, "draft_weights": args.draft_weights}
+            "draft_threads": args.draft_threads, "draft_weights": args.draft_weights,
+            "round_timeout_s": args.draft_timeout}
 
 
 def _stats(completion, llm) -> dict:

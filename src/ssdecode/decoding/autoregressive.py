@@ -17,8 +17,9 @@ class ARStrategy(Strategy):
         self.target = target
         self.cache = None
 
-    def setup(self, num_slots: int, max_len: int) -> None:
-        self.cache = self.target.new_cache(num_slots, max_len)
+    def setup(self, num_slots: int, max_len: int, tcache=None) -> None:
+        """``tcache``: a target cache to share (see SDStrategy.setup), else a new one."""
+        self.cache = tcache if tcache is not None else self.target.new_cache(num_slots, max_len)
 
     def prefill(self, seqs: list[Sequence]) -> list[int]:
         return prefill_target(self.target, self.cache, seqs)

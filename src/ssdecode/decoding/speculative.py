@@ -33,19 +33,26 @@ class SDStrategy(Strategy):
         self.tcache = self.dcache = None
         self.uncached: dict[int, int] = {}  # slot -> trailing committed tokens the draft cache lacks
 
-    def setup(self, num_slots: int, max_len: int) -> None:
-        self.tcache = self.target.new_cache(num_slots, max_len)
-        self.dcache = self.draft.new_cache(num_slots, max_len)
+    def setup(self, num_slots: int, max_len: int, tcache=None) -> None:
+        """``tcache``: a target cache to share (an SSD strategy whose draft worker failed hands
+        its sequences over to SD this way), else a new one."""
+        self.tcache = tcache if tcache is not None else self.target.new_cache(num_slots, max_len)
+        self.dcache = self.draft.new_cache(num_slots, min(max_len, self.draft.max_context))
 
     def cache_tokens_needed(self) -> int:
         return self.k + 1
 
     def prefill(self, seqs: list[Sequence]) -> list[int]:
         first = prefill_target(self.target, self.tcache, seqs)
+        self.adopt(seqs)
+        return first
+
+    def adopt(self, seqs: list[Sequence]) -> None:
+        """Take over sequences whose target cache holds every committed token but the last: fill
+        the draft cache likewise (at prefill, before the first token is committed: the prompt)."""
         prefill_draft(self.draft, self.dcache, seqs)
         for s in seqs:
             self.uncached[s.slot] = 1
-        return first
 
     def step(self, seqs: list[Sequence]) -> StepOutput:
         k, slots = self.k, [s.slot for s in seqs]
@@ -74,11 +81,13 @@ class SDStrategy(Strategy):
 
 
 def prefill_draft(draft: CausalLM, cache, seqs: list[Sequence]) -> None:
-    """Fill the draft cache with the prompts (no sampling: the target samples the first token)."""
+    """Fill the draft cache with each sequence's prompt and output but its last token (no
+    sampling: the target samples every committed token)."""
     for s in seqs:
         cache.reset(s.slot)
     slots = [s.slot for s in seqs]
-    ids, positions, num_new = feed_batch(cache, slots, [s.prompt_ids for s in seqs], draft.device)
+    ids, positions, num_new = feed_batch(cache, slots, [s.prompt_ids + s.output_ids[:-1] for s in seqs],
+                                         draft.device)
     draft.forward(ids, positions, cache, slots, num_new=num_new, last_only=True)
 
 

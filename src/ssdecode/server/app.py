@@ -74,10 +74,13 @@ def build_app(llm, model_name: str, api_key: str | None = None, max_queue: int =
     @app.get("/health")
     async def health():
         state = engine.state
-        status = "error" if state.failed else ("ok" if engine.accepting else "stopping")
-        return JSONResponse({"status": status, "running": state.running, "waiting": state.waiting,
-                             "free_slots": state.free_slots, "max_num_seqs": engine.max_num_seqs},
-                            200 if status == "ok" else 503)
+        status = "error" if state.failed else ("stopping" if not engine.accepting else
+                                               "degraded" if state.degraded else "ok")
+        body = {"status": status, "running": state.running, "waiting": state.waiting,
+                "free_slots": state.free_slots, "max_num_seqs": engine.max_num_seqs}
+        if state.degraded:  # still serving, exactly, without the SSD draft worker
+            body["degraded"] = f"the draft worker failed ({state.degraded}); requests continue without it"
+        return JSONResponse(body, 200 if status in ("ok", "degraded") else 503)
 
     @app.get("/metrics")
     async def prometheus_metrics():

@@ -50,6 +50,7 @@ class EngineState:
     free_slots: int = 0
     totals: RequestMetrics = field(default_factory=RequestMetrics)  # the core's run metrics (copy)
     failed: bool = False
+    degraded: str | None = None  # why the strategy runs without its draft worker (SSD fallback)
 
 
 @dataclass
@@ -293,4 +294,5 @@ class AsyncEngine:
     def _publish(self) -> None:
         core = self.core
         self.state = EngineState(core.num_running, core.num_waiting, core.num_free_slots,
-                                 copy.deepcopy(core.run_metrics))
+                                 copy.deepcopy(core.run_metrics),
+                                 degraded=getattr(self.llm.strategy, "failure", None))

@@ -79,6 +79,8 @@ class _EngineCollector:
         yield GaugeMetricFamily("ssdecode_num_requests_running", "Requests holding a slot", value=state.running)
         yield GaugeMetricFamily("ssdecode_num_requests_waiting", "Requests queued for a slot", value=state.waiting)
         yield GaugeMetricFamily("ssdecode_free_slots", "Free sequence slots", value=state.free_slots)
+        yield GaugeMetricFamily("ssdecode_degraded", "1 while the strategy runs without its SSD draft worker",
+                                value=float(state.degraded is not None))
         m = state.totals
         yield _counter("ssdecode_verifications", "Target verification rounds (SD/SSD)", m.verifications)
         yield _counter("ssdecode_draft_tokens", "Draft tokens proposed", m.draft_proposed)

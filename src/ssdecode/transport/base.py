@@ -31,14 +31,17 @@ class DraftClient(ABC):
     """The target's end: one request, one reply."""
 
     @abstractmethod
-    def send(self, msg) -> None: ...
+    def send(self, msg, timeout_s: float | None = None) -> None:
+        """Send a request; ``timeout_s`` as for ``recv`` (a send can block on a hung peer)."""
 
     @abstractmethod
-    def recv(self): ...
+    def recv(self, timeout_s: float | None = None):
+        """The next reply; ``TimeoutError`` after ``timeout_s`` seconds (None: the transport's own
+        limit), an error at once if the worker is gone."""
 
-    def request(self, msg):
-        self.send(msg)
-        reply = self.recv()
+    def request(self, msg, timeout_s: float | None = None):
+        self.send(msg, timeout_s)
+        reply = self.recv(timeout_s)
         if isinstance(reply, WorkerError):
             raise DraftWorkerError(f"draft worker failed:\n{reply.message}")
         return reply
@@ -46,6 +49,11 @@ class DraftClient(ABC):
     @abstractmethod
     def close(self) -> None:
         """Stop the worker (send Shutdown, wait, force if needed). Idempotent."""
+
+    @abstractmethod
+    def abandon(self) -> None:
+        """Give up on a worker that failed or missed a deadline: stop it without talking to it
+        (it may be dead, hung or mid-message). Idempotent."""
 
 
 def serve(worker, channel: Channel) -> None:

@@ -24,6 +24,9 @@ class DraftDeployment:
     draft_weights: str = "auto"  # process transport: matmul weight format (models/linear.py)
     backend: str | None = None  # torch.distributed backend (default: nccl for cuda, else gloo)
     timeout_s: float = 600.0  # process transport: rendezvous / collective timeout
+    # seconds the target waits for any reply after Setup before it drops the worker and goes on
+    # without it (SD on an in-process draft, else AR); a dead worker is noticed at once
+    round_timeout_s: float = 60.0
 
     def __post_init__(self):
         for name, value, allowed in (("transport", self.transport, TRANSPORTS), ("launch", self.launch, LAUNCHES),
@@ -32,8 +35,9 @@ class DraftDeployment:
                 raise InvalidParams(f"{name} must be one of {allowed}, got {value!r}")
         if self.draft_threads is not None and self.draft_threads < 1:
             raise InvalidParams(f"draft_threads must be >= 1, got {self.draft_threads}")
-        if not self.timeout_s > 0:
-            raise InvalidParams(f"timeout_s must be > 0, got {self.timeout_s}")
+        for name in ("timeout_s", "round_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise InvalidParams(f"{name} must be > 0, got {getattr(self, name)}")
 
     @classmethod
     def field_names(cls) -> set[str]:

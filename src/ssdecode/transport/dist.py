@@ -27,6 +27,7 @@ from ssdecode.transport.messages import Shutdown
 log = logging.getLogger(__name__)
 
 CHUNK = 1024  # int64 elements of the fixed first transfer
+SHUTDOWN_SEND_S = 5.0
 WORKER_RANK, TARGET_RANK = 1, 0
 
 
@@ -37,6 +38,7 @@ class TensorChannel(Channel):
         """``group``: a private two-rank process group (spawned pairs), or None for the default
         group (torchrun)."""
         self.peer, self.device, self.group = peer, torch.device(device), group
+        self.timeout: timedelta | None = None  # per transfer (the client side sets it per request)
         self.send_head = torch.zeros(CHUNK, dtype=torch.int64, device=self.device)
         self.recv_head = torch.zeros(CHUNK, dtype=torch.int64, device=self.device)
         self.ints = torch.zeros(0, dtype=torch.int64, device=self.device)
@@ -73,16 +75,24 @@ class TensorChannel(Channel):
         return decode(ints, floats)
 
     def _send(self, t: torch.Tensor) -> None:
-        if self.group is None:
-            dist.send(t, self.peer)
-        else:
-            self.group.send([t], self.peer, 0).wait()
+        self._wait(dist.isend(t, self.peer) if self.group is None else self.group.send([t], self.peer, 0))
 
     def _recv(self, t: torch.Tensor) -> None:
-        if self.group is None:
-            dist.recv(t, self.peer)
+        self._wait(dist.irecv(t, self.peer) if self.group is None else self.group.recv([t], self.peer, 0))
+
+    def _wait(self, work) -> None:
+        """A gloo send completes only when the peer receives: a hung peer blocks both ways."""
+        if self.timeout is None:
+            work.wait()
         else:
-            self.group.recv([t], self.peer, 0).wait()
+            try:
+                done = work.wait(self.timeout)
+            except RuntimeError as e:
+                if "timed out" not in str(e).lower() and "timeout" not in str(e).lower():
+                    raise
+                done = False
+            if not done:
+                raise TimeoutError(f"the draft worker did not answer within {self.timeout.total_seconds():g} s")
 
 
 def _grown(buf: torch.Tensor, n: int) -> torch.Tensor:
@@ -164,11 +174,41 @@ class DistClient(DraftClient):
                 raise TimeoutError("the draft worker process did not join within the timeout")
             time.sleep(0.02)
 
-    def send(self, msg) -> None:
-        self.channel.send(msg)
+    def send(self, msg, timeout_s: float | None = None) -> None:
+        self.channel.timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
+        try:
+            self.channel.send(msg)
+        except TimeoutError:
+            raise
+        except Exception as e:
+            raise self._broken(e) from e
 
-    def recv(self):
-        return self.channel.recv()
+    def recv(self, timeout_s: float | None = None):
+        self.channel.timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
+        try:
+            return self.channel.recv()
+        except TimeoutError:
+            raise
+        except Exception as e:  # gloo's "Connection closed by peer" and the like
+            raise self._broken(e) from e
+
+    def _broken(self, error: Exception) -> RuntimeError:
+        """One clear line for a transfer that failed: the worker exited, or the link broke."""
+        if self.proc is not None:
+            self.proc.join(0.5)  # a killed worker is reaped in a moment
+            if self.proc.exitcode is not None:
+                return RuntimeError(f"the draft worker process exited (code {self.proc.exitcode})")
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return RuntimeError(f"the connection to the draft worker broke: {first[:200]}")
+
+    def abandon(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.proc is not None and self.proc.is_alive():
+            self.proc.kill()  # SIGKILL also ends a stopped (SIGSTOP) or hung process
+            self.proc.join(5)
+        self.group = None
 
     def close(self) -> None:
         if self.closed:
@@ -176,8 +216,9 @@ class DistClient(DraftClient):
         self.closed = True
         try:
             if self.proc is None or self.proc.is_alive():
+                self.channel.timeout = timedelta(seconds=SHUTDOWN_SEND_S)  # never wait long on a hung peer
                 self.channel.send(Shutdown())
-        except Exception as e:  # the peer is gone already
+        except Exception as e:  # the peer is gone already (or hung: it is terminated below)
             log.debug("sending Shutdown failed: %s", e)
         self._stop_process()
         if self.group is None:  # the default group belongs to this torchrun pair

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 
 from ssdecode.transport.base import Channel, DraftClient, serve
 from ssdecode.transport.messages import Shutdown
@@ -41,22 +42,31 @@ class ThreadClient(DraftClient):
             log.exception("draft worker thread died")
             self.replies.put(None)
 
-    def send(self, msg) -> None:
+    def send(self, msg, timeout_s: float | None = None) -> None:  # a queue put never blocks
         if not self.thread.is_alive():
             raise RuntimeError("the draft worker thread is not running")
         self.requests.put(msg)
 
-    def recv(self):
+    def recv(self, timeout_s: float | None = None):
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             try:
-                reply = self.replies.get(timeout=1.0)
+                reply = self.replies.get(timeout=1.0 if deadline is None else
+                                         max(0.0, min(1.0, deadline - time.monotonic())))
             except queue.Empty:
                 if not self.thread.is_alive():
                     raise RuntimeError("the draft worker thread died") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"the draft worker thread did not answer within {timeout_s:g} s") from None
                 continue
             if reply is None:
                 raise RuntimeError("the draft worker thread died")
             return reply
+
+    def abandon(self) -> None:
+        """A thread cannot be killed: ask it to stop and let it go (it is a daemon); its replies
+        land in a queue nobody reads."""
+        self.requests.put(Shutdown())
 
     def close(self) -> None:
         if self.thread.is_alive():

@@ -10,6 +10,12 @@ Sequences join and leave between rounds: a ``Start`` brings new ones to the work
 caches once, at ``Setup``), and finished ones ride along as ``released`` ids in the next request.
 
 Target cache invariant (as SD): every committed token except the last (``seq.last_token``).
+
+The draft worker may fail; a request may not. The output distribution never depends on the draft,
+so when the worker raises, dies, or misses ``round_timeout_s``, it is dropped (killed, never
+waited on) and every sequence goes on from exactly where it was with SD on the in-process draft
+(or AR without one): the round being verified is committed, and each sequence's draft cache is
+filled from its committed tokens the first time SD drafts for it.
 """
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ import torch
 
 from ssdecode.decoding.autoregressive import prefill_target
 from ssdecode.decoding.base import StepOutput, Strategy
+from ssdecode.decoding.autoregressive import ARStrategy
 from ssdecode.decoding.sequence import Sequence
-from ssdecode.decoding.speculative import verify_proposals
+from ssdecode.decoding.speculative import SDStrategy, verify_proposals
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.models.base import CausalLM
 from ssdecode.params import InvalidParams
@@ -67,6 +74,10 @@ class SSDStrategy(Strategy):
         self.rounds = 0
         self.time_verify = self.time_wait = 0.0
         self._finalizer = None
+        self.sizes = (0, 0)  # (num_slots, max_len) of setup
+        self.fallback: SDStrategy | ARStrategy | None = None  # set when the worker failed
+        self.failure: str | None = None
+        self.adopted: set[int] = set()  # seq ids the fallback has taken over
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _connect(self):
@@ -90,6 +101,7 @@ class SSDStrategy(Strategy):
             self._connect()
             # Verification never writes past the context: step() trims speculations near its end.
             self.tcache = self.target.new_cache(num_slots, min(max_len, self.target.max_context))
+            self.sizes = (num_slots, max_len)
             reply = self.client.request(Setup(self.config.to_dict(), num_slots, max_len, self.target.vocab_size))
             assert isinstance(reply, Ready), reply
             self.specs, self.released = {}, []
@@ -100,7 +112,9 @@ class SSDStrategy(Strategy):
     def release(self, seqs: list[Sequence]) -> None:
         for s in seqs:
             self.specs.pop(s.seq_id, None)
-            self.released.append(s.seq_id)
+            self.adopted.discard(s.seq_id)
+            if self.fallback is None:
+                self.released.append(s.seq_id)
 
     def close(self) -> None:
         if self.client is not None:
@@ -113,13 +127,16 @@ class SSDStrategy(Strategy):
     def prefill(self, seqs: list[Sequence]) -> list[int]:
         with self._closing_on_error():
             first = prefill_target(self.target, self.tcache, seqs)
-            start = Start([NewSequence(s.seq_id, s.slot, list(s.prompt_ids), t, s.params)
-                           for s, t in zip(seqs, first)], self._take_released())
-            self._store(self.client.request(start))
+            if self.fallback is None:
+                start = Start([NewSequence(s.seq_id, s.slot, list(s.prompt_ids), t, s.params)
+                               for s, t in zip(seqs, first)], self._take_released())
+                self._ask(start)
             return first
 
     def step(self, seqs: list[Sequence]) -> StepOutput:
         with self._closing_on_error():
+            if self.fallback is not None:
+                return self._fallback_step(seqs)
             specs = [self.specs[s.seq_id] for s in seqs]
             tokens, num_draft, point_mass, probs = self._batch(seqs, specs)
             st = SamplingTensors.from_params([s.params for s in seqs], self.target.device)
@@ -127,16 +144,45 @@ class SSDStrategy(Strategy):
             accepted, nxt = verify_proposals(self.target, self.tcache, seqs, tokens, probs, st,
                                              point_mass=point_mass, num_draft=num_draft)
             t1 = time.perf_counter()
-            reply = self.client.request(Outcome([s.seq_id for s in seqs], accepted, nxt, self._take_released(),
-                                                t1 - t0))
+            # the round is verified: its tokens are committed even if the worker fails now
+            self._ask(Outcome([s.seq_id for s in seqs], accepted, nxt, self._take_released(), t1 - t0))
             t2 = time.perf_counter()
-            self._store(reply)
             self.rounds += 1
             self.time_verify += t1 - t0
             self.time_wait += t2 - t1
             committed = [spec.tokens[:a] + [t] for spec, a, t in zip(specs, accepted, nxt)]
             return StepOutput(tokens=committed, proposed=num_draft.tolist(), accepted=accepted,
                               hit=[spec.hit for spec in specs], time_draft=t2 - t1, time_verify=t1 - t0)
+
+    def _ask(self, request) -> None:
+        """Send a Start or Outcome and store the speculations of the reply; on any failure of
+        the worker, drop it and switch to the fallback."""
+        try:
+            reply = self.client.request(request, timeout_s=self.deploy.round_timeout_s)
+        except Exception as e:
+            self._fail(e)
+        else:
+            self._store(reply)
+
+    def _fail(self, error: Exception) -> None:
+        client, self.client = self.client, None
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        client.abandon()
+        self.fallback = (SDStrategy(self.target, self.draft, self.config.k) if self.draft is not None
+                         else ARStrategy(self.target))
+        self.fallback.setup(*self.sizes, tcache=self.tcache)
+        self.failure = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        self.specs, self.released = {}, []
+        log.warning("the draft worker failed (%s); running sequences continue with %s, exactly",
+                    self.failure, self.fallback.name.upper())
+
+    def _fallback_step(self, seqs: list[Sequence]) -> StepOutput:
+        new = [s for s in seqs if s.seq_id not in self.adopted]
+        if new and isinstance(self.fallback, SDStrategy):
+            self.fallback.adopt(new)
+        self.adopted.update(s.seq_id for s in new)
+        return self.fallback.step(seqs)
 
     def _batch(self, seqs: list[Sequence], specs: list[PendingSpeculation]):
         """Speculations as the verifier takes them: [B, W] tokens (W = longest), num_draft [B]
@@ -175,7 +221,14 @@ class SSDStrategy(Strategy):
     def stats(self) -> dict:
         """Worker-side metrics (hit rate by k and batch size, T_p, T_b, miss rate by fan-out,
         the current fan-out and its estimates) plus the target side's round times."""
-        out = dict(self.client.request(StatsRequest()).data) if self.client is not None else {}
+        out = {}
+        if self.client is not None:
+            try:
+                out = dict(self.client.request(StatsRequest(), timeout_s=self.deploy.round_timeout_s).data)
+            except Exception as e:
+                self._fail(e)
+        if self.failure is not None:
+            out.update({"draft_worker": "failed", "failure": self.failure, "fallback": self.fallback.name})
         out.update({"rounds": self.rounds, "time_verify_s": round(self.time_verify, 4),
                     "time_wait_draft_s": round(self.time_wait, 4)})
         return out
