@@ -7,3 +7,19 @@ def _threads():
     """One intra-op thread: tiny models gain nothing from two, and on shared cores a second
     OpenMP thread turns every barrier into a scheduler wait. Real-model tests override this."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def target():
+    """The tiny target of the SSD tests (ssd_support: a context long enough for full trees);
+    modules with other models define their own."""
+    from ssd_support import tiny_model
+
+    return tiny_model(0)
+
+
+@pytest.fixture(scope="module")
+def draft():
+    from ssd_support import tiny_model
+
+    return tiny_model(1)

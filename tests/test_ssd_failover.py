@@ -22,16 +22,6 @@ from tiny import tiny_tokenizer
 TOKENS = 24
 
 
-@pytest.fixture(scope="module")
-def target():
-    return tiny_model(0)
-
-
-@pytest.fixture(scope="module")
-def draft():
-    return tiny_model(1)
-
-
 def raising_after(monkeypatch, outcomes: int) -> None:
     """The worker raises on its ``outcomes``-th Outcome (counted over all workers of the test)."""
     seen = [0]

@@ -12,16 +12,6 @@ MAX_TOKENS = 16
 
 
 @pytest.fixture(scope="module")
-def target():
-    return tiny_model(0)
-
-
-@pytest.fixture(scope="module")
-def draft():
-    return tiny_model(1)
-
-
-@pytest.fixture(scope="module")
 def references(target):
     cache = {}
 
