@@ -14,7 +14,6 @@ server runs it in a thread of its own and hands requests over through a queue).
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 
 from ssdecode.decoding.base import StepOutput, Strategy
@@ -27,8 +26,6 @@ from ssdecode.engine.stopping import StopChecker
 from ssdecode.params import InvalidParams, SamplingParams
 from ssdecode.runtime.kv_cache import ContextOverflow
 from ssdecode.sampling import make_generator
-
-log = logging.getLogger(__name__)
 
 DEFAULT_MAX_NUM_SEQS, DEFAULT_MAX_MODEL_LEN = 8, 4096
 _request_ids = itertools.count()  # process-wide: ids stay unique across cores and configure()
@@ -135,7 +132,7 @@ class EngineCore:
         now = time.perf_counter()
         self.run_metrics.time_prefill += now - t0
         for req, tok in zip(reqs, first):
-            req.admitted, req.first_token_at = t0, now
+            req.admitted = t0
             req.metrics.time_prefill = now - t0
             req.metrics.time_queue = t0 - req.arrival
             emitted[req.request_id] = (req, self.stopper.commit(req, [tok], self.max_model_len))

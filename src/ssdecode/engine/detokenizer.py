@@ -20,6 +20,11 @@ class IncrementalDetokenizer:
         self.prefix_offset = 0  # window start: tokens before it are settled
         self.read_offset = 0  # tokens before it are in self.text
 
+    @property
+    def full_text(self) -> str:
+        """What a full decode of the ids gives: the settled text and the pending tail."""
+        return self.text + self.tail
+
     def add(self, token: int) -> str:
         """Append one token id; return the text it completes (possibly '')."""
         self.ids.append(token)

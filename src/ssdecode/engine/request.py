@@ -20,7 +20,6 @@ class Request:
     stop_cut: int | None = None  # characters of text before the stop string that ended it
     sent: int = 0  # characters of text already handed out as deltas
     admitted: float | None = None  # perf_counter() at prefill
-    first_token_at: float | None = None
 
     @property
     def request_id(self) -> int:
@@ -33,7 +32,7 @@ class Request:
     @property
     def text(self) -> str:
         """The output text (with a trailing incomplete character as U+FFFD, as a full decode)."""
-        text = self.detok.text + self.detok.tail
+        text = self.detok.full_text
         return text if self.stop_cut is None else text[:self.stop_cut]
 
     def take_text(self) -> str:

@@ -36,7 +36,7 @@ class StopChecker:
     def _hit_stop_string(req: Request, new_chars: int) -> bool:
         """Search the text this token settled or left pending, with the longest stop string's
         length minus one before it (a stop string may start in earlier text)."""
-        text = req.detok.text + req.detok.tail
+        text = req.detok.full_text
         start = max(0, len(req.detok.text) - new_chars - max(map(len, req.seq.params.stop)) + 1)
         found = [i for i in (text.find(s, start) for s in req.seq.params.stop) if i >= 0]
         if not found:

@@ -175,18 +175,16 @@ class DistClient(DraftClient):
             time.sleep(0.02)
 
     def send(self, msg, timeout_s: float | None = None) -> None:
-        self.channel.timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
-        try:
-            self.channel.send(msg)
-        except TimeoutError:
-            raise
-        except Exception as e:
-            raise self._broken(e) from e
+        self._transfer(lambda: self.channel.send(msg), timeout_s)
 
     def recv(self, timeout_s: float | None = None):
+        return self._transfer(self.channel.recv, timeout_s)
+
+    def _transfer(self, fn, timeout_s: float | None):
+        """``fn()`` under the deadline; a broken link becomes one clear RuntimeError."""
         self.channel.timeout = None if timeout_s is None else timedelta(seconds=timeout_s)
         try:
-            return self.channel.recv()
+            return fn()
         except TimeoutError:
             raise
         except Exception as e:  # gloo's "Connection closed by peer" and the like

@@ -94,7 +94,6 @@ class SSDConfig:
             raise InvalidParams(f"unknown SSD options {sorted(unknown)}; known: {sorted(known)}")
         return cls(k=k, **{key: v for key, v in options.items() if v is not None})
 
-
     @classmethod
     def option_names(cls) -> set[str]:
         """The fields a user sets (the normalized fan-out fields are derived)."""

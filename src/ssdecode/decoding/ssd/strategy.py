@@ -172,7 +172,8 @@ class SSDStrategy(Strategy):
         self.fallback = (SDStrategy(self.target, self.draft, self.config.k) if self.draft is not None
                          else ARStrategy(self.target))
         self.fallback.setup(*self.sizes, tcache=self.tcache)
-        self.failure = f"{type(error).__name__}: {str(error).strip().splitlines()[-1] if str(error).strip() else ''}"
+        last_line = (str(error).strip().splitlines() or [""])[-1]  # a worker's traceback ends in its error
+        self.failure = f"{type(error).__name__}: {last_line}"
         self.specs, self.released = {}, []
         log.warning("the draft worker failed (%s); running sequences continue with %s, exactly",
                     self.failure, self.fallback.name.upper())
