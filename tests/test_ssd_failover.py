@@ -7,8 +7,6 @@ from __future__ import annotations
 import os
 import signal
 
-import pytest
-
 from exactness import chi_square_check, exact_target_distribution
 from ssd_support import greedy_reference, prompts_for, run, tiny_model
 from ssdecode.decoding.ssd.config import SSDConfig

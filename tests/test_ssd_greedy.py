@@ -6,7 +6,7 @@ import torch
 from ssd_support import greedy_reference, prompts_for, run, tiny_model
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.strategy import SSDStrategy, build_ssd_strategy
-from ssdecode.params import InvalidParams, SamplingParams
+from ssdecode.params import SamplingParams
 
 MAX_TOKENS = 16
 
