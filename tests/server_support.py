@@ -37,9 +37,8 @@ def tiny_llm(mode: str, target, draft, delay: float = 0.0, **kwargs) -> LLM:
     forward keep requests running long enough to overlap, queue or be hung up on."""
     if delay:
         target = SlowModel(target, delay)
-    ssd = {"transport": "thread"} if mode == "ssd" else None
-    kwargs = {"k": 3, "max_model_len": 128, **kwargs}
-    return LLM.from_models(chat_tokenizer(), target, draft, mode=mode, ssd=ssd, **kwargs)
+    kwargs = {"k": 3, "max_model_len": 128, "ssd": {"transport": "thread"} if mode == "ssd" else None, **kwargs}
+    return LLM.from_models(chat_tokenizer(), target, draft, mode=mode, **kwargs)
 
 
 @contextmanager

@@ -57,8 +57,8 @@ class RecordingClient:
 
 
 def make_strategy(kind: str, target, draft):
-    """``kind``: ar | sd | ssd (thread transport) | ssd-process. SSD strategies come connected,
-    with their client wrapped in a RecordingClient (``strategy.client``) before Setup is sent."""
+    """``kind``: ar | sd | ssd (thread transport) | ssd-process. SSD strategies record
+    what they send: their client is wrapped in a RecordingClient (``strategy.worker.client`` after setup)."""
     if kind == "ar":
         return ARStrategy(target)
     if kind == "sd":
@@ -66,8 +66,7 @@ def make_strategy(kind: str, target, draft):
     transport = "process" if kind == "ssd-process" else "thread"
     strategy = build_ssd_strategy(target, draft, None, K,
                                   {"fanout": "uniform:2", "transport": transport, "draft_threads": 1})
-    strategy._connect()
-    strategy.client = RecordingClient(strategy.client)
+    strategy._new_client = lambda cancel, new=strategy._new_client: RecordingClient(new(cancel))
     return strategy
 
 
@@ -162,7 +161,7 @@ def test_abort_a_running_request(kind, target, draft):
         assert tr.finished[e].output_ids == reference(target, prompts[0], 9)
         assert d not in tr.finished and len(tr.ids[d]) < 20
         if kind == "ssd":
-            client = strategy.client
+            client = strategy.worker.client
             assert client.count(Setup) == 1
             assert {a, b, c, d} <= client.released()  # the worker dropped their state
     finally:
@@ -197,7 +196,7 @@ def test_requests_joining_at_different_steps_equal_running_alone(kind, target, d
         assert tr.output("late") == reference(target, prompts[9], 8)
         assert tr.output("late2") == reference(target, prompts[0], 5)
         if kind.startswith("ssd"):
-            assert strategy.client.count(Setup) == 1 and strategy.client.count(Start) >= 6
+            assert strategy.worker.client.count(Setup) == 1 and strategy.worker.client.count(Start) >= 6
             stats = strategy.stats()
             assert stats["rounds"] > 0
     finally:

@@ -105,7 +105,7 @@ def test_greedy_process_transport(target, draft, references):
     try:
         assert run(s, prompts_for(2), SamplingParams(max_tokens=MAX_TOKENS)) == references(prompts_for(2))
         assert run(s, prompts_for(3, seed=1), SamplingParams(max_tokens=MAX_TOKENS)) == references(prompts_for(3, seed=1))
-        proc = s.client.proc
+        proc = s.worker.client.proc
     finally:
         s.close()
     assert not proc.is_alive()
@@ -141,7 +141,7 @@ def test_interrupt_shuts_the_worker_down(target, draft, transport):
     s = _ssd(_Exploding(target, 3, KeyboardInterrupt()), draft, transport=transport, draft_threads=1)
     with pytest.raises(KeyboardInterrupt):
         run(s, prompts_for(2), SamplingParams(max_tokens=MAX_TOKENS))
-    assert s.client is None  # closed
+    assert s.worker.client is None  # closed
     s.close()  # idempotent
 
 
@@ -160,7 +160,7 @@ def test_a_draft_that_fails_everywhere_fails_the_request_clearly(target):
     s = _ssd(target, Broken())
     with pytest.raises(RuntimeError, match="draft exploded"):
         run(s, prompts_for(1), SamplingParams(max_tokens=4))
-    assert s.client is None and s.stats()["fallback"] == "sd"
+    assert s.worker.client is None and s.stats()["fallback"] == "sd"
 
 
 def test_two_process_workers_at_once(target, draft, references):

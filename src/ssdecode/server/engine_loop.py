@@ -51,6 +51,8 @@ class EngineState:
     totals: RequestMetrics = field(default_factory=RequestMetrics)  # the core's run metrics (copy)
     failed: bool = False
     degraded: str | None = None  # why the strategy runs without its draft worker (SSD fallback)
+    worker_failures: int = 0  # SSD draft worker failures so far
+    worker_restarts: int = 0  # SSD draft workers brought up again after a failure
 
 
 @dataclass
@@ -294,5 +296,13 @@ class AsyncEngine:
     def _publish(self) -> None:
         core = self.core
         self.state = EngineState(core.num_running, core.num_waiting, core.num_free_slots,
-                                 copy.deepcopy(core.run_metrics),
-                                 degraded=getattr(self.llm.strategy, "failure", None))
+                                 copy.deepcopy(core.run_metrics), **_worker_health(self.llm.strategy))
+
+
+def _worker_health(strategy) -> dict:
+    """EngineState's draft-worker fields (strategies without a worker: none of them)."""
+    worker = getattr(strategy, "worker", None)
+    if worker is None:
+        return {}
+    return {"degraded": strategy.failure, "worker_failures": len(worker.failures),
+            "worker_restarts": worker.restarts}

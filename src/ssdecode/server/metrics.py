@@ -81,6 +81,11 @@ class _EngineCollector:
         yield GaugeMetricFamily("ssdecode_free_slots", "Free sequence slots", value=state.free_slots)
         yield GaugeMetricFamily("ssdecode_degraded", "1 while the strategy runs without its SSD draft worker",
                                 value=float(state.degraded is not None))
+        if self.mode == "ssd":
+            yield _counter("ssdecode_draft_worker_failures", "SSD draft worker failures (died, raised, "
+                           "missed its deadline, or failed to restart)", state.worker_failures)
+            yield _counter("ssdecode_draft_worker_restarts", "SSD draft workers brought up again after a failure",
+                           state.worker_restarts)
         m = state.totals
         yield _counter("ssdecode_verifications", "Target verification rounds (SD/SSD)", m.verifications)
         yield _counter("ssdecode_draft_tokens", "Draft tokens proposed", m.draft_proposed)

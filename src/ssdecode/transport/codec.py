@@ -102,7 +102,7 @@ def encode(msg) -> tuple[torch.Tensor, torch.Tensor | None]:
         w.int(len(msg.seqs))
         for s in msg.seqs:
             p = s.params
-            for x in (s.seq_id, s.slot, s.first_token, p.top_k, -1 if p.seed is None else p.seed):
+            for x in (s.seq_id, s.slot, s.first_token, s.draft_stream, p.top_k, -1 if p.seed is None else p.seed):
                 w.int(x)
             w.float(p.temperature)
             w.float(p.top_p)
@@ -143,11 +143,11 @@ def decode(ints: torch.Tensor, floats: torch.Tensor | None = None):
     if kind is Start:
         seqs = []
         for _ in range(r.int()):
-            seq_id, slot, first, top_k, seed = (r.int() for _ in range(5))
+            seq_id, slot, first, stream, top_k, seed = (r.int() for _ in range(6))
             temperature, top_p = r.float(), r.float()
             params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
                                     seed=None if seed < 0 else seed)
-            seqs.append(NewSequence(seq_id, slot, r.ints(), first, params))
+            seqs.append(NewSequence(seq_id, slot, r.ints(), first, params, stream))
         return Start(seqs, r.ints())
     if kind is Outcome:
         seq_ids, accepted, nxt, released = r.ints(), r.ints(), r.ints(), r.ints()

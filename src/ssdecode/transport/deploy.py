@@ -25,8 +25,10 @@ class DraftDeployment:
     backend: str | None = None  # torch.distributed backend (default: nccl for cuda, else gloo)
     timeout_s: float = 600.0  # process transport: rendezvous / collective timeout
     # seconds the target waits for any reply after Setup before it drops the worker and goes on
-    # without it (SD on an in-process draft, else AR); a dead worker is noticed at once
-    round_timeout_s: float = 60.0
+    # without it (SD on an in-process draft, else AR); a dead worker is noticed at once. None:
+    # automatic, a few seconds plus a multiple of the measured reply times (decoding/ssd/supervisor.py)
+    round_timeout_s: float | None = None
+    max_restarts: int = 5  # failed workers replaced in the background, in a row, before giving up
 
     def __post_init__(self):
         for name, value, allowed in (("transport", self.transport, TRANSPORTS), ("launch", self.launch, LAUNCHES),
@@ -35,9 +37,12 @@ class DraftDeployment:
                 raise InvalidParams(f"{name} must be one of {allowed}, got {value!r}")
         if self.draft_threads is not None and self.draft_threads < 1:
             raise InvalidParams(f"draft_threads must be >= 1, got {self.draft_threads}")
-        for name in ("timeout_s", "round_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise InvalidParams(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.timeout_s > 0:
+            raise InvalidParams(f"timeout_s must be > 0, got {self.timeout_s}")
+        if self.round_timeout_s is not None and not self.round_timeout_s > 0:
+            raise InvalidParams(f"round_timeout_s must be > 0 (or None: automatic), got {self.round_timeout_s}")
+        if not (isinstance(self.max_restarts, int) and self.max_restarts >= 0):
+            raise InvalidParams(f"max_restarts must be an integer >= 0, got {self.max_restarts!r}")
 
     @classmethod
     def field_names(cls) -> set[str]:

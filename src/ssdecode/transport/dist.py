@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -129,9 +130,12 @@ def under_torchrun() -> bool:
 
 
 class DistClient(DraftClient):
-    def __init__(self, spec, config: DraftDeployment, target_device: torch.device | str, entry=None):
+    def __init__(self, spec, config: DraftDeployment, target_device: torch.device | str, entry=None,
+                 cancel: threading.Event | None = None):
         """``entry(spec, WorkerLaunch)``: the spawned process's function (decoding.ssd.worker_main's
-        ``spawned_worker``); unused when joining a worker started under torchrun."""
+        ``spawned_worker``); unused when joining a worker started under torchrun. ``cancel``: set
+        it to give up waiting for a spawned worker to come up (a background restart that is no
+        longer wanted)."""
         target_device = torch.device(target_device)
         launch = config.launch
         if launch == "auto":
@@ -157,7 +161,7 @@ class DistClient(DraftClient):
             self.proc = ctx.Process(target=entry, args=(spec, info), name="ssd-draft-worker", daemon=True)
             self.proc.start()
             try:
-                self._wait_for_worker(store, config.timeout_s)
+                self._wait_for_worker(store, config.timeout_s, cancel or threading.Event())
                 self.group = private_group(backend, store, TARGET_RANK, timeout)
             except BaseException:
                 self._stop_process(grace_s=0.0)
@@ -165,9 +169,11 @@ class DistClient(DraftClient):
         comm = target_device if backend == "nccl" else torch.device("cpu")
         self.channel = TensorChannel(WORKER_RANK, comm, self.group)
 
-    def _wait_for_worker(self, store, timeout_s: float) -> None:
+    def _wait_for_worker(self, store, timeout_s: float, cancel: threading.Event) -> None:
         deadline = time.monotonic() + timeout_s
         while not store.check(["worker_up"]):
+            if cancel.is_set():
+                raise RuntimeError("the draft worker's start was cancelled")
             if not self.proc.is_alive():
                 raise RuntimeError(f"the draft worker process exited during startup (code {self.proc.exitcode})")
             if time.monotonic() > deadline:

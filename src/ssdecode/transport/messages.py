@@ -40,6 +40,9 @@ class NewSequence:
     prompt_ids: list[int]
     first_token: int  # the first committed token, sampled by the target at prefill
     params: SamplingParams  # only temperature, top_k, top_p, seed matter to the draft
+    # the draft's random stream (sampling.make_generator): a worker that takes over a sequence
+    # from a failed one must not replay random numbers the committed tokens already depend on
+    draft_stream: int = 1
 
 
 @dataclass

@@ -12,16 +12,18 @@ caches once, at ``Setup``), and finished ones ride along as ``released`` ids in 
 Target cache invariant (as SD): every committed token except the last (``seq.last_token``).
 
 The draft worker may fail; a request may not. The output distribution never depends on the draft,
-so when the worker raises, dies, or misses ``round_timeout_s``, it is dropped (killed, never
+so when the worker raises, dies, or misses its reply deadline, it is dropped (killed, never
 waited on) and every sequence goes on from exactly where it was with SD on the in-process draft
 (or AR without one): the round being verified is committed, and each sequence's draft cache is
-filled from its committed tokens the first time SD drafts for it.
+filled from its committed tokens the first time SD drafts for it. Meanwhile a new worker starts in
+the background (supervisor.py); once it is up, the running sequences are brought to it as new
+ones whose prompt is everything committed so far, and rounds are SSD again.
 """
 from __future__ import annotations
 
 import logging
+import threading
 import time
-import weakref
 from dataclasses import dataclass
 
 import torch
@@ -32,11 +34,12 @@ from ssdecode.decoding.autoregressive import ARStrategy
 from ssdecode.decoding.sequence import Sequence
 from ssdecode.decoding.speculative import SDStrategy, verify_proposals
 from ssdecode.decoding.ssd.config import SSDConfig
+from ssdecode.decoding.ssd.supervisor import WorkerSupervisor
 from ssdecode.models.base import CausalLM
 from ssdecode.params import InvalidParams
 from ssdecode.sampling import SamplingTensors
 from ssdecode.transport.deploy import DraftDeployment
-from ssdecode.transport.messages import NewSequence, Outcome, Ready, Setup, Speculation, Start, StatsRequest
+from ssdecode.transport.messages import NewSequence, Outcome, Setup, Speculation, Start, StatsRequest
 
 log = logging.getLogger(__name__)
 
@@ -67,44 +70,45 @@ class SSDStrategy(Strategy):
             raise InvalidParams("the process transport needs a draft spec (or a draft model to share)")
         self.target, self.config, self.deploy = target, config, deploy
         self.draft, self.draft_spec = draft, draft_spec
-        self.client = None
+        self.worker: WorkerSupervisor | None = None
         self.tcache = None
         self.specs: dict[int, PendingSpeculation] = {}  # seq id -> its next speculation
         self.released: list[int] = []
         self.rounds = 0
         self.time_verify = self.time_wait = 0.0
-        self._finalizer = None
         self.sizes = (0, 0)  # (num_slots, max_len) of setup
-        self.fallback: SDStrategy | ARStrategy | None = None  # set when the worker failed
-        self.failure: str | None = None
+        self.fallback: SDStrategy | ARStrategy | None = None  # built at the worker's first failure
+        self.degraded = False  # rounds run on the fallback (no worker now)
         self.adopted: set[int] = set()  # seq ids the fallback has taken over
 
     # -- lifecycle ---------------------------------------------------------------------------
-    def _connect(self):
-        if self.client is not None:
-            return
+    def _new_client(self, cancel: threading.Event):
         if self.deploy.transport == "thread":
             from ssdecode.decoding.ssd.worker import DraftWorker
             from ssdecode.transport.thread import ThreadClient
 
-            self.client = ThreadClient(DraftWorker(self.draft))
-        else:
-            from ssdecode.decoding.ssd.worker_main import spawned_worker
-            from ssdecode.transport.dist import DistClient
+            return ThreadClient(DraftWorker(self.draft))
+        from ssdecode.decoding.ssd.worker_main import spawned_worker
+        from ssdecode.transport.dist import DistClient
 
-            spec = self.draft_spec if self.draft_spec is not None else self.draft
-            self.client = DistClient(spec, self.deploy, self.target.device, entry=spawned_worker)
-        self._finalizer = weakref.finalize(self, self.client.close)
+        spec = self.draft_spec if self.draft_spec is not None else self.draft
+        return DistClient(spec, self.deploy, self.target.device, entry=spawned_worker, cancel=cancel)
 
     def setup(self, num_slots: int, max_len: int) -> None:
         with self._closing_on_error():
-            self._connect()
+            self.close()
             # Verification never writes past the context: step() trims speculations near its end.
             self.tcache = self.target.new_cache(num_slots, min(max_len, self.target.max_context))
             self.sizes = (num_slots, max_len)
-            reply = self.client.request(Setup(self.config.to_dict(), num_slots, max_len, self.target.vocab_size))
-            assert isinstance(reply, Ready), reply
-            self.specs, self.released = {}, []
+            setup = Setup(self.config.to_dict(), num_slots, max_len, self.target.vocab_size)
+            self.worker = WorkerSupervisor(self._new_client, setup, self.deploy)
+            self.worker.start()
+            self.specs, self.released, self.degraded, self.fallback = {}, [], False, None
+
+    @property
+    def failure(self) -> str | None:
+        """Why rounds run without the draft worker now (None while it serves)."""
+        return self.worker.failure if self.degraded and self.worker is not None else None
 
     def cache_tokens_needed(self) -> int:
         return self.config.k + 1
@@ -113,29 +117,27 @@ class SSDStrategy(Strategy):
         for s in seqs:
             self.specs.pop(s.seq_id, None)
             self.adopted.discard(s.seq_id)
-            if self.fallback is None:
+            if not self.degraded:
                 self.released.append(s.seq_id)
 
     def close(self) -> None:
-        if self.client is not None:
-            client, self.client = self.client, None
-            if self._finalizer is not None:
-                self._finalizer.detach()
-            client.close()
+        if self.worker is not None:
+            self.worker.close()
 
     # -- decoding ----------------------------------------------------------------------------
     def prefill(self, seqs: list[Sequence]) -> list[int]:
         with self._closing_on_error():
             first = prefill_target(self.target, self.tcache, seqs)
-            if self.fallback is None:
-                start = Start([NewSequence(s.seq_id, s.slot, list(s.prompt_ids), t, s.params)
-                               for s, t in zip(seqs, first)], self._take_released())
-                self._ask(start)
+            if not self.degraded:
+                self._ask(Start([NewSequence(s.seq_id, s.slot, list(s.prompt_ids), t, s.params, self._stream())
+                                 for s, t in zip(seqs, first)], self._take_released()))
             return first
 
     def step(self, seqs: list[Sequence]) -> StepOutput:
         with self._closing_on_error():
-            if self.fallback is not None:
+            if self.degraded and self.worker.take_restarted():
+                self._resume(seqs)
+            if self.degraded:
                 return self._fallback_step(seqs)
             specs = [self.specs[s.seq_id] for s in seqs]
             tokens, num_draft, point_mass, probs = self._batch(seqs, specs)
@@ -157,26 +159,36 @@ class SSDStrategy(Strategy):
     def _ask(self, request) -> None:
         """Send a Start or Outcome and store the speculations of the reply; on any failure of
         the worker, drop it and switch to the fallback."""
+        new_tokens = sum(len(s.prompt_ids) for s in request.seqs) if isinstance(request, Start) else 0
         try:
-            reply = self.client.request(request, timeout_s=self.deploy.round_timeout_s)
+            reply = self.worker.request(request, new_tokens)
         except Exception as e:
             self._fail(e)
         else:
             self._store(reply)
 
     def _fail(self, error: Exception) -> None:
-        client, self.client = self.client, None
-        if self._finalizer is not None:
-            self._finalizer.detach()
-        client.abandon()
-        self.fallback = (SDStrategy(self.target, self.draft, self.config.k) if self.draft is not None
-                         else ARStrategy(self.target))
-        self.fallback.setup(*self.sizes, tcache=self.tcache)
-        last_line = (str(error).strip().splitlines() or [""])[-1]  # a worker's traceback ends in its error
-        self.failure = f"{type(error).__name__}: {last_line}"
-        self.specs, self.released = {}, []
+        reason = self.worker.fail(error)
+        if self.fallback is None:
+            self.fallback = (SDStrategy(self.target, self.draft, self.config.k) if self.draft is not None
+                             else ARStrategy(self.target))
+            self.fallback.setup(*self.sizes, tcache=self.tcache)
+        self.degraded, self.specs, self.released = True, {}, []
         log.warning("the draft worker failed (%s); running sequences continue with %s, exactly",
-                    self.failure, self.fallback.name.upper())
+                    reason, self.fallback.name.upper())
+
+    def _resume(self, seqs: list[Sequence]) -> None:
+        """Back to SSD on a restarted worker: each running sequence joins it as a new one whose
+        prompt is everything committed but the last token (the target cache holds exactly that).
+        The new worker draws from a draft random stream no earlier worker used: the committed
+        tokens depend on the earlier draws, and replaying them would bias the speculation."""
+        self.degraded = False
+        self.adopted.clear()
+        self._ask(Start([NewSequence(s.seq_id, s.slot, list(s.prompt_ids) + s.output_ids[:-1], s.last_token,
+                                     s.params, self._stream()) for s in seqs]))
+
+    def _stream(self) -> int:
+        return 1 + self.worker.restarts
 
     def _fallback_step(self, seqs: list[Sequence]) -> StepOutput:
         new = [s for s in seqs if s.seq_id not in self.adopted]
@@ -223,13 +235,17 @@ class SSDStrategy(Strategy):
         """Worker-side metrics (hit rate by k and batch size, T_p, T_b, miss rate by fan-out,
         the current fan-out and its estimates) plus the target side's round times."""
         out = {}
-        if self.client is not None:
+        if self.worker is not None and not self.degraded:
             try:
-                out = dict(self.client.request(StatsRequest(), timeout_s=self.deploy.round_timeout_s).data)
+                out = dict(self.worker.request(StatsRequest()).data)
             except Exception as e:
                 self._fail(e)
-        if self.failure is not None:
-            out.update({"draft_worker": "failed", "failure": self.failure, "fallback": self.fallback.name})
+        if self.worker is not None and self.worker.failures:
+            out.update({"draft_worker": "down" if self.degraded else "restarted",
+                        "failures": len(self.worker.failures), "failure": self.worker.failures[-1],
+                        "restarts": self.worker.restarts})
+            if self.degraded:
+                out["fallback"] = self.fallback.name
         out.update({"rounds": self.rounds, "time_verify_s": round(self.time_verify, 4),
                     "time_wait_draft_s": round(self.time_wait, 4)})
         return out

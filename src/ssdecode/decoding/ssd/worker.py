@@ -96,7 +96,7 @@ class DraftWorker:
         states = []
         for s in msg.seqs:
             state = SeqState(s.seq_id, s.slot, s.params, SamplingTensors.from_params([s.params], device),
-                             make_generator(s.params, stream=1), list(s.prompt_ids) + [s.first_token])
+                             make_generator(s.params, stream=s.draft_stream), list(s.prompt_ids) + [s.first_token])
             self.seqs[s.seq_id] = state
             self.cache.reset(s.slot)
             states.append(state)
