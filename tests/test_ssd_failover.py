@@ -204,3 +204,21 @@ def test_the_server_reports_degraded_and_keeps_serving(target, draft, monkeypatc
         assert status == 200 and health["status"] == "degraded" and "planted" in health["degraded"]
         _, text = call(url, "GET", "/metrics")
         assert "ssdecode_degraded 1.0" in text and "ssdecode_draft_worker_failures_total 1.0" in text
+
+
+def test_the_server_is_healthy_again_once_a_worker_restarted(target, draft, monkeypatch, instant_restarts):
+    from server_support import call, client, running, tiny_llm
+    from ssdecode.server.app import build_app
+
+    raising_after(monkeypatch, 2, once=True)
+    with running(build_app(tiny_llm("ssd", target, draft), "tiny")) as url:
+        out = client(url).completions.create(model="tiny", prompt=[1, 2, 3], max_tokens=TOKENS, temperature=0,
+                                             extra_body={"ignore_eos": True, "return_token_ids": True})
+        assert out.choices[0].model_extra["token_ids"] == greedy_reference(target, [1, 2, 3], TOKENS)
+        deadline = time.monotonic() + 30
+        while call(url, "GET", "/health")[1]["status"] != "ok":  # idle: the engine takes the new worker
+            assert time.monotonic() < deadline, "still degraded 30 s after the failure"
+            time.sleep(0.1)
+        _, text = call(url, "GET", "/metrics")
+        assert "ssdecode_draft_worker_failures_total 1.0" in text and "ssdecode_draft_worker_restarts_total 1.0" in text
+

@@ -31,6 +31,7 @@ from ssdecode.params import SamplingParams
 from ssdecode.server.metrics import ServerMetrics
 
 log = logging.getLogger(__name__)
+IDLE_POLL_S = 0.5  # how often an idle engine without its SSD draft worker looks for a restarted one
 
 
 class QueueFull(Exception):
@@ -225,7 +226,11 @@ class AsyncEngine:
     def _iterate(self) -> bool:
         with self._cv:
             while not (self._commands or self._stopping or self.core.has_unfinished()):
-                self._cv.wait()
+                if self.state.degraded is None:
+                    self._cv.wait()
+                elif not self._cv.wait(IDLE_POLL_S):  # idle without a draft worker: is one back?
+                    self.llm.strategy.poll_worker()
+                    self._publish()
             commands, self._commands = self._commands, []
             stopping = self._stopping
         for command in commands:

@@ -187,6 +187,12 @@ class SSDStrategy(Strategy):
         self._ask(Start([NewSequence(s.seq_id, s.slot, list(s.prompt_ids) + s.output_ids[:-1], s.last_token,
                                      s.params, self._stream()) for s in seqs]))
 
+    def poll_worker(self) -> None:
+        """Between rounds: with no sequence on the fallback, a restarted worker is taken at once
+        (else the next ``step`` takes it), so an idle server does not report itself degraded."""
+        if self.degraded and not self.adopted and self.worker.take_restarted():
+            self.degraded = False
+
     def _stream(self) -> int:
         return 1 + self.worker.restarts
 
