@@ -10,11 +10,11 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from server_support import call, client, save_tiny_pair
+from ssdecode.bench.faults import alive, main as fault_soak, worker_pids
 
 
 def free_port() -> int:
@@ -36,20 +36,6 @@ def wait_healthy(url: str, server: subprocess.Popen, timeout_s: float) -> None:
         time.sleep(0.2)
 
 
-def children(pid: int) -> set[int]:
-    out = set()
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        out.update(int(c) for c in task.read_text().split())
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_server_mid_stream_stops_it_and_its_worker(tmp_path, sig):
     target, draft = save_tiny_pair(tmp_path)
@@ -62,7 +48,7 @@ def test_a_signal_to_the_server_mid_stream_stops_it_and_its_worker(tmp_path, sig
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, server, timeout_s=120)
-        spawned = children(server.pid)
+        spawned = worker_pids(server.pid)
         assert spawned, "no draft worker process"
         stream = client(url).completions.create(model=str(target), prompt=[1, 2, 3], max_tokens=900, stream=True,
                                                 temperature=0, extra_body={"ignore_eos": True})
@@ -82,3 +68,15 @@ def test_a_signal_to_the_server_mid_stream_stops_it_and_its_worker(tmp_path, sig
     while any(alive(p) for p in spawned) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(alive(p) for p in spawned), "a draft worker outlived the server"
+
+
+def test_a_fault_soak_loses_nothing(tmp_path):
+    """A short run of the scripted soak (python -m ssdecode.bench.faults): the worker is killed
+    (SIGKILL) and then stopped (SIGSTOP) while two clients stream; every request completes
+    unchanged and a restarted worker serves again after each fault."""
+    target, draft = save_tiny_pair(tmp_path)
+    assert fault_soak(["--target", str(target), "--draft", str(draft), "--prompt-text", "w1 w2 w3",
+                       "--prompt-text", "w4 w5", "--max-tokens", "40", "--clients", "2", "--seconds", "300",
+                       "--every", "1", "--faults", "2", "--port", str(free_port()), "--serve-arg=--threads", "--serve-arg=1",
+                       "--serve-arg=--max-model-len", "--serve-arg=200"]) == 0
+

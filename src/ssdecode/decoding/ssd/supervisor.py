@@ -71,6 +71,7 @@ class WorkerSupervisor:
         self._rounds = 0  # rounds the current worker served
         self._restart: _Restart | None = None
         self._finalizer = None
+        self.startup_s = 0.0  # how long the first worker took to come up (connect + Setup)
 
     @property
     def failure(self) -> str | None:
@@ -79,7 +80,9 @@ class WorkerSupervisor:
 
     def start(self) -> None:
         """The first worker, in the foreground: a failure here is an error of the caller."""
+        t0 = time.perf_counter()
         self._adopt(_started(self._connect(threading.Event()), self._setup))
+        self.startup_s = time.perf_counter() - t0
 
     def request(self, msg, new_tokens: int = 0):
         """The worker's reply to ``msg`` within the deadline; raises what the transport raised
@@ -103,12 +106,21 @@ class WorkerSupervisor:
         return self.failures[-1]
 
     def take_restarted(self) -> bool:
-        """True when a restarted worker is up (Setup answered): it is now ``client``."""
+        """True when a restarted worker is up (Setup answered): it is now ``client``. A start
+        that takes far longer than the first one did (a worker hung while loading) is dropped."""
         restart = self._restart
-        if restart is None or not restart.done():
+        if restart is None:
             return False
+        if not restart.done():
+            limit = AUTO_BASE_S + AUTO_FACTOR * self.startup_s
+            if not restart.overdue(limit):
+                return False
+            restart.stop()
+            restart.error = TimeoutError(f"the new draft worker did not come up within {limit:.0f} s")
         self._restart = None
         if restart.error is not None:
+            log.warning("the draft worker could not be restarted: %s: %s", type(restart.error).__name__,
+                        restart.error)
             self._record(f"restart failed: {type(restart.error).__name__}: {restart.error}")
             return False
         self.restarts += 1
@@ -159,6 +171,7 @@ class _Restart:
 
     def __init__(self, connect: Connect, setup: Setup, delay_s: float):
         self.cancel = threading.Event()
+        self.begins = time.monotonic() + delay_s
         self.lock = threading.Lock()
         self.client: DraftClient | None = None  # connected; ready once the thread is done
         self.error: BaseException | None = None
@@ -182,6 +195,9 @@ class _Restart:
 
     def done(self) -> bool:
         return not self.thread.is_alive()
+
+    def overdue(self, limit_s: float) -> bool:
+        return time.monotonic() > self.begins + limit_s
 
     def stop(self) -> None:
         self.cancel.set()
