@@ -1,4 +1,4 @@
-"""The ``ssdecode`` command line: generate, serve, models pull, bench. The only module that prints."""
+"""The ``ssdecode`` command line: generate, serve, models pull/verify, bench. The only module that prints."""
 from __future__ import annotations
 
 import argparse
@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     msub = m.add_subparsers(dest="models_command", required=True)
     pull = msub.add_parser("pull", help="download, verify and convert a model")
     pull.add_argument("name", choices=["demo"], help="'demo': the default target/draft pair")
+    verify = msub.add_parser("verify", help="checksum converted models, converting damaged ones again; "
+                                            "exit 1 if any was damaged")
+    verify.add_argument("specs", nargs="*", metavar="SPEC",
+                        help="models to check (default: every converted model in the cache)")
 
     from ssdecode.bench.cli import add_bench_parser
     from ssdecode.plan.cli import add_plan_parser
@@ -149,11 +153,34 @@ def cmd_serve(args) -> int:
 
 
 def cmd_models(args) -> int:
+    if args.models_command == "verify":
+        return cmd_models_verify(args)
     from ssdecode.models.demo import pull_demo
 
     paths = pull_demo(progress=True)
     print(f"target: {paths.target_dir}\ndraft:  {paths.draft_dir}")
     return 0
+
+
+def cmd_models_verify(args) -> int:
+    """One line per model: ``ok`` or ``BAD`` with what was wrong and done about it."""
+    from ssdecode.models.gguf_convert import cached_conversions
+    from ssdecode.models.loader import verify_model
+
+    specs = args.specs or cached_conversions()
+    if not specs:
+        print("no converted models in the cache", file=sys.stderr)
+    bad = 0
+    for spec in specs:
+        try:
+            folder, ok, note = verify_model(spec)
+        except ModelLoadError as e:
+            ok, line = False, str(e)
+        else:
+            line = f"{folder}: {note}" if note else str(folder)
+        bad += not ok
+        print(f"{'ok ' if ok else 'BAD'} {line}", flush=True)
+    return 1 if bad else 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,9 @@ last_only=False)``:
   ``Lk = max_b(start_b) + T`` (``key_span``) over cache rows, True = visible.
 - returns float32 logits ``[B, T, V]``, or ``[B, 1, V]`` at each row's last real token
   (``num_new[b] - 1``) when ``last_only``.
-- no host synchronization inside (lengths are host ints).
+- no host synchronization inside (lengths are host ints), except one at the end:
+  ``check_finite``, which turns NaN/inf logits from damaged weights into a clear error before
+  they reach sampling (where NaN probabilities would pick an out-of-range token id).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from ssdecode.models.errors import NonFiniteLogits
 from ssdecode.runtime.kv_cache import KVCache
 
 
@@ -50,6 +53,7 @@ class CausalLM(ABC):
     device: torch.device
     dtype: torch.dtype
     supports_tree_mask: bool = True
+    name: str | None = None  # where the weights came from (a folder), for error messages
 
     @abstractmethod
     def new_cache(self, num_slots: int, max_len: int | None = None) -> KVCache: ...
@@ -58,3 +62,20 @@ class CausalLM(ABC):
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 slots: list[int], num_new: list[int] | None = None,
                 attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor: ...
+
+    def check_finite(self, logits: torch.Tensor, counts: list[int]) -> None:
+        """Raise ``NonFiniteLogits`` naming the model when a real position's logits are NaN/inf.
+
+        ``counts``: real tokens per row; positions past them are padding whose garbage may be
+        anything. One reduction and one sync when all is finite; the per-row check only on failure.
+        """
+        finite = torch.isfinite(logits)
+        if bool(finite.all()):
+            return
+        counts_t = torch.tensor(counts, device=logits.device)[:, None]
+        real = torch.arange(logits.shape[1], device=logits.device) < counts_t
+        bad = int((real & ~finite.all(-1)).sum())
+        if bad:
+            verify = " ".join(["ssdecode models verify", *([self.name] if self.name else [])])
+            raise NonFiniteLogits(f"{self.name or type(self).__name__} produced NaN/inf logits at {bad} "
+                                  f"token position(s): its weights are damaged; check them with `{verify}`")

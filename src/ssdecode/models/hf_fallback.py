@@ -39,6 +39,7 @@ class HFCausalLM(CausalLM):
         if isinstance(model, (str, Path)):
             from transformers import AutoModelForCausalLM
 
+            self.name = str(model)
             model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device)
         self.model = model.eval()
         self.device = model.device
@@ -85,6 +86,7 @@ class HFCausalLM(CausalLM):
             else:
                 out[row, :n] = logits
         cache.advance(slots, counts)
+        self.check_finite(out, counts)
         return out
 
     @staticmethod

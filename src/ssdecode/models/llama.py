@@ -76,7 +76,9 @@ class LlamaModel(CausalLM):
         from transformers import AutoConfig
 
         config = ModelConfig.from_hf(AutoConfig.from_pretrained(str(path)))
-        return cls.from_state_dict(config, _SafetensorsFolder(Path(path)), device, dtype, weights)
+        model = cls.from_state_dict(config, _SafetensorsFolder(Path(path)), device, dtype, weights)
+        model.name = str(path)
+        return model
 
     def new_cache(self, num_slots: int, max_len: int | None = None) -> KVCache:
         max_len = min(self.max_context, DEFAULT_MAX_LEN) if max_len is None else max_len
@@ -106,6 +108,7 @@ class LlamaModel(CausalLM):
                 h = h[torch.arange(b, device=self.device), last].unsqueeze(1)
         logits = self.lm_head(rms_norm(h, self.norm, self.config.rms_norm_eps)).float()
         cache.advance(slots, counts)
+        self.check_finite(logits, counts)
         return logits
 
     def _layer(self, h: torch.Tensor, lw: LayerWeights, k_buf: torch.Tensor, v_buf: torch.Tensor,
