@@ -47,9 +47,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                      help="draft worker in a thread or in a second process (torch.distributed)")
     ssd.add_argument("--draft-device", default=None, help="device of the draft worker")
     ssd.add_argument("--draft-threads", type=_count(1), default=1, help="CPU threads of the draft worker")
-    ssd.add_argument("--draft-timeout", type=float, default=60.0,
+    ssd.add_argument("--draft-timeout", type=float, default=None,
                      help="seconds to wait for a draft worker reply before dropping the worker and going on "
-                          "with SD on the in-process draft (exact either way)")
+                          "with SD on the in-process draft (exact either way) while a new worker starts "
+                          "(default: automatic, 5 s plus 10x the slowest reply measured for the same work)")
 
 
 def build_parser() -> argparse.ArgumentParser:
