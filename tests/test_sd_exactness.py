@@ -2,7 +2,8 @@
 
 Thousands of sequences of the same prompt run as one batch (each row with its own seed), and the
 empirical distribution of their first tokens is compared with the exactly enumerated target
-distribution under the same sampling transforms.
+distribution (exactness.py: built from raw logits, independently of ssdecode.sampling). Longer
+generations and rarer kinds of rows: test_exactness_engine.py.
 """
 from __future__ import annotations
 
@@ -48,10 +49,10 @@ def sd_samples(target, draft, params: SamplingParams, k: int, n_tokens: int, n: 
 CASES = {
     "same-draft-t1-k5": dict(draft="same", temperature=1.0, k=5),
     "poor-draft-t1-k1": dict(draft="poor", temperature=1.0, k=1),
-    "poor-draft-t05-k5": dict(draft="poor", temperature=0.5, k=5),
+    "poor-draft-t07-k5": dict(draft="poor", temperature=0.7, k=5),
     "adversarial-t1-k5": dict(draft="adversarial", temperature=1.0, k=5),
     "poor-draft-topk3-k5": dict(draft="poor", temperature=1.0, top_k=3, k=5),
-    "poor-draft-topp08-k1": dict(draft="poor", temperature=1.0, top_p=0.8, k=1),
+    "poor-draft-t15-topp08-k1": dict(draft="poor", temperature=1.5, top_p=0.8, k=1),
     "int8-draft-t1-k5": dict(draft="int8", temperature=1.0, k=5),
 }
 

@@ -26,7 +26,7 @@ CASES = {
     "forced-misses-fast-t1": dict(fanout=NO_FORKS, backup="fast", temperature=1.0),
     "forced-misses-adaptive-topp08": dict(fanout=NO_FORKS, backup="adaptive", temperature=1.0, top_p=0.8),
     "saguaro-c03-geometric-t1": dict(fanout="geometric", saguaro_c=0.3, temperature=1.0),
-    "saguaro-c05-uniform2-t05-topp09": dict(fanout="uniform:2", saguaro_c=0.5, temperature=0.5, top_p=0.9),
+    "saguaro-c05-uniform2-t08-topp09": dict(fanout="uniform:2", saguaro_c=0.5, temperature=0.8, top_p=0.9),
 }
 
 
