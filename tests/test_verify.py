@@ -95,14 +95,14 @@ def check_exact(pairs, params):
 T1, T05 = SamplingParams(temperature=1.0), SamplingParams(temperature=0.5)
 CASES = [  # (proposal kind, target sampling params, K, random num_draft per row)
     ("same", T1, 5, False),
-    ("same", SamplingParams(temperature=0.5, top_p=0.7), 1, False),
+    ("same", SamplingParams(temperature=0.5, top_p=0.9), 1, False),
     ("poor", T1, 1, False),
     ("poor", T1, 5, True),
     ("adversarial", T05, 5, False),
     ("adversarial", SamplingParams(temperature=1.0, top_k=3), 5, False),
     ("truncated", T1, 5, False),
     ("point", T1, 5, False),
-    ("point", SamplingParams(temperature=0.5, top_p=0.7), 1, False),
+    ("point", SamplingParams(temperature=0.5, top_p=0.9), 1, False),
     ("mixed", SamplingParams(temperature=1.0, top_p=0.7), 5, True),
     ("saguaro", T1, 5, False),
     ("saguaro", SamplingParams(temperature=0.5, top_k=4, top_p=0.9), 5, False),
