@@ -1,0 +1,185 @@
+"""Microbenchmark of the GGUF quantized-weight kernels (issue 11) against what torch offers, at the
+demo target's decode and verification shapes.
+
+    python -m ssdecode.bench.kernels                  # threads 1 and 2; this CPU, then AVX2
+    python -m ssdecode.bench.kernels --threads 2 --rows 1,16 --no-avx2
+
+Methods, timed in turn repeat after repeat (medians; the machines are shared, so compare ratios
+within one run), each on copies of its weight that together exceed twice the last-level cache,
+so that every product reads its weight from memory as a model does:
+
+- ``ours``: ssdecode.kernels.ggml on the GGUF blocks (fp32 activations, fp32 sums);
+- ``packed``: fp32 F.linear weights in oneDNN's packed layout (today's CPU default);
+- ``dense``: F.linear on the dequantized fp32 weight;
+- ``int4pack``: torch's ``_weight_int4pack_mm_for_cpu`` on the Q4_K shapes (int4 groups of 32,
+  bf16 scales, zeros and activations: not the stored model, shown for speed only).
+
+The ``avx2`` rows come from a child process with every library held to AVX2 (our kernel,
+ATen, oneDNN, MKL): what a machine without AVX-512 runs. GB/s count the bytes of the weight as each
+method stores it; ``eff`` divides ours by the copy bandwidth measured in the same process and
+thread count: bytes read per second by a 1 GiB ``Tensor.copy_`` (the bytes written not counted).
+Prints a markdown table and one JSON line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gguf
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ssdecode.kernels import ggml
+
+SHAPES = [("Q4_K", 17920, 1536), ("Q4_K", 1536, 8960), ("Q6_K", 17920, 1536), ("Q6_K", 1536, 8960),
+          ("Q6_K", 151936, 1536), ("Q8_0", 17920, 1536), ("Q8_0", 1536, 8960)]
+AVX2_ENV = {"SSDECODE_KERNEL_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+            "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
+def random_blocks(qtype: str, n: int, k: int, seed: int = 0) -> np.ndarray:
+    """Valid [n, k] weights as GGUF bytes: gguf quantizes Q8_0 itself; for the K-quants (which it
+    only dequantizes) every quant and sub-scale bit pattern is random and the fp16 super-block
+    scales are sane, some of them subnormal and some negative."""
+    rng = np.random.default_rng(seed)
+    t = gguf.GGMLQuantizationType[qtype]
+    if qtype == "Q8_0":
+        return gguf.quants.quantize(rng.standard_normal((n, k), dtype=np.float32), t)
+    block, size = gguf.GGML_QUANT_SIZES[t]
+    raw = rng.integers(0, 256, (n, k // block, size), dtype=np.uint8)
+    count = 2 if qtype == "Q4_K" else 1  # Q4_K: d and dmin first; Q6_K: d last
+    d = rng.uniform(-1e-2, 1e-2, (n, k // block, count)).astype(np.float16)
+    d.flat[::7] = np.float16(3e-6)
+    at = 0 if qtype == "Q4_K" else size - 2
+    raw[..., at:at + 2 * count] = d.view(np.uint8)
+    return raw.reshape(n, -1)
+
+
+def last_level_cache() -> int:
+    sizes = [Path(p).read_text().strip() for p in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size")]
+    return max((int(s[:-1]) << 10 if s.endswith("K") else int(s) for s in sizes), default=32 << 20)
+
+
+def copies(weight: torch.Tensor, nbytes: int, working_set: int) -> list[torch.Tensor]:
+    return [weight] + [weight.clone() for _ in range(math.ceil(working_set / nbytes) - 1)]
+
+
+def copy_gbps(repeats: int) -> float:
+    src = torch.ones(1 << 28)  # 1 GiB
+    dst = torch.empty_like(src)
+    return src.nbytes / timed({"copy": lambda i: dst.copy_(src)}, repeats)["copy"] / 1e9
+
+
+def timed(methods: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per call; method(i) runs on weight copy i. Methods alternate, so a change in
+    the machine's load hits all of them alike."""
+    times = {name: [] for name in methods}
+    for i in range(repeats + 1):
+        for name, run in methods.items():
+            t0 = time.perf_counter()
+            run(i)
+            if i:  # the first is a warm-up
+                times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def int4pack(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A packed int4 weight and its bf16 scales and zeros, groups of 32 (Q4_K's sub-block size)."""
+    w = torch.randint(0, 16, (n, k), dtype=torch.int32)
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(w, 2), torch.rand(k // 32, n, 2).bfloat16()
+
+
+def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, working_set: int) -> list[dict]:
+    blocks = torch.from_numpy(random_blocks(qtype, n, k))
+    ours = copies(blocks, blocks.nbytes, working_set)
+    dense = copies(torch.randn(n, k), 4 * n * k, working_set)
+    packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in dense]
+    sizes = {"ours": blocks.nbytes, "dense": 4 * n * k, "packed": 4 * n * k}
+    if qtype == "Q4_K":
+        w4, sz = int4pack(n, k)
+        sizes["int4pack"] = w4.nbytes + sz.nbytes
+        w4s = copies(w4, sizes["int4pack"], working_set)
+    results = []
+    for m in rows:
+        x = torch.randn(m, k)
+        methods = {
+            "ours": lambda i: ggml.quantized_linear(x, ours[i % len(ours)], qtype, n, k),
+            "packed": lambda i: torch.ops.mkldnn._linear_pointwise(x, packed[i % len(packed)], None, "none", [], ""),
+            "dense": lambda i: F.linear(x, dense[i % len(dense)]),
+        }
+        if qtype == "Q4_K":
+            xb = x.bfloat16()
+            methods["int4pack"] = lambda i: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w4s[i % len(w4s)], 32, sz)
+        seconds = timed(methods, repeats)
+        results.append({"type": qtype, "n": n, "k": k, "m": m, "ms": {a: s * 1e3 for a, s in seconds.items()},
+                        "gbps": {a: sizes[a] / s / 1e9 for a, s in seconds.items()}})
+    return results
+
+
+def run(threads: list[int], rows: list[int], repeats: int, shapes: list) -> dict:
+    """{threads: {"copy_gbps": ..., "results": [...]}} in this process's instruction set."""
+    working_set = 2 * last_level_cache()
+    out = {}
+    for t in threads:
+        torch.set_num_threads(t)
+        out[t] = {"copy_gbps": copy_gbps(repeats),
+                  "results": [r for s in shapes for r in bench_shape(*s, rows, repeats, working_set)]}
+    return out
+
+
+def table(worlds: dict) -> str:
+    head = ("| ISA | threads | type | N x K | M | ours ms | ours GB/s | eff | packed fp32 ms | dense fp32 ms "
+            "| int4pack bf16 ms | packed / ours |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for isa, by_threads in worlds.items():
+        for t, res in by_threads.items():
+            for r in res["results"]:
+                ms, gb = r["ms"], r["gbps"]
+                i4 = f"{ms['int4pack']:.2f}" if "int4pack" in ms else "-"
+                lines.append(f"| {isa} | {t} | {r['type']} | {r['n']}x{r['k']} | {r['m']} | {ms['ours']:.2f} | "
+                             f"{gb['ours']:.1f} | {gb['ours'] / res['copy_gbps']:.0%} | {ms['packed']:.2f} | "
+                             f"{ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    p.add_argument("--rows", default="1,4,8,16", help="comma list of activation rows (M)")
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--shapes", default="all", help="comma list of TYPE:NxK, e.g. Q4_K:17920x1536")
+    p.add_argument("--no-avx2", action="store_true", help="skip the child process held to AVX2")
+    p.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)  # the AVX2 child
+    args = p.parse_args(argv)
+    threads = [int(t) for t in args.threads.split(",")]
+    rows = [int(m) for m in args.rows.split(",")]
+    shapes = SHAPES if args.shapes == "all" else [
+        (s.split(":")[0], *map(int, s.split(":")[1].split("x"))) for s in args.shapes.split(",")]
+    isa = os.environ.get("SSDECODE_KERNEL_ISA") or ggml.best_isa()
+    worlds = {isa: run(threads, rows, args.repeats, shapes)}
+    if args.json_only:
+        print(json.dumps(worlds[isa]))
+        return 0
+    if not args.no_avx2 and isa != "avx2" and ggml.best_isa() == "avx512":
+        child = subprocess.run([sys.executable, "-m", "ssdecode.bench.kernels", "--json-only", *(argv or sys.argv[1:])],
+                               env=os.environ | AVX2_ENV, capture_output=True, text=True, check=True)
+        worlds["avx2"] = {int(t): r for t, r in json.loads(child.stdout.strip().splitlines()[-1]).items()}
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown")
+    print(f"{cpu}; copy bandwidth (GB/s read): " + ", ".join(
+        f"{isa} {t} threads {r['copy_gbps']:.1f}" for isa, w in worlds.items() for t, r in w.items()))
+    print(table(worlds))
+    print(json.dumps({"bench": "kernels", "cpu": cpu, "worlds": worlds}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

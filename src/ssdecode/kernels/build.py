@@ -1,0 +1,50 @@
+"""Compile this package's C code into a shared library at first use, cached by content.
+
+At run time rather than at install because ssdecode installs as pure Python (no build step, no
+wheel per platform) and the kernels need only a C compiler, which the CPU machines have. The
+cache key covers the sources, the flags and the compiler, so an edited kernel or a new compiler
+gets a new library; each build is written aside and renamed into place, so concurrent processes
+only ever load a complete file.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from ssdecode import envs
+
+log = logging.getLogger(__name__)
+
+HERE = Path(__file__).parent
+# gnu11, not c11: ISO modes turn off FMA contraction, which the kernels rely on.
+FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=fast", "-fPIC", "-shared", "-fopenmp")
+
+
+def shared_library(source: str) -> ctypes.CDLL:
+    """Load ``source`` (a .c file next to this module) as a library, compiling it if needed."""
+    cc = shutil.which(os.environ["CC"]) if os.environ.get("CC") else shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        raise RuntimeError("ssdecode's CPU kernels are compiled at first use and no C compiler was "
+                           "found: install gcc (with OpenMP) or set CC")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    digest = hashlib.sha256("\0".join([cc, version, *FLAGS]).encode())
+    for path in sorted(HERE.glob("*.[ch]")):  # the source and the headers it includes
+        digest.update(path.read_bytes())
+    out = envs.cache_dir() / "kernels" / f"{Path(source).stem}-{digest.hexdigest()[:16]}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+        os.close(fd)
+        log.info("compiling %s with %s into %s", source, cc, out)
+        done = subprocess.run([cc, *FLAGS, "-o", tmp, str(HERE / source)], capture_output=True, text=True)
+        if done.returncode:
+            os.unlink(tmp)
+            raise RuntimeError(f"compiling {HERE / source} failed:\n{done.stderr}")
+        os.replace(tmp, out)
+    return ctypes.CDLL(str(out))

@@ -1,0 +1,283 @@
+/* y[M, N] = x[M, K] @ W^T (+ bias) for W stored as GGML Q4_K, Q6_K or Q8_0 blocks, exactly as in
+ * the GGUF file (issue 11: run GGUF models as stored). Built and loaded by ggml.py.
+ *
+ * Why it is shaped like this:
+ * - Decode and verification multiply 1-16 fp32 rows by a large weight: one row is bound by the
+ *   weight bytes, more rows by fp32 FMAs. So each 256-weight slice of a row is decoded once (to
+ *   int8 plus a scale and an offset per 16 weights, in L1) and every activation row is applied to
+ *   it while it is there; the dequantized lanes live only in registers.
+ * - The dequantized weight equals gguf's dequantize() bit for bit (q * scale is exact in fp32 for
+ *   all three types and the offset is subtracted with one rounding), and sums are fp32: the result
+ *   is F.linear on the dequantized weight up to summation order. Activations are never rounded.
+ * - NR output rows share each slice of x (16 rows x 256 = 16 KB), which then stays in L1. x is
+ *   copied slice by slice so that a tile addresses its rows at fixed offsets from one register
+ *   (with 16 row pointers the loop ran out of registers and was bound by their loads).
+ * - Rows are prefetched PREFETCH ahead: slice by slice over NR rows is not an order the hardware
+ *   prefetchers follow, and without it one row ran at a third of the memory bandwidth.
+ * - Each output is summed by one thread in a fixed order, so results depend neither on the thread
+ *   count nor on how many activation rows come with it. More than MCHUNK activation rows (prefill) are taken MCHUNK at a time over the whole
+ *   weight, so x stays in cache and the weight streams once per chunk.
+ * - The vector code is written once with GCC vector extensions (ggml_cpu_isa.h) and instantiated
+ *   for AVX-512, AVX2+FMA and a portable scalar build (one lane), picked at run time. Only the
+ *   functions carry target attributes, so the library loads on any CPU. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+enum { Q4_K, Q6_K, Q8_0 };          /* qtype codes, as in ggml.py */
+enum { SCALAR, AVX2, AVX512 };      /* isa codes, as in ggml.py */
+#define SLICE 256                   /* a K-quant super-block, eight Q8_0 blocks */
+#define MCHUNK 16
+#define NR 8
+#define PREFETCH 16                 /* rows ahead: the block order is not one the hardware prefetches */
+
+static inline float f16(const uint8_t *p)
+{
+    uint32_t h = p[0] | (uint32_t)p[1] << 8, e = h >> 10 & 31, man = h & 1023, bits;
+    float v;
+    if (e == 0) {
+        v = man * 0x1p-24f;         /* zero or subnormal: exact */
+    } else {
+        bits = (e == 31 ? 255 : e + 112) << 23 | man << 13;
+        memcpy(&v, &bits, 4);
+    }
+    return h & 0x8000 ? -v : v;
+}
+
+/* Q4_K's twelve scale bytes hold eight 6-bit scales and eight 6-bit mins; as four little-endian
+ * words: scales 0-3, scales 4-7, mins 0-3, mins 4-7, one byte each. */
+static inline void q4k_scales(const uint8_t *s, uint32_t out[4])
+{
+    uint32_t w[3];
+    memcpy(w, s, 12);
+    out[0] = w[0] & 0x3f3f3f3f;
+    out[1] = (w[2] & 0x0f0f0f0f) | (w[0] >> 6 & 0x03030303) << 4;
+    out[2] = w[1] & 0x3f3f3f3f;
+    out[3] = (w[2] >> 4 & 0x0f0f0f0f) | (w[1] >> 6 & 0x03030303) << 4;
+}
+
+/* Slice [k0, k0 + len) of one weight row as w = q * sc[i / 16] - off[i / 16], the layouts of gguf's
+ * dequantize_blocks. q is unsigned for Q6_K (its -32 is 32 * sc in off): q * sc is exact, so w
+ * is the reference value, rounded once. decode_avx2 below computes the same with intrinsics. */
+static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, int8_t *q, float *sc, float *off)
+{
+    if (qtype == Q4_K) {            /* d, dmin (f16), 12 scale bytes, 128 of nibbles */
+        const uint8_t *b = row + k0 / 256 * 144;
+        uint32_t words[4];
+        uint8_t u[16];
+        float d = f16(b), dmin = f16(b + 2);
+        q4k_scales(b + 4, words);
+        memcpy(u, words, 16);
+        for (int j = 0; j < 16; j++) {
+            sc[j] = d * u[j / 2];
+            off[j] = dmin * u[8 + j / 2];
+        }
+        for (int g = 0; g < 4; g++)     /* 32 bytes: low nibbles are sub-block 2g, high ones 2g+1 */
+            for (int i = 0; i < 32; i++) {
+                q[64 * g + i] = b[16 + 32 * g + i] & 15;
+                q[64 * g + 32 + i] = b[16 + 32 * g + i] >> 4;
+            }
+    } else if (qtype == Q6_K) {     /* 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales, d */
+        const uint8_t *b = row + k0 / 256 * 210;
+        float d = f16(b + 208);
+        for (int j = 0; j < 16; j++) {
+            sc[j] = d * (int8_t)b[192 + j];
+            off[j] = 32 * sc[j];
+        }
+        for (int h = 0; h < 2; h++) {   /* each half: 64 low-nibble bytes, 32 high-bit bytes */
+            const uint8_t *l = b + 64 * h, *hb = b + 128 + 32 * h;
+            int8_t *o = q + 128 * h;
+            for (int i = 0; i < 32; i++) {
+                o[i] = (l[i] & 15) | (hb[i] & 3) << 4;
+                o[i + 32] = (l[i + 32] & 15) | (hb[i] >> 2 & 3) << 4;
+                o[i + 64] = (l[i] >> 4) | (hb[i] >> 4 & 3) << 4;
+                o[i + 96] = (l[i + 32] >> 4) | (hb[i] >> 6) << 4;
+            }
+        }
+    } else {                        /* Q8_0: d (f16) and 32 int8 per block */
+        for (int j = 0; j < len / 32; j++) {
+            const uint8_t *b = row + (k0 / 32 + j) * 34;
+            sc[2 * j] = sc[2 * j + 1] = f16(b);
+            off[2 * j] = off[2 * j + 1] = 0;
+            memcpy(q + 32 * j, b + 2, 32);
+        }
+    }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#define X86_TARGET __attribute__((target("avx2,fma,f16c")))
+
+/* 8 scales for pairs of 16 weights -> 16 (one per 16). */
+static inline X86_TARGET void store_pairs(float *dst, __m256 v)
+{
+    __m256 lo = _mm256_unpacklo_ps(v, v), hi = _mm256_unpackhi_ps(v, v);   /* 0011 4455, 2233 6677 */
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+static inline X86_TARGET __m256 bytes_to_ps(__m128i b, int is_signed)  /* the low 8 bytes */
+{
+    return _mm256_cvtepi32_ps(is_signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b));
+}
+
+static inline X86_TARGET float hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+static inline X86_TARGET float f16c(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t k0, int len, int8_t *q, float *sc,
+                                          float *off)
+{
+    const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
+    if (qtype == Q4_K) {
+        const uint8_t *b = row + k0 / 256 * 144;
+        uint32_t words[4];
+        q4k_scales(b + 4, words);
+        __m128i u = _mm_loadu_si128((const __m128i *)words);
+        store_pairs(sc, _mm256_mul_ps(bytes_to_ps(u, 0), _mm256_set1_ps(f16c(b))));
+        store_pairs(off, _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2))));
+        for (int g = 0; g < 4; g++) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * g));
+            _mm256_storeu_si256((__m256i *)(q + 64 * g), _mm256_and_si256(v, low4));
+            _mm256_storeu_si256((__m256i *)(q + 64 * g + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+        }
+    } else if (qtype == Q6_K) {
+        const uint8_t *b = row + k0 / 256 * 210;
+        __m128i s = _mm_loadu_si128((const __m128i *)(b + 192));
+        __m256 d = _mm256_set1_ps(f16c(b + 208)), s0 = _mm256_mul_ps(bytes_to_ps(s, 1), d),
+               s1 = _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(s, 8), 1), d), c32 = _mm256_set1_ps(32);
+        _mm256_storeu_ps(sc, s0);
+        _mm256_storeu_ps(sc + 8, s1);
+        _mm256_storeu_ps(off, _mm256_mul_ps(s0, c32));
+        _mm256_storeu_ps(off + 8, _mm256_mul_ps(s1, c32));
+        for (int h = 0; h < 2; h++) {
+            __m256i l0 = _mm256_loadu_si256((const __m256i *)(b + 64 * h)),
+                    l1 = _mm256_loadu_si256((const __m256i *)(b + 64 * h + 32)),
+                    hb = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)),
+                    n0 = _mm256_and_si256(_mm256_srli_epi16(l0, 4), low4),
+                    n1 = _mm256_and_si256(_mm256_srli_epi16(l1, 4), low4);
+            __m256i *o = (__m256i *)(q + 128 * h);
+            _mm256_storeu_si256(o, _mm256_or_si256(_mm256_and_si256(l0, low4),
+                                                   _mm256_and_si256(_mm256_slli_epi16(hb, 4), bits45)));
+            _mm256_storeu_si256(o + 1, _mm256_or_si256(_mm256_and_si256(l1, low4),
+                                                       _mm256_and_si256(_mm256_slli_epi16(hb, 2), bits45)));
+            _mm256_storeu_si256(o + 2, _mm256_or_si256(n0, _mm256_and_si256(hb, bits45)));
+            _mm256_storeu_si256(o + 3, _mm256_or_si256(n1, _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)));
+        }
+    } else {
+        for (int j = 0; j < len / 32; j++) {
+            const uint8_t *b = row + (k0 / 32 + j) * 34;
+            sc[2 * j] = sc[2 * j + 1] = f16c(b);
+            off[2 * j] = off[2 * j + 1] = 0;
+            _mm256_storeu_si256((__m256i *)(q + 32 * j), _mm256_loadu_si256((const __m256i *)(b + 2)));
+        }
+    }
+}
+#endif
+
+typedef void rows_fn(int, const float *, int, int64_t, const uint8_t *, int64_t, int64_t, int64_t,
+                     int64_t, const float *, float *);
+
+#define SFX scalar
+#define VL 1
+#define MT 4
+#define ACC 4
+#define TARGET
+#define LOAD_I8(p) ((F(vf)){*(p)})
+#define BCAST(p) ((F(vf)){*(p)})
+#define HSUM(v) (v)[0]
+#define DECODE decode_scalar
+#include "ggml_cpu_isa.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SFX avx2
+#define VL 8
+#define MT 8
+#define ACC 8
+#define TARGET X86_TARGET
+#define LOAD_I8(p) (F(vf))_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p))))
+#define BCAST(p) (F(vf))_mm256_broadcast_ss(p)
+#define HSUM(v) hsum8((__m256)(v))
+#define DECODE decode_avx2
+#include "ggml_cpu_isa.h"
+
+#define SFX avx512
+#define VL 16
+#define MT 16
+#define ACC 16
+#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define LOAD_I8(p) (F(vf))_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
+#define BCAST(p) (F(vf))_mm512_set1_ps(*(p))
+#define HSUM(v) _mm512_reduce_add_ps((__m512)(v))
+#define DECODE decode_avx2
+#include "ggml_cpu_isa.h"
+#endif
+
+/* The widest instruction set this CPU runs. */
+int ssd_ggml_best_isa(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        return AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return AVX2;
+#endif
+    return SCALAR;
+}
+
+/* x[m, k] as [k / SLICE][m][SLICE] (the last slice may be partial); one row is already that. */
+static const float *pack_x(const float *x, int m, int64_t k, float **buf)
+{
+    *buf = NULL;
+    if (m == 1)
+        return x;
+    float *p = *buf = aligned_alloc(64, sizeof(float) * m * ((k + SLICE - 1) / SLICE * SLICE));  /* whole lines */
+    if (p)
+        for (int64_t k0 = 0; k0 < k; k0 += SLICE)
+            for (int i = 0; i < m; i++)
+                memcpy(p + k0 * m + i * SLICE, x + i * k + k0, sizeof(float) * (k - k0 < SLICE ? k - k0 : SLICE));
+    return p;
+}
+
+/* y[m, n] = x[m, k] @ W^T (+ bias[n]); W is n rows of k / block weights. Returns -1 for an isa this
+ * CPU lacks, -2 when out of memory, else 0. Shapes and types are checked by the caller. */
+int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n,
+                    const float *bias, float *y, int threads)
+{
+    rows_fn *rows = rows_scalar;
+    if (isa > ssd_ggml_best_isa())
+        return -1;
+#if defined(__x86_64__) || defined(__i386__)
+    if (isa == AVX512)
+        rows = rows_avx512;
+    else if (isa == AVX2)
+        rows = rows_avx2;
+#endif
+    int64_t ldw = qtype == Q4_K ? k / 256 * 144 : qtype == Q6_K ? k / 256 * 210 : k / 32 * 34;
+    int64_t groups = (n + NR - 1) / NR;
+    for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
+        int mc = m - m0 < MCHUNK ? (int)(m - m0) : MCHUNK;
+        float *buf;
+        const float *xp = pack_x(x + m0 * k, mc, k, &buf);
+        if (!xp)
+            return -2;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t g = 0; g < groups; g++)
+            rows(qtype, xp, mc, k, w, ldw, n, g * NR, g * NR + NR < n ? g * NR + NR : n, bias, y + m0 * n);
+        free(buf);
+    }
+    return 0;
+}

@@ -1,0 +1,104 @@
+/* The vector part of ggml_cpu.c, included once per instruction set with these defined: SFX (name
+ * suffix), VL (fp32 lanes), MT (most activation rows per register tile), ACC (accumulator
+ * registers a tile may use), TARGET (function attribute), DECODE (a slice decoder), LOAD_I8 (VL
+ * int8 to fp32; GCC does not vectorize that conversion itself), BCAST (a float to VL lanes) and
+ * HSUM (the sum of the lanes).
+ * Written with GCC vector extensions so that one text serves every width. */
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define F(name) CAT(name, SFX)
+
+typedef float F(vf) __attribute__((vector_size(4 * VL), aligned(4), may_alias));
+
+/* acc[r][i] += dequantized slice of row r . x[i * SLICE ...], for rt weight rows and mt activation rows
+ * (compile-time constants after inlining, so the rt x mt accumulators stay in registers). Few
+ * activation rows take more weight rows, so that enough independent FMA chains are in flight. Each
+ * accumulator sums its products in slice order whatever rt and mt are: an output does not depend
+ * on how many rows are computed with it. */
+static inline __attribute__((always_inline)) TARGET void
+F(tile)(const int8_t *q, const float *sc, const float *off, int len, const float *x, float *acc, const int rt,
+        const int mt)
+{
+    F(vf) a[4][MT];                 /* rt <= 4 */
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            a[r][i] = *(const F(vf) *)(acc + (r * MCHUNK + i) * VL);
+    for (int g = 0; g < len / 16; g++) {
+#pragma GCC unroll 16
+        for (int c = 0; c < 16; c += VL) {
+            int j = 16 * g + c;
+#pragma GCC unroll 4
+            for (int r = 0; r < rt; r++) {
+                F(vf) w = LOAD_I8(q + r * SLICE + j) * BCAST(sc + r * 16 + g) - BCAST(off + r * 16 + g);
+#pragma GCC unroll 16
+                for (int i = 0; i < mt; i++)
+                    a[r][i] += w * *(const F(vf) *)(x + i * SLICE + j);
+            }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            *(F(vf) *)(acc + (r * MCHUNK + i) * VL) = a[r][i];
+}
+
+/* Output rows [r0, r1) (at most NR) for m <= MCHUNK activation rows, x packed by slice (pack_x). */
+static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const uint8_t *w, int64_t ldw,
+                           int64_t n, int64_t r0, int64_t r1, const float *bias, float *y)
+{
+    float acc[NR][MCHUNK][VL] __attribute__((aligned(64)));
+    float sc[NR][SLICE / 16], off[NR][SLICE / 16];
+    int8_t q[NR][SLICE] __attribute__((aligned(64)));
+    int rows = (int)(r1 - r0);
+    if (rows < NR) {                /* the last group: rows past the end weigh nothing */
+        memset(sc, 0, sizeof sc);
+        memset(off, 0, sizeof off);
+        memset(q, 0, sizeof q);
+    }
+    for (int r = 0; r < NR; r++)
+        memset(acc[r], 0, sizeof(float) * VL * m);
+    for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
+        int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
+        for (int r = 0; r < rows; r++) {
+            DECODE(qtype, w + (r0 + r) * ldw, k0, len, q[r], sc[r], off[r]);
+            if (r0 + r + PREFETCH < n)  /* the same slice PREFETCH rows on */
+                for (int64_t o = k0 * ldw / k; o < (k0 + len) * ldw / k; o += 64)
+                    __builtin_prefetch(w + (r0 + r + PREFETCH) * ldw + o);
+        }
+        for (int i = 0; i < m; i += MT) {
+            int mt = m - i < MT ? m - i : MT;
+            for (int r = 0; r < NR; r += (mt <= ACC / 4 ? 4 : mt <= ACC / 2 ? 2 : 1)) {
+#define T(c) case c: F(tile)(q[r], sc[r], off[r], len, x + (k0 * m + i * SLICE), acc[r][i], \
+                             c <= ACC / 4 ? 4 : c <= ACC / 2 ? 2 : 1, c); break;
+                switch (mt) {
+                    T(1) T(2) T(3) T(4)
+#if MT > 4
+                    T(5) T(6) T(7) T(8)
+#endif
+#if MT > 8
+                    T(9) T(10) T(11) T(12) T(13) T(14) T(15) T(16)
+#endif
+                }
+#undef T
+            }
+        }
+    }
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < m; i++) {
+            float s = HSUM(*(const F(vf) *)acc[r][i]);
+            y[i * n + r0 + r] = bias ? s + bias[r0 + r] : s;
+        }
+}
+
+#undef SFX
+#undef VL
+#undef MT
+#undef ACC
+#undef TARGET
+#undef LOAD_I8
+#undef BCAST
+#undef HSUM
+#undef DECODE

@@ -1,0 +1,102 @@
+"""The GGUF quantized-weight kernels (ssdecode.kernels.ggml) against gguf's own dequantizer.
+
+The kernel dequantizes to the same fp32 weights and sums in fp32, so it must match
+``F.linear(x, dequantize(blocks))`` up to summation order: the bound checked is
+max |y - reference| <= 1e-5 * max |reference| (observed: about 1e-6). Each output is summed by one
+thread in a fixed order, so thread count and batch size do not change a single bit.
+"""
+import logging
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ssdecode.bench.kernels import random_blocks
+from ssdecode.kernels import build, ggml
+
+REL_BOUND = 1e-5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _kernels():
+    if not ggml.is_available():
+        pytest.skip("the kernels do not build here (no C compiler?)")
+
+
+def isas() -> tuple[str, ...]:
+    """Every instruction set this CPU runs, down to the portable scalar build."""
+    return ggml.ISAS[:ggml.ISAS.index(ggml.best_isa()) + 1]
+
+
+def reference(x: torch.Tensor, raw: np.ndarray, qtype: str, bias=None) -> torch.Tensor:
+    w = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype])
+    return F.linear(x, torch.from_numpy(np.ascontiguousarray(w)), bias)
+
+
+# k: two super-blocks; Q8_0 352 = 11 blocks, so a partial last slice. n = 37: a partial row group.
+@pytest.mark.parametrize("qtype,k", [("Q4_K", 512), ("Q6_K", 512), ("Q8_0", 352)])
+@pytest.mark.parametrize("m", [1, 3, 8, 16, 17])
+def test_matches_gguf_dequantize(qtype, k, m):
+    n = 37
+    raw = random_blocks(qtype, n, k, seed=m)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    bias = torch.randn(n) if m == 3 else None
+    ref = reference(x, raw, qtype, bias)
+    for isa in isas():
+        y = ggml.quantized_linear(x, torch.from_numpy(raw), qtype, n, k, bias, isa=isa)
+        err = (y - ref).abs().max().item() / ref.abs().max().item()
+        assert err <= REL_BOUND, (isa, err)
+
+
+@pytest.mark.parametrize("qtype", ggml.QTYPES)
+def test_threads_and_batch_do_not_change_bits(qtype):
+    n, k = 300, 768
+    blocks = torch.from_numpy(random_blocks(qtype, n, k))
+    x = torch.randn(2, 8, k, generator=torch.Generator().manual_seed(1))
+    for isa in isas():
+        y = ggml.quantized_linear(x, blocks, qtype, n, k, isa=isa, threads=2)
+        assert y.shape == (2, 8, n)
+        assert torch.equal(y, ggml.quantized_linear(x, blocks, qtype, n, k, isa=isa, threads=1))
+        one_row = ggml.quantized_linear(x[1, 5], blocks, qtype, n, k, isa=isa)
+        assert torch.equal(one_row, y[1, 5])
+
+
+def test_environment_forces_the_scalar_build(monkeypatch):
+    blocks = torch.from_numpy(random_blocks("Q4_K", 16, 256))
+    x = torch.randn(4, 256)
+    monkeypatch.setenv("SSDECODE_KERNEL_ISA", "scalar")
+    assert torch.equal(ggml.quantized_linear(x, blocks, "Q4_K", 16, 256),
+                       ggml.quantized_linear(x, blocks, "Q4_K", 16, 256, isa="scalar"))
+    monkeypatch.setenv("SSDECODE_KERNEL_ISA", "sse9")
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        ggml.quantized_linear(x, blocks, "Q4_K", 16, 256)
+
+
+def test_rejects_what_it_cannot_compute():
+    blocks = torch.from_numpy(random_blocks("Q6_K", 8, 256))
+    x = torch.randn(2, 256)
+    bad = [
+        dict(x=x.double()), dict(x=torch.randn(2, 512)), dict(qtype="Q5_K"), dict(k=250),
+        dict(blocks=blocks[:, :100]), dict(blocks=blocks.view(torch.int8)), dict(bias=torch.randn(9)),
+        dict(blocks=torch.cat([blocks, blocks], 1)[:, ::2]),
+    ]
+    for change in bad:
+        args = dict(x=x, blocks=blocks, qtype="Q6_K", n=8, k=256) | change
+        with pytest.raises(ValueError):
+            ggml.quantized_linear(**args)
+
+
+def test_builds_once_into_the_cache(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("SSDECODE_CACHE", str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="ssdecode.kernels.build"):
+        build.shared_library("ggml_cpu.c")
+        assert "compiling ggml_cpu.c" in caplog.text
+        caplog.clear()
+        build.shared_library("ggml_cpu.c")
+        assert not caplog.text
+    assert [p.suffix for p in (tmp_path / "kernels").iterdir()] == [".so"]  # nothing half-written left
+    monkeypatch.setenv("CC", "no-such-compiler")
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        build.shared_library("ggml_cpu.c")
