@@ -23,3 +23,12 @@ def draft():
     from ssd_support import tiny_model
 
     return tiny_model(1)
+
+
+@pytest.fixture(scope="module")
+def pair8():
+    """The tiny SSD pair with an 8-token vocabulary: small enough to enumerate the exact
+    distribution of several tokens (the statistical exactness tests)."""
+    from ssd_support import tiny_model
+
+    return tiny_model(0, vocab=8), tiny_model(1, vocab=8)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import pytest
 
 from exactness import chi_square_check, exact_target_distribution
-from ssd_support import CONTEXT, tiny_model
+from ssd_support import CONTEXT
 from ssdecode.decoding.speculative import SDStrategy
 from ssdecode.decoding.ssd.strategy import build_ssd_strategy
 from ssdecode.engine.core import EngineCore
@@ -137,26 +137,21 @@ def check_churned(c: Churn, n_measured: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def models():
-    return tiny_model(0, vocab=VOCAB), tiny_model(1, vocab=VOCAB)
+def exact(pair8):
+    return exact_target_distribution(pair8[0], MEASURED, PROMPT, TOKENS)
 
 
-@pytest.fixture(scope="module")
-def exact(models):
-    return exact_target_distribution(models[0], MEASURED, PROMPT, TOKENS)
-
-
-def test_sd_exact_while_requests_join_and_leave(models, exact):
-    target, draft = models
+def test_sd_exact_while_requests_join_and_leave(pair8, exact):
+    target, draft = pair8
     c = churn(SDStrategy(target, draft, K), make_jobs(N_MEASURED, N_OTHER, seed=1), seed=1)
     check_churned(c, N_MEASURED)
     chi_square_check(c.samples, exact)
 
 
-def test_ssd_exact_while_requests_join_and_leave(models, exact):
+def test_ssd_exact_while_requests_join_and_leave(pair8, exact):
     """uniform:2 fan-out over 8 tokens: some outcomes are cached (hits), many are not (neural
     backup), so both kinds of speculation meet joining and leaving rows."""
-    target, draft = models
+    target, draft = pair8
     strategy = build_ssd_strategy(target, draft, None, K, {"fanout": "uniform:2", "transport": "thread"})
     try:
         c = churn(strategy, make_jobs(N_MEASURED, N_OTHER, seed=2), seed=2)
@@ -178,8 +173,8 @@ class SlotOrderSD(SDStrategy):
         return super().step(sorted(seqs, key=lambda s: s.slot))
 
 
-def test_row_order_bug_fails_the_check(models, exact):
-    target, draft = models
+def test_row_order_bug_fails_the_check(pair8, exact):
+    target, draft = pair8
     n = 1000
     # The static batch hides the bug: one wave, a slot for every request.
     static = EngineCore(SlotOrderSD(target, draft, K), tiny_tokenizer(VOCAB), set(), CONTEXT, VOCAB, n,

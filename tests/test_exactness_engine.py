@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from exactness import chi_square_check, exact_target_distribution
-from ssd_support import greedy_reference, tiny_model
+from ssd_support import greedy_reference
 from ssdecode.engine.llm import LLM
 from ssdecode.params import SamplingParams
 from tiny import tiny_tokenizer
@@ -27,13 +27,8 @@ T1 = SamplingParams(temperature=1.0)
 
 
 @pytest.fixture(scope="module")
-def models():
-    return tiny_model(0, vocab=VOCAB), tiny_model(1, vocab=VOCAB)
-
-
-@pytest.fixture(scope="module")
-def exact(models):
-    return exact_target_distribution(models[0], T1, PROMPT, TOKENS)
+def exact(pair8):
+    return exact_target_distribution(pair8[0], T1, PROMPT, TOKENS)
 
 
 def rows(n_sampled: int, n_greedy: int = 0, seed: int = 0, sampling: SamplingParams = T1) -> list[SamplingParams]:
@@ -45,10 +40,10 @@ def rows(n_sampled: int, n_greedy: int = 0, seed: int = 0, sampling: SamplingPar
     return out
 
 
-def generate(models, params: list[SamplingParams], mode: str, prompt=PROMPT, **settings):
+def generate(pair8, params: list[SamplingParams], mode: str, prompt=PROMPT, **settings):
     """One batch through the engine: (sampled rows' tokens, greedy rows' tokens, engine metrics,
     strategy stats)."""
-    llm = LLM.from_models(tiny_tokenizer(VOCAB), *models, mode=mode, max_num_seqs=len(params),
+    llm = LLM.from_models(tiny_tokenizer(VOCAB), *pair8, mode=mode, max_num_seqs=len(params),
                           max_model_len=len(prompt) + TOKENS, **settings)
     try:
         out = [tuple(c.token_ids) for c in llm.generate([prompt] * len(params), params)]
@@ -59,33 +54,33 @@ def generate(models, params: list[SamplingParams], mode: str, prompt=PROMPT, **s
     return sampled, [o for o, p in zip(out, params) if p.greedy], metrics, stats
 
 
-def test_sd_greedy_rows_mixed_with_sampled_rows(models, exact):
+def test_sd_greedy_rows_mixed_with_sampled_rows(pair8, exact):
     """K = 3; the greedy rows' p and q are one-hot, the sampled rows' are not."""
-    sampled, greedy, metrics, _ = generate(models, rows(N, N // 4), "sd", k=3)
-    assert set(greedy) == {tuple(greedy_reference(models[0], PROMPT, TOKENS))}
+    sampled, greedy, metrics, _ = generate(pair8, rows(N, N // 4), "sd", k=3)
+    assert set(greedy) == {tuple(greedy_reference(pair8[0], PROMPT, TOKENS))}
     assert metrics["acceptance_rate"] < 0.5  # rejections, so rollbacks, in most rounds
     chi_square_check(sampled, exact)
 
 
-def test_sd_rows_drafting_fewer_than_k(models, exact):
+def test_sd_rows_drafting_fewer_than_k(pair8, exact):
     """Confidence gating: rows stop drafting at different lengths below K = 4, in one batch."""
-    sampled, _, metrics, _ = generate(models, rows(N, seed=10_000), "sd", k=4, min_confidence=0.5)
+    sampled, _, metrics, _ = generate(pair8, rows(N, seed=10_000), "sd", k=4, min_confidence=0.5)
     assert metrics["draft_proposed"] < 0.7 * 4 * metrics["verifications"]
     chi_square_check(sampled, exact)
 
 
-def test_ssd_hits_next_to_fast_backup_misses(models):
+def test_ssd_hits_next_to_fast_backup_misses(pair8):
     """K = 2, fan-out "0,7,8": an outcome rejecting at position 0 misses (fast backup: point-mass
     n-gram proposals of 0..2 tokens), every other outcome hits (sampled branches with their q's);
     greedy rows add point masses of their own. All of them meet in the same rounds."""
-    sampled, greedy, _, stats = generate(models, rows(N, N // 4, seed=20_000), "ssd", prompt=FAST_PROMPT, k=2,
+    sampled, greedy, _, stats = generate(pair8, rows(N, N // 4, seed=20_000), "ssd", prompt=FAST_PROMPT, k=2,
                                          ssd={"fanout": "0,7,8", "backup": "fast"})
     assert 0.2 < stats["hit_rate"] < 0.8 and stats["backup_rows"]["fast"] > N, stats
-    assert set(greedy) == {tuple(greedy_reference(models[0], FAST_PROMPT, TOKENS))}
-    chi_square_check(sampled, exact_target_distribution(models[0], T1, FAST_PROMPT, TOKENS))
+    assert set(greedy) == {tuple(greedy_reference(pair8[0], FAST_PROMPT, TOKENS))}
+    chi_square_check(sampled, exact_target_distribution(pair8[0], T1, FAST_PROMPT, TOKENS))
 
 
-def test_a_rollback_that_keeps_the_rejected_token_fails(models, exact, monkeypatch):
+def test_a_rollback_that_keeps_the_rejected_token_fails(pair8, exact, monkeypatch):
     """The target cache keeps s_{k+1} after a rejection (truncated one row too late): the next
     round's tokens are sampled after a context with a stale token in it."""
     import ssdecode.decoding.speculative as sd
@@ -100,12 +95,12 @@ def test_a_rollback_that_keeps_the_rejected_token_fails(models, exact, monkeypat
         return accepted, nxt
 
     monkeypatch.setattr(sd, "verify_proposals", keeps_rejected)
-    samples, _, _, _ = generate(models, rows(N // 2, seed=30_000), "sd", k=3)
+    samples, _, _, _ = generate(pair8, rows(N // 2, seed=30_000), "sd", k=3)
     with pytest.raises(AssertionError, match="do not follow"):
         chi_square_check(samples, exact)
 
 
-def test_a_top_p_that_keeps_one_token_too_few_fails(models, monkeypatch):
+def test_a_top_p_that_keeps_one_token_too_few_fails(pair8, monkeypatch):
     """A bug in the engine's transforms must not move the reference along (exactness.py builds it
     independently): top-p dropping the least likely token of every nucleus wider than one."""
     import torch
@@ -113,7 +108,7 @@ def test_a_top_p_that_keeps_one_token_too_few_fails(models, monkeypatch):
     import ssdecode.sampling as sampling
 
     top_p = SamplingParams(temperature=1.0, top_p=0.8)
-    exact = exact_target_distribution(models[0], top_p, PROMPT, TOKENS)
+    exact = exact_target_distribution(pair8[0], top_p, PROMPT, TOKENS)
     filter_top_k_top_p = sampling._filter_top_k_top_p
 
     def one_too_few(scaled, top_k, p):
@@ -124,6 +119,6 @@ def test_a_top_p_that_keeps_one_token_too_few_fails(models, monkeypatch):
         return kept.scatter(-1, least, torch.where(drop, float("-inf"), kept.gather(-1, least)))
 
     monkeypatch.setattr(sampling, "_filter_top_k_top_p", one_too_few)
-    samples, _, _, _ = generate(models, rows(N // 2, seed=40_000, sampling=top_p), "sd", k=3)
+    samples, _, _, _ = generate(pair8, rows(N // 2, seed=40_000, sampling=top_p), "sd", k=3)
     with pytest.raises(AssertionError, match="do not follow"):
         chi_square_check(samples, exact)

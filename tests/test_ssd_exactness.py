@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from exactness import chi_square_check, exact_target_distribution
-from ssd_support import run, tiny_model
+from ssd_support import run
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.strategy import SSDStrategy
 from ssdecode.params import SamplingParams
@@ -30,16 +30,11 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def models():
-    return tiny_model(0, vocab=VOCAB), tiny_model(1, vocab=VOCAB)
-
-
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_ssd_matches_target_distribution(name, models):
+def test_ssd_matches_target_distribution(name, pair8):
     case = dict(CASES[name])
     sampling = {key: case.pop(key) for key in ("temperature", "top_k", "top_p") if key in case}
-    target, draft = models
+    target, draft = pair8
     strategy = SSDStrategy(target, SSDConfig(k=K, **case), draft=draft)
     rows = [SamplingParams(**sampling, max_tokens=TOKENS, ignore_eos=True, seed=500 + i) for i in range(N)]
     try:
