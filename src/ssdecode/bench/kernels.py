@@ -16,9 +16,11 @@ so that every product reads its weight from memory as a model does:
 
 The ``avx2`` rows come from a child process with every library held to AVX2 (our kernel,
 ATen, oneDNN, MKL): what a machine without AVX-512 runs. GB/s count the bytes of the weight as each
-method stores it; ``eff`` divides ours by the copy bandwidth measured in the same process and
-thread count: bytes read per second by a 1 GiB ``Tensor.copy_`` (the bytes written not counted).
-Prints a markdown table and one JSON line.
+method stores it. Two bandwidths are measured in the same process and thread count: ``copy``, the
+bytes read plus written per second by a 1 GiB ``Tensor.copy_``, and ``read``, the bytes per second
+an fp32 matrix-vector product (F.linear, one row) streams from a 1 GiB weight. A copy also reads
+each destination line before writing it, so a pure read stream runs faster than it; ``eff``
+divides our GB/s by ``read``. Prints a markdown table and one JSON line.
 """
 from __future__ import annotations
 
@@ -72,10 +74,12 @@ def copies(weight: torch.Tensor, nbytes: int, working_set: int) -> list[torch.Te
     return [weight] + [weight.clone() for _ in range(math.ceil(working_set / nbytes) - 1)]
 
 
-def copy_gbps(repeats: int) -> float:
-    src = torch.ones(1 << 28)  # 1 GiB
-    dst = torch.empty_like(src)
-    return src.nbytes / timed({"copy": lambda i: dst.copy_(src)}, repeats)["copy"] / 1e9
+def bandwidths(repeats: int) -> dict[str, float]:
+    """GB/s of a 1 GiB copy (read + written) and of a 1 GiB fp32 matrix-vector product (read)."""
+    src = torch.ones(1 << 28)
+    dst, weight, x = torch.empty_like(src), src.view(1 << 16, 1 << 12), torch.ones(1, 1 << 12)
+    seconds = timed({"copy": lambda i: dst.copy_(src), "read": lambda i: F.linear(x, weight)}, repeats)
+    return {"copy": 2 * src.nbytes / seconds["copy"] / 1e9, "read": src.nbytes / seconds["read"] / 1e9}
 
 
 def timed(methods: dict, repeats: int) -> dict[str, float]:
@@ -125,19 +129,19 @@ def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, worki
 
 
 def run(threads: list[int], rows: list[int], repeats: int, shapes: list) -> dict:
-    """{threads: {"copy_gbps": ..., "results": [...]}} in this process's instruction set."""
+    """{threads: {"bandwidth": {...}, "results": [...]}} in this process's instruction set."""
     working_set = 2 * last_level_cache()
     out = {}
     for t in threads:
         torch.set_num_threads(t)
-        out[t] = {"copy_gbps": copy_gbps(repeats),
+        out[t] = {"bandwidth": bandwidths(repeats),
                   "results": [r for s in shapes for r in bench_shape(*s, rows, repeats, working_set)]}
     return out
 
 
 def table(worlds: dict) -> str:
-    head = ("| ISA | threads | type | N x K | M | ours ms | ours GB/s | eff | packed fp32 ms | dense fp32 ms "
-            "| int4pack bf16 ms | packed / ours |")
+    head = ("| ISA | threads | type | N x K | M | ours ms | ours GB/s | eff | packed fp32 ms | packed GB/s "
+            "| dense fp32 ms | int4pack bf16 ms | packed / ours |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for isa, by_threads in worlds.items():
         for t, res in by_threads.items():
@@ -145,8 +149,8 @@ def table(worlds: dict) -> str:
                 ms, gb = r["ms"], r["gbps"]
                 i4 = f"{ms['int4pack']:.2f}" if "int4pack" in ms else "-"
                 lines.append(f"| {isa} | {t} | {r['type']} | {r['n']}x{r['k']} | {r['m']} | {ms['ours']:.2f} | "
-                             f"{gb['ours']:.1f} | {gb['ours'] / res['copy_gbps']:.0%} | {ms['packed']:.2f} | "
-                             f"{ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x |")
+                             f"{gb['ours']:.1f} | {gb['ours'] / res['bandwidth']['read']:.0%} | {ms['packed']:.2f} | "
+                             f"{gb['packed']:.1f} | {ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x |")
     return "\n".join(lines)
 
 
@@ -174,8 +178,8 @@ def main(argv=None) -> int:
         worlds["avx2"] = {int(t): r for t, r in json.loads(child.stdout.strip().splitlines()[-1]).items()}
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown")
-    print(f"{cpu}; copy bandwidth (GB/s read): " + ", ".join(
-        f"{isa} {t} threads {r['copy_gbps']:.1f}" for isa, w in worlds.items() for t, r in w.items()))
+    print(f"{cpu}; GB/s: " + ", ".join(f"{isa} {t} threads: copy {r['bandwidth']['copy']:.1f}, read "
+                                       f"{r['bandwidth']['read']:.1f}" for isa, w in worlds.items() for t, r in w.items()))
     print(table(worlds))
     print(json.dumps({"bench": "kernels", "cpu": cpu, "worlds": worlds}))
     return 0

@@ -11,10 +11,10 @@ avx512) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 mac
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import os
+from ctypes import CDLL, c_int, c_int64, c_void_p
 
 import gguf
 import torch
@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 
 QTYPES = ("Q4_K", "Q6_K", "Q8_0")  # positions are the C code's qtype codes
 ISAS = ("scalar", "avx2", "avx512")  # and its isa codes
+_SIZES = {q: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]] for q in QTYPES}  # weights, bytes per block
 
 
 @functools.cache
-def _lib() -> ctypes.CDLL:
+def _lib() -> CDLL:
     lib = shared_library("ggml_cpu.c")
-    c = ctypes
-    lib.ssd_ggml_linear.argtypes = [c.c_int, c.c_int, c.c_void_p, c.c_int64, c.c_int64, c.c_void_p,
-                                    c.c_int64, c.c_void_p, c.c_void_p, c.c_int]
+    lib.ssd_ggml_linear.argtypes = [c_int, c_int, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p,
+                                    c_void_p, c_int]
     return lib
 
 
@@ -58,25 +58,24 @@ def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, 
     """``x[..., k] @ W^T + bias`` -> ``[..., n]`` fp32, W given as stored GGML blocks.
 
     ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during the product."""
-    if qtype not in QTYPES:
+    if qtype not in _SIZES:
         raise ValueError(f"no kernel for GGML type {qtype!r}; there are {QTYPES}")
-    block, block_bytes = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]]
+    block, block_bytes = _SIZES[qtype]
     if k % block:
         raise ValueError(f"{qtype} rows hold multiples of {block} weights, not {k}")
     shape = (n, k // block * block_bytes)
-    if blocks.dtype != torch.uint8 or tuple(blocks.shape) != shape or not blocks.is_contiguous() \
-            or blocks.device.type != "cpu":
+    if blocks.dtype != torch.uint8 or blocks.shape != shape or not blocks.is_contiguous() or not blocks.is_cpu:
         raise ValueError(f"{qtype} [{n}, {k}] weight: want contiguous CPU uint8 blocks of shape {shape}, "
                          f"got {blocks.dtype} {tuple(blocks.shape)} on {blocks.device}")
-    if x.dtype != torch.float32 or x.shape[-1:] != (k,) or x.device.type != "cpu":
+    if x.dtype != torch.float32 or x.shape[-1] != k or not x.is_cpu:
         raise ValueError(f"want fp32 CPU activations [..., {k}], got {x.dtype} {tuple(x.shape)} on {x.device}")
-    if bias is not None and (bias.dtype != torch.float32 or tuple(bias.shape) != (n,)
-                             or not bias.is_contiguous() or bias.device.type != "cpu"):
+    if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()
+                             or not bias.is_cpu):
         raise ValueError(f"want a contiguous fp32 CPU bias [{n}], got {bias.dtype} {tuple(bias.shape)}")
     isa = isa or os.environ.get("SSDECODE_KERNEL_ISA") or best_isa()
     if isa not in ISAS:
         raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
-    rows = x.reshape(-1, k).contiguous()
+    rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     y = torch.empty(rows.shape[0], n)
     rc = _lib().ssd_ggml_linear(ISAS.index(isa), QTYPES.index(qtype), rows.data_ptr(), rows.shape[0], k,
                                 blocks.data_ptr(), n, None if bias is None else bias.data_ptr(), y.data_ptr(),
@@ -85,4 +84,4 @@ def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, 
         raise MemoryError("no memory for a copy of the activations")
     if rc:
         raise RuntimeError(f"this CPU cannot run the {isa} kernels (best: {best_isa()})")
-    return y.reshape(*x.shape[:-1], n)
+    return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
