@@ -8,14 +8,14 @@ Transformers within float32 rounding and a converted checkpoint behaves the same
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ssdecode.models.config import ModelConfig
-from ssdecode.models.linear import Linear, make_linear
+from ssdecode.models.linear import Linear
+from ssdecode.models.weights_io import WeightLoader
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -77,29 +77,26 @@ class LayerWeights:
     down: Linear
 
     @classmethod
-    def from_hf(cls, weights: Mapping[str, torch.Tensor], prefix: str, config: ModelConfig,
-                device: torch.device | str, dtype: torch.dtype, fmt: str) -> "LayerWeights":
-        """Gather (and fuse) the tensors of ``prefix`` = ``model.layers.N.`` in HF naming; the
-        products in weight format ``fmt`` (``linear.resolve_format``)."""
+    def from_hf(cls, load: WeightLoader, prefix: str, config: ModelConfig) -> "LayerWeights":
+        """Gather (and fuse) the tensors of ``prefix`` = ``model.layers.N.`` in HF naming."""
 
         def get(name: str) -> torch.Tensor:
-            return weights[prefix + name].to(device=device, dtype=dtype)
+            return load.tensor(prefix + name)
 
-        def cat(*names: str) -> torch.Tensor:
-            return torch.cat([get(n) for n in names], dim=0).contiguous()
+        def linear(*names: str, bias: bool = False) -> Linear:
+            return load.linear([prefix + n + ".weight" for n in names],
+                               [prefix + n + ".bias" for n in names] if bias else ())
 
         attn = "self_attn."
-        qkv = [attn + p + "_proj." for p in "qkv"]
         return cls(
             in_norm=get("input_layernorm.weight"),
-            qkv=make_linear(cat(*(p + "weight" for p in qkv)),
-                            cat(*(p + "bias" for p in qkv)) if config.qkv_bias else None, fmt),
+            qkv=linear(*(attn + p + "_proj" for p in "qkv"), bias=config.qkv_bias),
             q_norm=get(attn + "q_norm.weight") if config.qk_norm else None,
             k_norm=get(attn + "k_norm.weight") if config.qk_norm else None,
-            o=make_linear(get(attn + "o_proj.weight"), None, fmt),
+            o=linear(attn + "o_proj"),
             post_norm=get("post_attention_layernorm.weight"),
-            gate_up=make_linear(cat("mlp.gate_proj.weight", "mlp.up_proj.weight"), None, fmt),
-            down=make_linear(get("mlp.down_proj.weight"), None, fmt),
+            gate_up=linear("mlp.gate_proj", "mlp.up_proj"),
+            down=linear("mlp.down_proj"),
         )
 
 

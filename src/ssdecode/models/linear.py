@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 FORMATS = ("auto", "dense", "packed", "int8")
+_QUANT_CHUNK = 1 << 22  # elements quantized at a time
 
 
 class Linear:
@@ -54,8 +55,13 @@ class Int8Linear(Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         w = weight.float()
-        scale = (w.abs().amax(1).clamp_min(1e-8) / 127).double()
-        self._prepack(torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale, bias)
+        max_abs = torch.linalg.vector_norm(w, float("inf"), dim=1)  # no |w| temporary of the weight's size
+        scale = (max_abs.clamp_min(1e-8) / 127).double()
+        ints = torch.empty(w.shape, dtype=torch.int8)
+        step = max(1, _QUANT_CHUNK // w.shape[1])  # rows at a time: float64 quotients are 2x the weight
+        for i in range(0, w.shape[0], step):
+            ints[i:i + step] = (w[i:i + step] / scale[i:i + step, None]).round_().clamp_(-127, 127)
+        self._prepack(ints, scale, bias)
 
     def _prepack(self, ints: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         with warnings.catch_warnings():  # quantized tensors are deprecated upstream; torch is pinned

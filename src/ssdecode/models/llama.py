@@ -9,19 +9,18 @@ reading device values, and then reused by every layer.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 
 from ssdecode.models.base import CausalLM, key_span, new_token_counts
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.layers import LayerWeights, apply_rope, attend, rms_norm, rope_tables
 from ssdecode.models.linear import Linear, make_linear, resolve_format
+from ssdecode.models.weights_io import SafetensorsFolder, WeightLoader
 from ssdecode.runtime.kv_cache import KVCache
 
 DEFAULT_MAX_LEN = 4096
@@ -53,20 +52,20 @@ class LlamaModel(CausalLM):
         ``weights``: the matmul weight format (``models/linear.py``); auto = packed on CPU fp32."""
         model = cls(config, device, dtype)
         fmt = model.weight_format = resolve_format(weights, model.device, dtype)
-
-        def get(name: str) -> torch.Tensor:
-            return state_dict[name].to(device=model.device, dtype=dtype)
-
-        model.embed = get("model.embed_tokens.weight")
-        model.layers = [LayerWeights.from_hf(state_dict, f"model.layers.{i}.", config, model.device, dtype, fmt)
-                        for i in range(config.num_layers)]
-        model.norm = get("model.norm.weight")
         if config.tie_word_embeddings:
-            model.lm_head = make_linear(model.embed, None, fmt)
+            head = None
         elif "lm_head.weight" in state_dict:
-            model.lm_head = make_linear(get("lm_head.weight"), None, fmt)
+            # First, with a loader of its own: its vocabulary-sized temporary (the dense copy it is
+            # packed from) comes and goes while little else is resident, so it adds to no peak.
+            head = WeightLoader(state_dict, model.device, dtype, fmt).linear(["lm_head.weight"])
         else:
             raise KeyError("lm_head.weight is missing and tie_word_embeddings is false")
+        load = WeightLoader(state_dict, model.device, dtype, fmt)
+        model.embed = load.tensor("model.embed_tokens.weight")
+        model.layers = [LayerWeights.from_hf(load, f"model.layers.{i}.", config)
+                        for i in range(config.num_layers)]
+        model.norm = load.tensor("model.norm.weight")
+        model.lm_head = make_linear(model.embed, None, fmt) if head is None else head
         return model
 
     @classmethod
@@ -76,7 +75,7 @@ class LlamaModel(CausalLM):
         from transformers import AutoConfig
 
         config = ModelConfig.from_hf(AutoConfig.from_pretrained(str(path)))
-        model = cls.from_state_dict(config, _SafetensorsFolder(Path(path)), device, dtype, weights)
+        model = cls.from_state_dict(config, SafetensorsFolder(Path(path)), device, dtype, weights)
         model.name = str(path)
         return model
 
@@ -195,31 +194,3 @@ class _Step:
         the slots are consecutive)."""
         return buf[self.read_slots, :self.kv_len].transpose(1, 2)
 
-
-class _SafetensorsFolder(Mapping):
-    """Tensors of an HF folder by name, read on access so loading never holds two copies of the
-    whole model (only the layer being fused)."""
-
-    def __init__(self, folder: Path):
-        index = folder / "model.safetensors.index.json"
-        if index.exists():
-            files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
-        elif (folder / "model.safetensors").exists():
-            files = [folder / "model.safetensors"]
-        else:
-            files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise FileNotFoundError(f"no *.safetensors weights in {folder}")
-        self._where = {}
-        for f in files:
-            handle = safe_open(str(f), framework="pt")
-            self._where.update({name: handle for name in handle.keys()})
-
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self._where[name].get_tensor(name)
-
-    def __iter__(self):
-        return iter(self._where)
-
-    def __len__(self) -> int:
-        return len(self._where)
