@@ -7,6 +7,7 @@ checksum reads every byte (about a second per GB), so it runs only when asked or
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from pathlib import Path
 
@@ -40,11 +41,8 @@ def problems(folder: Path, files: dict[str, dict], checksum: bool = False,
     not a changed byte: in fp32 weights that mostly gives finite, slightly wrong numbers that no
     load or forward notices, which only the checksum finds.
     """
-    from tqdm.auto import tqdm
-
     found = []
-    with tqdm(total=sum(w["size"] for w in files.values()), unit="B", unit_scale=True,
-              desc=f"checking {folder.name}", disable=not (checksum and progress)) as bar:
+    with _bar(folder, files, checksum and progress) as bar:
         for name, want in files.items():
             path = folder / name
             if not path.is_file():
@@ -54,3 +52,16 @@ def problems(folder: Path, files: dict[str, dict], checksum: bool = False,
             elif checksum and sha256_file(path, bar) != want["sha256"]:
                 found.append(f"{name} does not match its sha256 (corrupt)")
     return found
+
+
+def _bar(folder: Path, files: dict[str, dict], show: bool):
+    """A checksum progress bar, or a no-op. No tqdm object at all unless shown: tqdm's first bar
+    creates a multiprocessing lock, and a draft worker process that is later SIGKILLed leaks it
+    (the resource tracker then warns at exit)."""
+    if not show:
+        return contextlib.nullcontext()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=sum(w["size"] for w in files.values()), unit="B", unit_scale=True,
+                desc=f"checking {folder.name}")
+
