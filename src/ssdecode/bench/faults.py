@@ -124,7 +124,11 @@ def main(argv=None) -> int:
             os.kill(pids[0], kind)
             report["faults"][kind.name] = report["faults"].get(kind.name, 0) + 1
             n += 1
-            recovery.append(_until_healthy_again(url))
+            try:
+                recovery.append(_until_healthy_again(url))
+            except TimeoutError as e:
+                report["unrecovered"] = str(e)
+                break
             print(f"{time.monotonic() - t0:6.0f} s: {n} faults, back to SSD in {recovery[-1]:.1f} s; "
                   f"{soak.done} done, {soak.lost} lost, {soak.changed} changed", file=sys.stderr, flush=True)
         stop.set()
@@ -151,7 +155,7 @@ def main(argv=None) -> int:
                       traceback="Traceback" in log.read().decode(errors="replace"),
                       workers_left=sum(alive(pid) for pid in seen))
     print(json.dumps(report))
-    ok = (report.get("lost") == 0 and not report.get("changed") and report["exit_s"] < 30
+    ok = ("unrecovered" not in report and report.get("lost") == 0 and not report.get("changed") and report["exit_s"] < 30
           and not report["traceback"] and not report["workers_left"])
     return 0 if ok else 1
 

@@ -17,14 +17,16 @@ from typing import Callable
 
 from ssdecode.transport.base import DraftClient
 from ssdecode.transport.deploy import DraftDeployment
-from ssdecode.transport.messages import Ready, Setup
+from ssdecode.transport.messages import Outcome, Ready, Setup
 
 log = logging.getLogger(__name__)
 
 AUTO_BASE_S = 5.0  # the automatic deadline: this much, plus
 AUTO_FACTOR = 10.0  # this many times the slowest reply seen for the same work
 PREFILL_PRIOR_S = 0.02  # per prompt token the worker must prefill, until a Start was measured
-HEALED_ROUNDS = 20  # a worker that served this many rounds resets the restart backoff
+# a worker that served this many rounds has shown it can: the restart backoff and the count of
+# failures in a row start over (a worker that keeps dying before it serves is given up on)
+HEALED_ROUNDS = 3
 BACKOFF_CAP_S = 30.0
 STOP_JOIN_S = 5.0
 
@@ -90,9 +92,10 @@ class WorkerSupervisor:
         t0 = time.perf_counter()
         reply = self.client.request(msg, timeout_s=self.deadline.limit(new_tokens))
         self.deadline.observe(time.perf_counter() - t0, new_tokens)
-        self._rounds += 1
-        if self._rounds == HEALED_ROUNDS:
-            self._streak = 0
+        if isinstance(msg, Outcome):
+            self._rounds += 1
+            if self._rounds == HEALED_ROUNDS:
+                self._streak = 0
         return reply
 
     def fail(self, error: BaseException) -> str:
