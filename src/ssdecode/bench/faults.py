@@ -105,14 +105,14 @@ def main(argv=None) -> int:
                                args.draft, "--mode", "ssd", "--transport", "process", "--port", str(args.port),
                                "--max-num-seqs", str(args.clients), *args.serve_arg],
                               stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-    report, seen = {"faults": {}, "prompts": len(prompts)}, set()
+    report, seen, stop = {"faults": {}, "prompts": len(prompts)}, set(), threading.Event()
     try:
         _wait_healthy(url, server)
         soak = Soak(url, prompts, args.max_tokens, args.target)
         for i in range(len(prompts)):  # references, before any fault
             soak.reference[i] = soak.complete(i)
-        stop = threading.Event()
-        clients = [threading.Thread(target=soak.client_loop, args=(c, stop)) for c in range(args.clients)]
+        clients = [threading.Thread(target=soak.client_loop, args=(c, stop), daemon=True)
+                   for c in range(args.clients)]
         for t in clients:
             t.start()
         t0, n, recovery = time.monotonic(), 0, []
@@ -143,6 +143,7 @@ def main(argv=None) -> int:
                       worker_restarts=metric(metrics, "ssdecode_draft_worker_restarts_total"),
                       health=json.loads(_get(url, "/health"))["status"])
     finally:
+        stop.set()
         t1 = time.monotonic()
         server.send_signal(signal.SIGINT)
         try:
