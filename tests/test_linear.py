@@ -1,13 +1,17 @@
 """Matmul weight formats (models/linear.py): each computes x W^T + b, pickles, and refuses
-devices and dtypes it cannot run on; a whole model gives the same logits in dense and packed."""
+devices and dtypes it cannot run on; a whole model gives the same logits in dense and packed.
+(The gguf format's whole-model checks are in test_gguf_weights.py.)"""
 from __future__ import annotations
 
 import pickle
 
+import gguf
 import pytest
 import torch
 
-from ssdecode.models.linear import make_linear, resolve_format
+from ssdecode.bench.kernels import random_blocks
+from ssdecode.kernels import ggml
+from ssdecode.models.linear import QuantizedLinear, SplitLinear, make_linear, resolve_format
 from tiny import tiny_model
 
 CPU = torch.device("cpu")
@@ -38,10 +42,27 @@ def test_auto_resolves_per_device_and_dtype():
 
 @pytest.mark.parametrize("fmt, device, dtype", [("packed", "cpu", torch.bfloat16), ("packed", "cuda", torch.float32),
                                                 ("int8", "cuda", torch.float32), ("int8", "cpu", torch.float16),
+                                                ("gguf", "cpu", torch.bfloat16), ("gguf", "cuda", torch.float32),
                                                 ("fp4", "cpu", torch.float32)])
 def test_impossible_formats_are_refused(fmt, device, dtype):
     with pytest.raises(ValueError, match="weight format"):
         resolve_format(fmt, torch.device(device), dtype)
+
+
+@pytest.mark.skipif(not ggml.is_available(), reason="the GGUF kernels do not build here")
+def test_quantized_and_split_linears():
+    torch.manual_seed(0)
+    raw = random_blocks("Q4_K", 48, 256)
+    w = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_K))
+    b, other = torch.randn(48), torch.randn(16, 256)
+    lin = QuantizedLinear(torch.from_numpy(raw), "Q4_K", 48, 256, b)
+    split = SplitLinear([lin, make_linear(other, None, "dense")])
+    x = torch.randn(3, 5, 256)
+    want = torch.nn.functional.linear(x, torch.cat([w, other]), torch.cat([b, torch.zeros(16)]))
+    assert (split(x) - want).abs().max() <= 1e-5 * want.abs().max()
+    assert torch.equal(pickle.loads(pickle.dumps(split))(x), split(x))
+    with pytest.raises(ValueError, match="CPU only"):
+        QuantizedLinear(torch.from_numpy(raw).to("meta"), "Q4_K", 48, 256)
 
 
 def test_packed_model_matches_dense_model():

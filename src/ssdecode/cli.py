@@ -32,8 +32,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads for the target")
     p.add_argument("--k", type=int, default=None, help="draft tokens per round (sd/ssd)")
     p.add_argument("--draft-weights", default="auto", choices=FORMATS,
-                   help="draft matmul weights: auto (oneDNN-packed fp32 on CPU), dense, packed, or "
-                        "int8 (CPU; 4x fewer bytes per draft token; decoding stays exact)")
+                   help="draft matmul weights: auto (oneDNN-packed fp32 on CPU), dense, packed, "
+                        "int8 (CPU; 4x fewer bytes per draft token; decoding stays exact), or gguf "
+                        "(CPU; a GGUF draft's quantized tensors as stored)")
     p.add_argument("--draft-confidence", type=float, default=None,
                    help="sd: end a round's drafting after a token the draft gives less than this "
                         "probability (K is then the maximum per round)")

@@ -9,6 +9,9 @@
   product (activations quantized per call). A quarter of the bytes per token; meant for DRAFT
   models: speculation stays exact whatever the draft outputs, because the verifier uses the q the
   draft actually sampled from. Opt-in (``--draft-weights int8``); CPU only.
+- ``gguf``: a GGUF file's quantized tensors run as stored (Q4_K, Q6_K, Q8_0: ``kernels/ggml.py``),
+  read by ``models/gguf_weights.py``; fp32 activations on CPU. The same model as its fp32
+  conversion at a fraction of the bytes per token (issue 11). Opt-in (``weights="gguf"``).
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-FORMATS = ("auto", "dense", "packed", "int8")
+from ssdecode.kernels import ggml
+
+FORMATS = ("auto", "dense", "packed", "int8", "gguf")
 _QUANT_CHUNK = 1 << 22  # elements quantized at a time
 
 
@@ -80,6 +85,40 @@ class Int8Linear(Linear):
                        None if bias is None else bias.numpy())
 
 
+class QuantizedLinear(Linear):
+    """A GGML-quantized weight as stored: ``blocks`` uint8 ``[n, row_bytes]`` of ``qtype``, ``[n, k]``."""
+
+    def __init__(self, blocks: torch.Tensor, qtype: str, n: int, k: int, bias: torch.Tensor | None = None):
+        if not blocks.is_cpu:
+            raise ValueError(f"{qtype} weights run on the CPU only, not on {blocks.device}")
+        if not ggml.is_available():
+            raise RuntimeError(f"{qtype} weights need the GGUF kernels, which do not build here (see the log)")
+        super().__init__(blocks, bias)
+        self.qtype, self.n, self.k = qtype, n, k
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return ggml.quantized_linear(x, self.weight, self.qtype, self.n, self.k, self.bias)
+
+    def __reduce__(self):  # by value, as PackedLinear's
+        return _quantized, (self.weight.numpy(), self.qtype, self.n, self.k, self.bias)
+
+
+def _quantized(blocks, qtype: str, n: int, k: int, bias: torch.Tensor | None) -> QuantizedLinear:
+    return QuantizedLinear(torch.from_numpy(blocks), qtype, n, k, bias)
+
+
+class SplitLinear(Linear):
+    """Parts that cannot be fused (q/k/v of different GGML types), outputs concatenated: the
+    copy costs little next to the products (measured in issue 11)."""
+
+    def __init__(self, parts: list[Linear]):
+        super().__init__(None)
+        self.parts = parts
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([p(x) for p in self.parts], dim=-1)
+
+
 def _int8(ints, scale, bias) -> Int8Linear:
     lin = Int8Linear.__new__(Int8Linear)  # already quantized: skip __init__'s quantization
     lin._prepack(torch.from_numpy(ints), torch.from_numpy(scale), None if bias is None else torch.from_numpy(bias))
@@ -95,11 +134,13 @@ def resolve_format(fmt: str, device: torch.device, dtype: torch.dtype) -> str:
         return "packed" if cpu_fp32 and torch.backends.mkldnn.is_available() else "dense"
     if fmt == "packed" and not (cpu_fp32 and torch.backends.mkldnn.is_available()):
         raise ValueError("weight format 'packed' needs fp32 on a CPU with oneDNN")
+    if fmt == "gguf" and not (cpu_fp32 and ggml.is_available()):
+        raise ValueError("weight format 'gguf' needs fp32 on a CPU where the GGUF kernels build")
     if fmt == "int8" and not (cpu_fp32 and "fbgemm" in torch.backends.quantized.supported_engines):
         raise ValueError("weight format 'int8' needs fp32 on a CPU with fbgemm (x86)")
     return fmt
 
 
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> Linear:
-    """``fmt`` as returned by ``resolve_format``."""
+    """``fmt`` as returned by ``resolve_format``, other than gguf (whose weights are not dense)."""
     return {"dense": Linear, "packed": PackedLinear, "int8": Int8Linear}[fmt](weight, bias)

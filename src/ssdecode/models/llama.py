@@ -65,17 +65,26 @@ class LlamaModel(CausalLM):
         model.layers = [LayerWeights.from_hf(load, f"model.layers.{i}.", config)
                         for i in range(config.num_layers)]
         model.norm = load.tensor("model.norm.weight")
-        model.lm_head = make_linear(model.embed, None, fmt) if head is None else head
+        if head is None:  # tied: the embedding's product, in the stored quantized form for gguf
+            head = load.linear(["model.embed_tokens.weight"]) if fmt == "gguf" else make_linear(model.embed, None, fmt)
+        model.lm_head = head
         return model
 
     @classmethod
     def from_folder(cls, path: str | Path, device: torch.device | str = "cpu",
                     dtype: torch.dtype = torch.float32, weights: str = "auto") -> "LlamaModel":
-        """Load an HF folder: ``config.json`` plus ``*.safetensors`` (sharded or not)."""
+        """Load an HF folder: ``config.json`` plus ``*.safetensors`` (sharded or not); for the gguf
+        weight format, a converted folder, whose weights are then read from its GGUF as stored."""
         from transformers import AutoConfig
 
         config = ModelConfig.from_hf(AutoConfig.from_pretrained(str(path)))
-        model = cls.from_state_dict(config, SafetensorsFolder(Path(path)), device, dtype, weights)
+        if weights == "gguf":
+            from ssdecode.models.gguf_weights import GGUFWeights, gguf_source
+
+            source = GGUFWeights(gguf_source(Path(path)), config)
+        else:
+            source = SafetensorsFolder(Path(path))
+        model = cls.from_state_dict(config, source, device, dtype, weights)
         model.name = str(path)
         return model
 

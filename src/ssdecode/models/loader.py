@@ -151,7 +151,8 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
     """Resolve ``spec`` and load it: native ``LlamaModel`` if supported, else ``HFCausalLM``.
 
     ``dtype`` defaults to fp32 on CPU and bf16 on CUDA. ``weights``: the native runtime's matmul
-    weight format (``models/linear.py``: auto, dense, packed, int8).
+    weight format (``models/linear.py``: auto, dense, packed, int8, gguf: a GGUF
+    model's tensors as stored, config and tokenizer from its conversion).
     """
     from transformers import AutoConfig
 

@@ -176,6 +176,8 @@ class WeightLoader:
 
     def linear(self, weights: Sequence[str], biases: Sequence[str] = ()) -> Linear:
         """The product of ``weights`` fused along the output dim (q/k/v, gate/up), with ``biases``."""
+        if self.fmt == "gguf":  # the weights as stored, from a GGUFWeights
+            return self.weights.linear(weights, biases)
         w = self._rows(weights, transient=self.fmt != "dense")
         return make_linear(w, self.tensor(*biases) if biases else None, self.fmt)
 

@@ -1,0 +1,118 @@
+"""A GGUF file's tensors under their Hugging Face names, for the ``gguf`` weight format: the model
+runs the quantized tensors as stored instead of their fp32 conversion (issue 11).
+
+Names and the llama q/k row order are those of ``gguf_convert`` (its helpers, so the two cannot
+disagree); permuting whole rows of blocks is exact, as each row is its own run of blocks. Matrix
+weights of a type with a kernel (``kernels/ggml.py``) become ``QuantizedLinear``: their blocks are
+copied out of the file's map (the quantized bytes once, ~1 GB for a 1.5B Q4_K_M; the map goes
+with the reader after loading). Parts of one product fuse when they share a type, else they run
+as a ``SplitLinear``. Other quantized types are dequantized at load into the packed fp32 format,
+and so is everything read as a plain tensor: norms, biases, and for now the embedding table
+(vocabulary x hidden in fp32: 0.93 GB for the demo target; the tied output head still uses the
+quantized blocks).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssdecode.kernels import ggml
+from ssdecode.models.config import ModelConfig
+from ssdecode.models.errors import ModelLoadError
+from ssdecode.models.gguf_convert import (_BLOCK_RE, _PERMUTED_ARCHS, _ROPE_FREQS, _field, _hf_name,
+                                          _open_reader, _unpermute, fingerprint, read_marker)
+from ssdecode.models.linear import Linear, QuantizedLinear, SplitLinear, make_linear, resolve_format
+
+log = logging.getLogger(__name__)
+_FLOAT = ("F32", "F16")
+
+
+def gguf_source(folder: Path) -> Path:
+    """The GGUF a converted ``folder`` was made from (its marker's source), checked unchanged."""
+    marker = read_marker(folder) or {}
+    source = marker.get("source")
+    if not source:
+        raise ModelLoadError(f"{folder} is not a GGUF conversion: weight format 'gguf' needs a .gguf model")
+    if not Path(source).is_file() or fingerprint(source) != marker.get("fingerprint"):
+        raise ModelLoadError(f"the GGUF {source} that {folder} was converted from is gone or changed")
+    return Path(source)
+
+
+class GGUFWeights(Mapping):
+    """Plain tensors as fp32 by HF name (``weights[name]``), and products via ``linear``."""
+
+    def __init__(self, path: Path, config: ModelConfig):
+        reader = _open_reader(Path(path))
+        arch = _field(reader, "general.architecture")
+        heads = {"attn_q": config.num_heads, "attn_k": config.num_kv_heads}
+        self._tensors, self._dequantized = {}, set()
+        for t in reader.tensors:
+            if t.name == _ROPE_FREQS:
+                continue
+            name = _hf_name(t.name)
+            if name is None:
+                raise ModelLoadError(f"{path}: tensor {t.name} has no Hugging Face name for {arch}")
+            m = _BLOCK_RE.fullmatch(t.name)
+            permute = heads.get(m.group(2)) if m and arch in _PERMUTED_ARCHS else None
+            shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims fastest-first
+            self._tensors[name] = (t.tensor_type.name, shape, t.data, permute)
+        self._reader = reader  # until the model is built: the tensors above are views of its map
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        from gguf.quants import dequantize
+
+        qtype, shape, data, permute = self._tensors[name]
+        w = np.array(data, np.float32) if qtype in _FLOAT else dequantize(data, _type(qtype))
+        return torch.from_numpy(_hf_rows(w.reshape(shape), permute))
+
+    def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
+        return name in self._tensors
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    def linear(self, weights: Sequence[str], biases: Sequence[str] = ()) -> Linear:
+        """The product of ``weights`` (q/k/v, gate/up fused along the output dim when their types
+        allow), with ``biases``."""
+        kinds = [self._kind(n) for n in weights]
+        if len(set(kinds)) == 1:
+            return self._linear(kinds[0], weights, biases)
+        return SplitLinear([self._linear(kind, [w], [b] if biases else [])
+                            for kind, w, b in zip(kinds, weights, biases or weights)])
+
+    def _kind(self, name: str) -> str:
+        """The GGML type a weight runs in, or fp32 when there is no kernel for its type."""
+        qtype = self._tensors[name][0]
+        if qtype in ggml.QTYPES:
+            return qtype
+        if qtype not in _FLOAT and qtype not in self._dequantized:
+            self._dequantized.add(qtype)
+            log.warning("no kernel for GGUF type %s: its tensors are dequantized to fp32 at load", qtype)
+        return "fp32"
+
+    def _linear(self, kind: str, weights: Sequence[str], biases: Sequence[str]) -> Linear:
+        bias = torch.cat([self[b] for b in biases]) if biases else None
+        if kind == "fp32":
+            fmt = resolve_format("auto", torch.device("cpu"), torch.float32)
+            return make_linear(torch.cat([self[w] for w in weights]), bias, fmt)
+        parts = [self._tensors[w] for w in weights]
+        blocks = np.concatenate([_hf_rows(data, permute) for _, _, data, permute in parts])  # a copy
+        return QuantizedLinear(torch.from_numpy(blocks), kind, blocks.shape[0], parts[0][1][1], bias)
+
+
+def _hf_rows(w: np.ndarray, permute: int | None) -> np.ndarray:
+    """``w`` (values or rows of blocks) in HF row order."""
+    return _unpermute(w, permute) if permute else w
+
+
+def _type(name: str):
+    import gguf
+
+    return gguf.GGMLQuantizationType[name]
