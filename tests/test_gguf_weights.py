@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import shutil
 
 import gguf
 import pytest
@@ -15,13 +16,18 @@ import torch
 from ssdecode.engine.llm import LLM
 from ssdecode.kernels import ggml
 from ssdecode.models.linear import QuantizedLinear, SplitLinear
-from ssdecode.models.loader import load_model, load_tokenizer
+from ssdecode.models.loader import ModelLoadError, load_model, load_tokenizer, resolve_model
 from ssdecode.params import SamplingParams
 from test_loaders import tiny_model, write_gguf
 
 Q = gguf.GGMLQuantizationType
 SIZES = dict(hidden_size=256, intermediate_size=512)
 pytestmark = pytest.mark.skipif(not ggml.is_available(), reason="the GGUF kernels do not build here")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSDECODE_CACHE", str(tmp_path / "cache"))
 
 
 def demo_like(name: str):
@@ -82,3 +88,15 @@ def test_greedy_sd_with_a_gguf_target_equals_ar(tmp_path):
     runs = {mode: LLM.from_models(load_tokenizer(path), target, draft, mode=mode, k=3).generate(prompts, params)
             for mode in ("ar", "sd")}
     assert [c.token_ids for c in runs["sd"]] == [c.token_ids for c in runs["ar"]]
+
+
+def test_the_gguf_given_is_read(tmp_path):
+    """A copy of a GGUF hits the cached conversion of the original, which records the original:
+    the weights still come from the copy. A folder whose recorded GGUF is gone says so."""
+    first = write_gguf(tiny_model("qwen2", True, **SIZES), tmp_path / "m.gguf", demo_like)
+    folder = resolve_model(first)
+    copy = shutil.copy(first, tmp_path / "copy.gguf")
+    first.unlink()
+    assert isinstance(load_model(copy, weights="gguf").lm_head, QuantizedLinear)
+    with pytest.raises(ModelLoadError, match="gone or changed"):
+        load_model(folder, weights="gguf")

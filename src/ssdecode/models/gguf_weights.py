@@ -84,8 +84,9 @@ class GGUFWeights(Mapping):
         kinds = [self._kind(n) for n in weights]
         if len(set(kinds)) == 1:
             return self._linear(kinds[0], weights, biases)
-        return SplitLinear([self._linear(kind, [w], [b] if biases else [])
-                            for kind, w, b in zip(kinds, weights, biases or weights)])
+        bias_names = biases or [None] * len(weights)
+        return SplitLinear([self._linear(kind, [w], [b] if b else [])
+                            for kind, w, b in zip(kinds, weights, bias_names)])
 
     def _kind(self, name: str) -> str:
         """The GGML type a weight runs in, or fp32 when there is no kernel for its type."""

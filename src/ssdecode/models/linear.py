@@ -109,7 +109,7 @@ def _quantized(blocks, qtype: str, n: int, k: int, bias: torch.Tensor | None) ->
 
 class SplitLinear(Linear):
     """Parts that cannot be fused (q/k/v of different GGML types), outputs concatenated: the
-    copy costs little next to the products (measured in issue 11)."""
+    copy costs little next to the products (2-3 us against ~400 us at 1-5 rows, 1536 -> 2048)."""
 
     def __init__(self, parts: list[Linear]):
         super().__init__(None)

@@ -72,16 +72,18 @@ class LlamaModel(CausalLM):
 
     @classmethod
     def from_folder(cls, path: str | Path, device: torch.device | str = "cpu",
-                    dtype: torch.dtype = torch.float32, weights: str = "auto") -> "LlamaModel":
-        """Load an HF folder: ``config.json`` plus ``*.safetensors`` (sharded or not); for the gguf
-        weight format, a converted folder, whose weights are then read from its GGUF as stored."""
+                    dtype: torch.dtype = torch.float32, weights: str = "auto",
+                    gguf: Path | None = None) -> "LlamaModel":
+        """Load an HF folder: ``config.json`` plus ``*.safetensors`` (sharded or not). For the gguf
+        weight format, a converted folder whose weights are read as stored from ``gguf``, by
+        default the GGUF its marker records."""
         from transformers import AutoConfig
 
         config = ModelConfig.from_hf(AutoConfig.from_pretrained(str(path)))
         if weights == "gguf":
             from ssdecode.models.gguf_weights import GGUFWeights, gguf_source
 
-            source = GGUFWeights(gguf_source(Path(path)), config)
+            source = GGUFWeights(gguf or gguf_source(Path(path)), config)
         else:
             source = SafetensorsFolder(Path(path))
         model = cls.from_state_dict(config, source, device, dtype, weights)

@@ -159,6 +159,8 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
     device = torch.device(device)
     dtype = _dtype(dtype, device)
     fmt = resolve_format(weights, device, dtype)
+    # gguf: the GGUF given, not the one its (cached, maybe shared by a copy) conversion recorded
+    gguf = Path(spec).expanduser() if fmt == "gguf" and str(spec).lower().endswith(".gguf") else None
 
     def build(folder: Path) -> CausalLM:
         try:
@@ -174,7 +176,7 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
         else:
             from ssdecode.models.llama import LlamaModel
 
-            model = LlamaModel.from_folder(folder, device, dtype, fmt)
+            model = LlamaModel.from_folder(folder, device, dtype, fmt, gguf)
         _probe(model)
         add_manifest(folder)  # an old conversion that loads and computes gets its manifest now
         return model
