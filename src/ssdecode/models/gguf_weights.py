@@ -4,11 +4,11 @@ runs the quantized tensors as stored instead of their fp32 conversion (issue 11)
 Names and the llama q/k row order are those of ``gguf_convert`` (its helpers, so the two cannot
 disagree); permuting whole rows of blocks is exact, as each row is its own run of blocks. Matrix
 weights of a type with a kernel (``kernels/ggml.py``) become ``QuantizedLinear``: their blocks are
-copied out of the file's map (the quantized bytes once, ~1 GB for a 1.5B Q4_K_M; the map goes
-with the reader after loading). Parts of one product fuse when they share a type, else they run
-as a ``SplitLinear``. Other quantized types are dequantized at load into the packed fp32 format,
-and so is everything read as a plain tensor: norms, biases, and for now the embedding table
-(vocabulary x hidden in fp32: 0.93 GB for the demo target; the tied output head still uses the
+copied out of the file's map (the quantized bytes once, ~1 GB for a 1.5B Q4_K_M; the map lives
+only as long as this loader). Parts of one product fuse when they share a type, else they run as
+a ``SplitLinear``. Other quantized types are dequantized at load into the packed fp32 format, and
+so is everything read as a plain tensor: norms, biases, and for now the embedding table
+(vocabulary x hidden in fp32: 0.93 GB for the demo target; a tied output head still uses the
 quantized blocks).
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 from ssdecode.kernels import ggml
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.errors import ModelLoadError
-from ssdecode.models.gguf_convert import (_BLOCK_RE, _PERMUTED_ARCHS, _ROPE_FREQS, _field, _hf_name,
-                                          _open_reader, _unpermute, fingerprint, read_marker)
+from ssdecode.models.gguf_convert import (_BLOCK_RE, _PERMUTED_ARCHS, _ROPE_FREQS, _field, _fp32_chunks,
+                                          _hf_name, _open_reader, _unpermute, fingerprint, read_marker)
 from ssdecode.models.linear import Linear, QuantizedLinear, SplitLinear, make_linear, resolve_format
 
 log = logging.getLogger(__name__)
@@ -59,15 +59,18 @@ class GGUFWeights(Mapping):
             m = _BLOCK_RE.fullmatch(t.name)
             permute = heads.get(m.group(2)) if m and arch in _PERMUTED_ARCHS else None
             shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims fastest-first
-            self._tensors[name] = (t.tensor_type.name, shape, t.data, permute)
-        self._reader = reader  # until the model is built: the tensors above are views of its map
+            self._tensors[name] = (t, shape, permute)  # t.data: a view of the file's map
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        from gguf.quants import dequantize
-
-        qtype, shape, data, permute = self._tensors[name]
-        w = np.array(data, np.float32) if qtype in _FLOAT else dequantize(data, _type(qtype))
-        return torch.from_numpy(_hf_rows(w.reshape(shape), permute))
+        """fp32, dequantized by row chunks as in the conversion (whole-tensor numpy dequantization
+        has temporaries several times the embedding's size)."""
+        t, shape, permute = self._tensors[name]
+        out = torch.empty(shape)
+        flat, at = out.view(-1).numpy(), 0
+        for chunk in _fp32_chunks(t, list(shape), permute):
+            flat[at:at + chunk.size] = chunk.reshape(-1)
+            at += chunk.size
+        return out
 
     def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
         return name in self._tensors
@@ -90,7 +93,7 @@ class GGUFWeights(Mapping):
 
     def _kind(self, name: str) -> str:
         """The GGML type a weight runs in, or fp32 when there is no kernel for its type."""
-        qtype = self._tensors[name][0]
+        qtype = self._tensors[name][0].tensor_type.name
         if qtype in ggml.QTYPES:
             return qtype
         if qtype not in _FLOAT and qtype not in self._dequantized:
@@ -104,16 +107,5 @@ class GGUFWeights(Mapping):
             fmt = resolve_format("auto", torch.device("cpu"), torch.float32)
             return make_linear(torch.cat([self[w] for w in weights]), bias, fmt)
         parts = [self._tensors[w] for w in weights]
-        blocks = np.concatenate([_hf_rows(data, permute) for _, _, data, permute in parts])  # a copy
+        blocks = np.concatenate([_unpermute(t.data, p) if p else t.data for t, _, p in parts])  # a copy
         return QuantizedLinear(torch.from_numpy(blocks), kind, blocks.shape[0], parts[0][1][1], bias)
-
-
-def _hf_rows(w: np.ndarray, permute: int | None) -> np.ndarray:
-    """``w`` (values or rows of blocks) in HF row order."""
-    return _unpermute(w, permute) if permute else w
-
-
-def _type(name: str):
-    import gguf
-
-    return gguf.GGMLQuantizationType[name]
