@@ -241,25 +241,32 @@ def _hf_name(name: str) -> str | None:
     return None
 
 
-def _write_weights(path: Path, reader, config, file: Path, progress: bool) -> str:
-    """Stream every tensor, dequantized to fp32 under its HF name, into one safetensors file;
-    return the file's sha256 (hashed as written, so the manifest costs no second read)."""
-    from tqdm.auto import tqdm
-
+def hf_tensors(path: Path, reader, num_heads: int, num_kv_heads: int):
+    """(tensor, HF name, shape, heads to un-permute or None) for every weight of a GGUF, in file
+    order: what the conversion writes and what the as-stored loader (gguf_weights.py) reads."""
     arch = _field(reader, "general.architecture")
-    heads = {"attn_q": config.num_attention_heads, "attn_k": config.num_key_value_heads}
-    plan, header, offset = [], {"__metadata__": {"format": "pt"}}, 0
+    heads = {"attn_q": num_heads, "attn_k": num_kv_heads}
     for t in reader.tensors:
         if t.name == _ROPE_FREQS:
             continue
         name = _hf_name(t.name)
         if name is None:
             raise ModelLoadError(f"{path}: tensor {t.name} has no Hugging Face name for {arch}")
-        shape = [int(d) for d in reversed(t.shape.tolist())]  # GGUF lists dims fastest-first
-        nbytes = 4 * int(np.prod(shape))
-        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
         m = _BLOCK_RE.fullmatch(t.name)
         permute = heads.get(m.group(2)) if m and arch in _PERMUTED_ARCHS else None
+        yield t, name, tuple(int(d) for d in reversed(t.shape.tolist())), permute  # GGUF: fastest dim first
+
+
+def _write_weights(path: Path, reader, config, file: Path, progress: bool) -> str:
+    """Stream every tensor, dequantized to fp32 under its HF name, into one safetensors file;
+    return the file's sha256 (hashed as written, so the manifest costs no second read)."""
+    from tqdm.auto import tqdm
+
+    plan, header, offset = [], {"__metadata__": {"format": "pt"}}, 0
+    for t, name, shape, permute in hf_tensors(path, reader, config.num_attention_heads, config.num_key_value_heads):
+        shape = list(shape)
+        nbytes = 4 * int(np.prod(shape))
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + nbytes]}
         plan.append((t, shape, permute))
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode()

@@ -23,8 +23,8 @@ import torch
 from ssdecode.kernels import ggml
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.errors import ModelLoadError
-from ssdecode.models.gguf_convert import (_BLOCK_RE, _PERMUTED_ARCHS, _ROPE_FREQS, _field, _fp32_chunks,
-                                          _hf_name, _open_reader, _unpermute, fingerprint, read_marker)
+from ssdecode.models.gguf_convert import (_fp32_chunks, _open_reader, _unpermute, fingerprint, hf_tensors,
+                                          read_marker)
 from ssdecode.models.linear import Linear, QuantizedLinear, SplitLinear, make_linear, resolve_format
 
 log = logging.getLogger(__name__)
@@ -47,18 +47,8 @@ class GGUFWeights(Mapping):
 
     def __init__(self, path: Path, config: ModelConfig):
         reader = _open_reader(Path(path))
-        arch = _field(reader, "general.architecture")
-        heads = {"attn_q": config.num_heads, "attn_k": config.num_kv_heads}
         self._tensors, self._dequantized = {}, set()
-        for t in reader.tensors:
-            if t.name == _ROPE_FREQS:
-                continue
-            name = _hf_name(t.name)
-            if name is None:
-                raise ModelLoadError(f"{path}: tensor {t.name} has no Hugging Face name for {arch}")
-            m = _BLOCK_RE.fullmatch(t.name)
-            permute = heads.get(m.group(2)) if m and arch in _PERMUTED_ARCHS else None
-            shape = tuple(int(d) for d in reversed(t.shape.tolist()))  # GGUF lists dims fastest-first
+        for t, name, shape, permute in hf_tensors(path, reader, config.num_heads, config.num_kv_heads):
             self._tensors[name] = (t, shape, permute)  # t.data: a view of the file's map
 
     def __getitem__(self, name: str) -> torch.Tensor:
