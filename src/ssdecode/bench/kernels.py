@@ -168,6 +168,7 @@ def main(argv=None) -> int:
     shapes = SHAPES if args.shapes == "all" else [
         (s.split(":")[0], *map(int, s.split(":")[1].split("x"))) for s in args.shapes.split(",")]
     isa = os.environ.get("SSDECODE_KERNEL_ISA") or ggml.best_isa()
+    load = [os.getloadavg()[0]]  # other processes on the cores skew multi-thread timings most
     worlds = {isa: run(threads, rows, args.repeats, shapes)}
     if args.json_only:
         print(json.dumps(worlds[isa]))
@@ -178,10 +179,12 @@ def main(argv=None) -> int:
         worlds["avx2"] = {int(t): r for t, r in json.loads(child.stdout.strip().splitlines()[-1]).items()}
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown")
-    print(f"{cpu}; GB/s: " + ", ".join(f"{isa} {t} threads: copy {r['bandwidth']['copy']:.1f}, read "
-                                       f"{r['bandwidth']['read']:.1f}" for isa, w in worlds.items() for t, r in w.items()))
+    load.append(os.getloadavg()[0])
+    bandwidth = ", ".join(f"{isa} {t} threads: copy {r['bandwidth']['copy']:.1f}, read {r['bandwidth']['read']:.1f}"
+                          for isa, w in worlds.items() for t, r in w.items())
+    print(f"{cpu}; load average {load[0]:.2f} at the start, {load[1]:.2f} at the end; GB/s: {bandwidth}")
     print(table(worlds))
-    print(json.dumps({"bench": "kernels", "cpu": cpu, "worlds": worlds}))
+    print(json.dumps({"bench": "kernels", "cpu": cpu, "load": load, "worlds": worlds}))
     return 0
 
 

@@ -2,10 +2,12 @@
  * the GGUF file (issue 11: run GGUF models as stored). Built and loaded by ggml.py.
  *
  * Why it is shaped like this:
- * - Decode and verification multiply 1-16 fp32 rows by a large weight: one row is bound by the
- *   weight bytes, more rows by fp32 FMAs. So each 256-weight slice of a row is decoded once (to
- *   int8 plus a scale and an offset per 16 weights, in L1) and every activation row is applied to
- *   it while it is there; the dequantized lanes live only in registers.
+ * - Decode and verification multiply 1-16 fp32 rows by a large weight. With fp32 activations
+ *   every weight costs an int8 -> fp32 conversion and a dequantizing FMA besides its product, so
+ *   even one row is bound by instructions rather than bytes (docs/benchmarks.md). Each 256-weight
+ *   slice of a row is decoded once (to int8 plus a scale and an offset per 16 weights, in L1)
+ *   and every activation row is applied to it while it is there; the dequantized lanes live only
+ *   in registers, and few activation rows take several weight rows at once (FMA chains).
  * - The dequantized weight equals gguf's dequantize() bit for bit (q * scale is exact in fp32 for
  *   all three types and the offset is subtracted with one rounding), and sums are fp32: the result
  *   is F.linear on the dequantized weight up to summation order. Activations are never rounded.
@@ -15,8 +17,9 @@
  * - Rows are prefetched PREFETCH ahead: slice by slice over NR rows is not an order the hardware
  *   prefetchers follow, and without it one row ran at a third of the memory bandwidth.
  * - Each output is summed by one thread in a fixed order, so results depend neither on the thread
- *   count nor on how many activation rows come with it. More than MCHUNK activation rows (prefill) are taken MCHUNK at a time over the whole
- *   weight, so x stays in cache and the weight streams once per chunk.
+ *   count nor on how many activation rows come with it. More than MCHUNK activation rows
+ *   (prefill) are taken MCHUNK at a time over the whole weight, so x stays in cache and the
+ *   weight streams once per chunk.
  * - The vector code is written once with GCC vector extensions (ggml_cpu_isa.h) and instantiated
  *   for AVX-512, AVX2+FMA and a portable scalar build (one lane), picked at run time. Only the
  *   functions carry target attributes, so the library loads on any CPU. */
