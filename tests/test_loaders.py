@@ -309,3 +309,28 @@ def test_real_demo_pair():
     text = "def quicksort(xs):\n    return sorted(xs)  # 你好"
     assert t_tok.encode(text) == d_tok.encode(text)
     assert t_tok.eos_token == "<|im_end|>"
+
+
+def test_auto_runs_a_gguf_model_as_stored(tmp_path, caplog):
+    """auto = the GGUF's tensors as stored for a .gguf spec and for its conversion folder; dequant
+    = the conversion's fp32; an HF folder, or a conversion whose GGUF is gone, runs its fp32."""
+    from ssdecode.kernels import ggml
+    from ssdecode.models.linear import QuantizedLinear
+
+    if not ggml.is_available():
+        pytest.skip("the GGUF kernels do not build here")
+    path = write_gguf(tiny_model("qwen2", hidden_size=256, intermediate_size=512), tmp_path / "m.gguf",
+                      gguf.GGMLQuantizationType.Q8_0)
+    folder = resolve_model(path)
+    for spec in (path, folder):
+        model = load_model(spec)
+        assert model.weight_format == "gguf" and isinstance(model.layers[0].down, QuantizedLinear)
+        assert load_model(spec, weights="dequant").weight_format == "packed"
+    tiny_model("llama").save_pretrained(tmp_path / "hf")
+    assert load_model(tmp_path / "hf").weight_format == "packed"
+    path.unlink()
+    with caplog.at_level(logging.INFO, logger="ssdecode.models.loader"):
+        assert load_model(folder).weight_format == "packed"
+    assert "runs its fp32 conversion" in caplog.text
+    with pytest.raises(ModelLoadError, match="gone or changed"):
+        load_model(folder, weights="gguf")

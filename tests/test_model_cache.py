@@ -85,7 +85,7 @@ def test_flipped_byte_found_by_verify_and_after_a_load_error(converted, capsys, 
     gguf, folder = converted
     good = _weights(folder).read_bytes()
     _flip(_weights(folder), len(good) - 3)  # a weight changes by a little: nothing but the checksum sees it
-    assert isinstance(load_model(folder), LlamaModel)
+    assert isinstance(load_model(folder, weights="dequant"), LlamaModel)  # the conversion's weights, not the GGUF's
     assert main(["models", "verify"]) == 1  # default: every conversion in the cache
     assert capsys.readouterr().out == f"BAD {folder}: model.safetensors does not match its sha256 (corrupt); made it again\n"
     assert _weights(folder).read_bytes() == good
@@ -93,7 +93,7 @@ def test_flipped_byte_found_by_verify_and_after_a_load_error(converted, capsys, 
 
     _flip(_weights(folder), 12)  # inside the safetensors header: loading fails, the checksum follows
     with caplog.at_level(logging.WARNING, logger="ssdecode.models.loader"):
-        assert isinstance(load_model(folder), LlamaModel)
+        assert isinstance(load_model(folder, weights="dequant"), LlamaModel)
     assert "checking its files" in caplog.text and "does not match its sha256" in caplog.text
     assert _weights(folder).read_bytes() == good
 
@@ -109,7 +109,7 @@ def test_nan_weights_in_a_folder_fail_the_load_probe(converted, tmp_path, capsys
     data = bytearray(good)
     data[-4:] = b"\xff\xff\xff\xff"  # one NaN in the last tensor: every token's logits are NaN
     _weights(folder).write_bytes(bytes(data))
-    assert isinstance(load_model(folder), LlamaModel)  # the probe failed, the checksum found it
+    assert isinstance(load_model(folder, weights="dequant"), LlamaModel)  # the probe failed, the checksum found it
     assert _weights(folder).read_bytes() == good
 
     target, _ = save_tiny_pair(tmp_path)  # not a conversion: nothing to repair, one clear line
@@ -140,7 +140,7 @@ def test_old_damaged_conversion_is_converted_again(converted):
     del marker["files"]
     (folder / MARKER).write_text(json.dumps(marker))
     _truncate(_weights(folder))  # no sizes to compare: loading fails, and that is damage enough
-    assert isinstance(load_model(folder), LlamaModel)
+    assert isinstance(load_model(folder, weights="dequant"), LlamaModel)
     assert _weights(folder).read_bytes() == good and "files" in read_marker(folder)
 
 

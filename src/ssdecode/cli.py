@@ -31,10 +31,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda if present)")
     p.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads for the target")
     p.add_argument("--k", type=int, default=None, help="draft tokens per round (sd/ssd)")
+    p.add_argument("--weights", default="auto", choices=FORMATS,
+                   help="target matmul weights: auto (a GGUF model's tensors as stored on CPU, else "
+                        "dequant), gguf (as stored), dequant (the fp32 conversion: oneDNN-packed on "
+                        "CPU), dense or packed")
     p.add_argument("--draft-weights", default="auto", choices=FORMATS,
-                   help="draft matmul weights: auto (oneDNN-packed fp32 on CPU), dense, packed, "
-                        "int8 (CPU; 4x fewer bytes per draft token; decoding stays exact), or gguf "
-                        "(CPU; a GGUF draft's quantized tensors as stored)")
+                   help="draft matmul weights: as --weights, or int8 (CPU; the fp32 conversion "
+                        "quantized to int8 per channel; decoding stays exact)")
     p.add_argument("--draft-confidence", type=float, default=None,
                    help="sd: end a round's drafting after a token the draft gives less than this "
                         "probability (K is then the maximum per round)")
@@ -122,7 +125,7 @@ def cmd_generate(args) -> int:
     k = args.k if args.k is not None else 5
     with LLM(target=args.target, draft=args.draft, mode=args.mode, k=k, device=args.device,
              ssd=ssd_options(args), min_confidence=args.draft_confidence,
-             draft_weights=args.draft_weights) as llm:
+             weights=args.weights, draft_weights=args.draft_weights) as llm:
         if args.json:
             c = llm.generate([args.prompt], params, chat=not args.raw)[0]
             print(json.dumps({"text": c.text, "token_ids": c.token_ids,
@@ -146,8 +149,8 @@ def cmd_serve(args) -> int:
 
     k = args.k if args.k is not None else 5
     llm = LLM(target=args.target, draft=args.draft, mode=args.mode, k=k, device=args.device,
-              ssd=ssd_options(args), min_confidence=args.draft_confidence, draft_weights=args.draft_weights,
-              max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
+              ssd=ssd_options(args), min_confidence=args.draft_confidence, weights=args.weights,
+              draft_weights=args.draft_weights, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
     name = args.served_model_name or args.target
     print(f"serving {name} ({args.mode}) at http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     serve(llm, name, host=args.host, port=args.port, api_key=args.api_key, max_queue=args.max_queue)

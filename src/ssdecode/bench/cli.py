@@ -15,6 +15,9 @@ def add_bench_parser(sub, add_model_args) -> None:
     b.add_argument("--sd-confidence", default="none",
                    help="comma list of draft confidence thresholds to run sd with, for each K "
                         "('none' = no gating), e.g. none,0.4")
+    b.add_argument("--ar-weights", default=None,
+                   help="comma list of target weight formats to run ar with (default: --weights); "
+                        "sd and ssd use --weights")
     b.add_argument("--sd-draft-weights", default=None,
                    help="comma list of draft weight formats to run the sd sweep with (default: --draft-weights)")
     b.add_argument("--ssd-k", default=None, help="K values for ssd (default: --k or 3)")
@@ -48,6 +51,10 @@ def build_systems(args, llm, draft_spec: str) -> list:
                                draft_spec=draft_spec, min_confidence=conf, draft_weights=fmt)
 
     systems = [our_system("ssdecode-ar", llm)]
+    for fmt in (args.ar_weights or args.weights).split(","):
+        if fmt != args.weights:
+            target = load_model(args.target, device=llm.device, weights=fmt)
+            systems.append(our_system(f"ssdecode-ar-{fmt}", LLM.from_models(llm.tokenizer, target)))
     for fmt in sd_formats:
         tag = "" if fmt == "auto" else f"-{fmt}"
         for k in [int(k) for k in args.sd_k.split(",")]:
@@ -75,7 +82,7 @@ def _prompt_sets(args) -> dict[str, list]:
 def _serve_args(args, mode: str, max_num_seqs: int) -> list[str]:
     """``ssdecode serve`` arguments for one mode, from the bench's model and SSD options."""
     out = ["--mode", mode, "--target", args.target, "--max-num-seqs", str(max_num_seqs),
-           "--draft-weights", args.draft_weights]
+           "--weights", args.weights, "--draft-weights", args.draft_weights]
     if args.draft:
         out += ["--draft", args.draft]
     if args.threads:
@@ -118,7 +125,7 @@ def cmd_bench(args) -> int:
         return cmd_bench_serve(args)
     draft_spec = args.draft or "demo-draft"
     llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device,
-              draft_weights=args.draft_weights)
+              weights=args.weights, draft_weights=args.draft_weights)
     sets = {name: [llm.encode(p.text, chat=p.chat) for p in prompts] for name, prompts in _prompt_sets(args).items()}
     systems = build_systems(args, llm, draft_spec)
     rows = []

@@ -64,18 +64,21 @@ class LLM:
     def __init__(self, target: str = DEFAULT_TARGET, draft: str | None = None, mode: str = "ar",
                  k: int = 5, device: str | None = None, dtype: torch.dtype | None = None,
                  ssd=None, min_confidence: float | None = None, draft_weights: str = "auto",
-                 max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None):
+                 max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None,
+                 weights: str = "auto"):
         """Load ``target`` (and ``draft`` for sd/ssd, default the demo draft) by spec: an alias
-        (demo-target, demo-draft), an HF folder, a .gguf file or a hub id. ``draft_weights``: the
-        draft's matmul weight format (``models/linear.py``; ``int8`` quarters its bytes per token
-        and keeps decoding exact, since the verifier uses the q the draft sampled from).
+        (demo-target, demo-draft), an HF folder, a .gguf file or a hub id. ``weights`` and
+        ``draft_weights``: the matmul weight formats (``models/linear.py``; auto runs a GGUF
+        model's tensors as stored; a draft's ``int8`` keeps decoding exact, since the verifier
+        uses the q the draft sampled from).
         ``max_num_seqs`` requests run at once (more wait), each up to ``max_model_len`` tokens."""
         from ssdecode.models.loader import load_model, load_tokenizer
 
         check_settings(mode, k, ssd, min_confidence)  # bad options fail before the slow load
         check_limits(max_num_seqs, max_model_len)
         device = device or default_device()
-        tokenizer, target_model = load_tokenizer(target), load_model(target, device=device, dtype=dtype)
+        tokenizer = load_tokenizer(target)
+        target_model = load_model(target, device=device, dtype=dtype, weights=weights)
         draft_model = draft_tokenizer = None
         if mode != "ar" or draft is not None:
             draft = draft or DEFAULT_DRAFT

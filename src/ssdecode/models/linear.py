@@ -9,9 +9,13 @@
   product (activations quantized per call). A quarter of the bytes per token; meant for DRAFT
   models: speculation stays exact whatever the draft outputs, because the verifier uses the q the
   draft actually sampled from. Opt-in (``--draft-weights int8``); CPU only.
-- ``gguf``: a GGUF file's quantized tensors run as stored (Q4_K, Q6_K, Q8_0: ``kernels/ggml.py``),
-  read by ``models/gguf_weights.py``; fp32 activations on CPU. The same model as its fp32
-  conversion at a fraction of the bytes per token (issue 11). Opt-in (``weights="gguf"``).
+- ``gguf``: a GGUF file's quantized tensors run as stored (``kernels/ggml.py``), read by
+  ``models/gguf_weights.py``; fp32 activations on CPU. The same model as its fp32 conversion at a
+  fraction of the bytes per token (issue 11).
+
+``auto`` is ``gguf`` for a model that came from a GGUF (on CPU in fp32, where the kernels build:
+the loader decides, as only it knows where a model came from), else ``dequant``: the fp32
+conversion, ``packed`` on CPU in fp32 and ``dense`` elsewhere.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import torch.nn.functional as F
 
 from ssdecode.kernels import ggml
 
-FORMATS = ("auto", "dense", "packed", "int8", "gguf")
+FORMATS = ("auto", "dequant", "dense", "packed", "int8", "gguf")
 _QUANT_CHUNK = 1 << 22  # elements quantized at a time
 
 
@@ -126,19 +130,25 @@ def _int8(ints, scale, bias) -> Int8Linear:
 
 
 def resolve_format(fmt: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete format for ``fmt`` on this device and dtype; refuses impossible pairs."""
+    """The concrete format for ``fmt`` on this device and dtype; refuses impossible pairs. ``auto``
+    here, with no GGUF known, is ``dequant``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown weight format {fmt!r}; use one of {', '.join(FORMATS)}")
     cpu_fp32 = device.type == "cpu" and dtype == torch.float32
-    if fmt == "auto":
+    if fmt in ("auto", "dequant"):
         return "packed" if cpu_fp32 and torch.backends.mkldnn.is_available() else "dense"
     if fmt == "packed" and not (cpu_fp32 and torch.backends.mkldnn.is_available()):
         raise ValueError("weight format 'packed' needs fp32 on a CPU with oneDNN")
-    if fmt == "gguf" and not (cpu_fp32 and ggml.is_available()):
+    if fmt == "gguf" and not runs_gguf(device, dtype):
         raise ValueError("weight format 'gguf' needs fp32 on a CPU where the GGUF kernels build")
     if fmt == "int8" and not (cpu_fp32 and "fbgemm" in torch.backends.quantized.supported_engines):
         raise ValueError("weight format 'int8' needs fp32 on a CPU with fbgemm (x86)")
     return fmt
+
+
+def runs_gguf(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether GGUF weights can run as stored here (the kernels are CPU code with fp32 activations)."""
+    return device.type == "cpu" and dtype == torch.float32 and ggml.is_available()
 
 
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> Linear:

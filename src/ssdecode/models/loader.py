@@ -27,7 +27,8 @@ from ssdecode.models.config import ModelConfig, UnsupportedArchitecture
 from ssdecode.models.demo import DEMO_MODELS, ensure_demo_model
 from ssdecode.models.errors import ModelLoadError, NonFiniteLogits
 from ssdecode.models.gguf_convert import add_manifest, convert_gguf, discard, fingerprint, read_marker
-from ssdecode.models.linear import resolve_format
+from ssdecode.models.gguf_weights import gguf_source
+from ssdecode.models.linear import resolve_format, runs_gguf
 
 __all__ = ["ModelLoadError", "resolve_model", "load_model", "load_tokenizer", "verify_model"]
 
@@ -151,22 +152,21 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
     """Resolve ``spec`` and load it: native ``LlamaModel`` if supported, else ``HFCausalLM``.
 
     ``dtype`` defaults to fp32 on CPU and bf16 on CUDA. ``weights``: the native runtime's matmul
-    weight format (``models/linear.py``: auto, dense, packed, int8, gguf: a GGUF
-    model's tensors as stored, config and tokenizer from its conversion).
+    weight format (``models/linear.py``). ``auto`` runs a model that came from a GGUF (a .gguf
+    spec, or a demo model) as stored where it can (``gguf``: config and tokenizer from its
+    conversion, tensors from the GGUF), else its fp32 conversion (``dequant``).
     """
     from transformers import AutoConfig
 
     device = torch.device(device)
     dtype = _dtype(dtype, device)
-    fmt = resolve_format(weights, device, dtype)
-    # gguf: the GGUF given, not the one its (cached, maybe shared by a copy) conversion recorded
-    gguf = Path(spec).expanduser() if fmt == "gguf" and str(spec).lower().endswith(".gguf") else None
+    resolve_format(weights, device, dtype)  # refuse impossible options before any download
 
     def build(folder: Path) -> CausalLM:
         try:
             ModelConfig.from_hf(AutoConfig.from_pretrained(folder))
         except UnsupportedArchitecture as e:
-            if weights not in ("auto", "dense"):
+            if weights not in ("auto", "dequant", "dense"):
                 raise ModelLoadError(f"weight format {weights!r} needs the native runtime, and {folder} "
                                      f"is not a supported architecture ({e})") from e
             logger.warning("%s: %s; using the Transformers fallback (correct but slower)", folder, e)
@@ -176,12 +176,34 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
         else:
             from ssdecode.models.llama import LlamaModel
 
+            gguf = _stored_gguf(spec, folder, weights, device, dtype)
+            fmt = "gguf" if gguf else resolve_format(weights, device, dtype)
             model = LlamaModel.from_folder(folder, device, dtype, fmt, gguf)
         _probe(model)
         add_manifest(folder)  # an old conversion that loads and computes gets its manifest now
         return model
 
     return _load_checked(resolve_model(spec), build, "model")
+
+
+def _stored_gguf(spec, folder: Path, weights: str, device: torch.device, dtype: torch.dtype) -> Path | None:
+    """The GGUF whose tensors the model runs as stored, or None to load the conversion's fp32.
+
+    For ``gguf``: the .gguf given (not the one a cached, maybe shared, conversion recorded), else
+    the recorded one, which must be unchanged. For ``auto``: the same when the kernels run here and
+    that GGUF is still there; a model without one quietly loads its conversion.
+    """
+    if weights not in ("auto", "gguf") or (weights == "auto" and not runs_gguf(device, dtype)):
+        return None
+    if str(spec).lower().endswith(".gguf"):
+        return Path(spec).expanduser()
+    if weights == "gguf":
+        return gguf_source(folder)
+    try:
+        return gguf_source(folder)
+    except ModelLoadError as e:
+        logger.info("%s runs its fp32 conversion: %s", folder, e)
+        return None
 
 
 def load_tokenizer(spec_or_dir: str | os.PathLike):
