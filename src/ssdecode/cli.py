@@ -8,7 +8,7 @@ import sys
 
 from ssdecode.models.errors import ModelLoadError
 from ssdecode.models.linear import FORMATS
-from ssdecode.params import InvalidParams, SamplingParams
+from ssdecode.params import MODES, InvalidParams, SamplingParams
 
 
 def _count(minimum: int):
@@ -30,7 +30,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", default=None, help="draft model for sd/ssd (default: demo-draft)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda if present)")
     p.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads for the target")
-    p.add_argument("--k", type=int, default=None, help="draft tokens per round (sd/ssd)")
+    p.add_argument("--k", type=int, default=None,
+                   help="draft tokens per round (sd/ssd; default 5), the most auto may pick (default 8)")
     p.add_argument("--weights", default="auto", choices=FORMATS,
                    help="target matmul weights: auto (a GGUF model's tensors as stored on CPU, else "
                         "dequant), gguf (as stored), dequant (the fp32 conversion: oneDNN-packed on "
@@ -64,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate text, streaming it to the terminal")
     g.add_argument("prompt")
-    g.add_argument("--mode", default="ar", choices=["ar", "sd", "ssd"])
+    g.add_argument("--mode", default="auto", choices=MODES,
+                   help="auto (default): the mode and K predicted fastest on this machine (measured once, "
+                        "then adapted per round); ar, sd or ssd")
     _add_model_args(g)
     g.add_argument("--raw", action="store_true", help="raw completion: skip the chat template")
     g.add_argument("--max-tokens", type=int, default=128)
@@ -78,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object with text, token_ids and stats instead of streaming")
 
     s = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API")
-    s.add_argument("--mode", default="ar", choices=["ar", "sd", "ssd"])
+    s.add_argument("--mode", default="auto", choices=MODES, help="as for generate")
     _add_model_args(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
@@ -114,7 +117,10 @@ def ssd_options(args) -> dict:
 def _stats(completion, llm) -> dict:
     """The request's metrics, plus the strategy's own (SSD worker) under its mode's name."""
     extra = llm.strategy.stats()
-    return {**completion.stats, llm.mode: extra} if extra else completion.stats
+    out = {**completion.stats, llm.mode: extra} if extra else dict(completion.stats)
+    if llm.choice:
+        out["mode"] = f"auto: {llm.choice}"
+    return out
 
 
 def cmd_generate(args) -> int:
@@ -122,10 +128,11 @@ def cmd_generate(args) -> int:
 
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop))
-    k = args.k if args.k is not None else 5
-    with LLM(target=args.target, draft=args.draft, mode=args.mode, k=k, device=args.device,
+    with LLM(target=args.target, draft=args.draft, mode=args.mode, k=args.k, device=args.device,
              ssd=ssd_options(args), min_confidence=args.draft_confidence,
              weights=args.weights, draft_weights=args.draft_weights) as llm:
+        if llm.choice:
+            print(f"mode auto: {llm.choice}", file=sys.stderr, flush=True)
         if args.json:
             c = llm.generate([args.prompt], params, chat=not args.raw)[0]
             print(json.dumps({"text": c.text, "token_ids": c.token_ids,
@@ -147,11 +154,12 @@ def cmd_serve(args) -> int:
     from ssdecode.engine.llm import LLM
     from ssdecode.server.serve import serve
 
-    k = args.k if args.k is not None else 5
-    llm = LLM(target=args.target, draft=args.draft, mode=args.mode, k=k, device=args.device,
+    llm = LLM(target=args.target, draft=args.draft, mode=args.mode, k=args.k, device=args.device,
               ssd=ssd_options(args), min_confidence=args.draft_confidence, weights=args.weights,
               draft_weights=args.draft_weights, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
     name = args.served_model_name or args.target
+    if llm.choice:
+        print(f"mode auto: {llm.choice}", file=sys.stderr, flush=True)
     print(f"serving {name} ({args.mode}) at http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     serve(llm, name, host=args.host, port=args.port, api_key=args.api_key, max_queue=args.max_queue)
     return 0

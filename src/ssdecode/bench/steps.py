@@ -8,32 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 
 from ssdecode.models.loader import load_model
-
-CONTEXT = 200
-
-
-def step_seconds(model, tokens: int, repeats: int) -> float:
-    """Median seconds of a ``tokens``-token forward after CONTEXT cached tokens (rolled back
-    after each, so every repeat sees the same cache)."""
-    cache = model.new_cache(1, CONTEXT + tokens)
-    gen = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, 1000, (1, CONTEXT), generator=gen)
-    model.forward(prompt, torch.arange(CONTEXT)[None], cache, [0], last_only=True)
-    times = []
-    for i in range(repeats + 1):
-        ids = torch.randint(0, 1000, (1, tokens), generator=gen)
-        t0 = time.perf_counter()
-        model.forward(ids, (CONTEXT + torch.arange(tokens))[None], cache, [0])
-        if i:  # the first is a warm-up
-            times.append(time.perf_counter() - t0)
-        cache.truncate(0, CONTEXT)
-    return statistics.median(times)
+from ssdecode.plan.calibrate import forward_seconds
 
 
 def main(argv=None) -> int:
@@ -49,7 +28,7 @@ def main(argv=None) -> int:
     result = {}
     for fmt in args.weights.split(","):
         model = load_model(args.model, weights=fmt)
-        result[fmt] = {t: round(step_seconds(model, int(t), args.repeats), 4) for t in args.tokens.split(",")}
+        result[fmt] = {t: round(forward_seconds(model, int(t), args.repeats), 4) for t in args.tokens.split(",")}
         del model
     print(json.dumps({"model": args.model, "threads": torch.get_num_threads(), "seconds": result}))
     return 0

@@ -25,12 +25,17 @@ class ARStrategy(Strategy):
         return prefill_target(self.target, self.cache, seqs)
 
     def step(self, seqs: list[Sequence]) -> StepOutput:
-        t0 = time.perf_counter()
-        out = autoregress(self.target, self.cache, [s.slot for s in seqs], [[s.last_token] for s in seqs],
-                          1, SamplingTensors.from_params([s.params for s in seqs], self.target.device),
-                          [s.generator for s in seqs], keep_probs=False)
-        tokens = [[t] for t in out.tokens[:, 0].tolist()]
-        return StepOutput(tokens=tokens, time_verify=time.perf_counter() - t0)
+        return ar_step(self.target, self.cache, seqs)
+
+
+def ar_step(target: CausalLM, cache, seqs: list[Sequence]) -> StepOutput:
+    """One target forward of each sequence's last token; samples the next."""
+    t0 = time.perf_counter()
+    out = autoregress(target, cache, [s.slot for s in seqs], [[s.last_token] for s in seqs],
+                      1, SamplingTensors.from_params([s.params for s in seqs], target.device),
+                      [s.generator for s in seqs], keep_probs=False)
+    tokens = [[t] for t in out.tokens[:, 0].tolist()]
+    return StepOutput(tokens=tokens, time_verify=time.perf_counter() - t0)
 
 
 def prefill_target(target: CausalLM, cache, seqs: list[Sequence]) -> list[int]:

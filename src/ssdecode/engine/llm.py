@@ -15,12 +15,12 @@ import torch
 from ssdecode.engine.core import DEFAULT_MAX_NUM_SEQS, EngineCore, check_limits
 from ssdecode.engine.request import Request
 from ssdecode.models.base import CausalLM
-from ssdecode.params import InvalidParams, SamplingParams
+from ssdecode.params import MODES, InvalidParams, SamplingParams
 
 log = logging.getLogger(__name__)
 
-MODES = ("ar", "sd", "ssd")
 DEFAULT_TARGET, DEFAULT_DRAFT = "demo-target", "demo-draft"
+DEFAULT_K = 5
 
 
 @dataclass
@@ -42,12 +42,12 @@ def check_settings(mode: str, k: int, ssd, min_confidence: float | None) -> None
         raise InvalidParams(f"mode must be one of {MODES}, got {mode!r}")
     if min_confidence is not None and not 0.0 < min_confidence < 1.0:
         raise InvalidParams(f"draft confidence threshold must be in (0, 1), got {min_confidence}")
-    if not isinstance(k, int) or k < 1:
+    if k is not None and (not isinstance(k, int) or k < 1):
         raise InvalidParams(f"K (draft tokens per round) must be an integer >= 1, got {k!r}")
-    if mode == "ssd":
+    if mode in ("ssd", "auto"):  # auto may pick SSD
         from ssdecode.decoding.ssd.strategy import ssd_settings
 
-        ssd_settings(k, ssd)
+        ssd_settings(k or DEFAULT_K, ssd)
 
 
 def clean_text(text: str) -> str:
@@ -62,7 +62,7 @@ def clean_text(text: str) -> str:
 
 class LLM:
     def __init__(self, target: str = DEFAULT_TARGET, draft: str | None = None, mode: str = "ar",
-                 k: int = 5, device: str | None = None, dtype: torch.dtype | None = None,
+                 k: int | None = None, device: str | None = None, dtype: torch.dtype | None = None,
                  ssd=None, min_confidence: float | None = None, draft_weights: str = "auto",
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None,
                  weights: str = "auto"):
@@ -80,7 +80,9 @@ class LLM:
         tokenizer = load_tokenizer(target)
         target_model = load_model(target, device=device, dtype=dtype, weights=weights)
         draft_model = draft_tokenizer = None
-        if mode != "ar" or draft is not None:
+        # auto without a draft speculates with the demo draft only for the demo target: another
+        # target's tokenizer would not match it
+        if draft is not None or mode in ("sd", "ssd") or (mode == "auto" and target == DEFAULT_TARGET):
             draft = draft or DEFAULT_DRAFT
             draft_tokenizer = load_tokenizer(draft)
             draft_model = load_model(draft, device=device, dtype=dtype, weights=draft_weights)
@@ -90,7 +92,7 @@ class LLM:
 
     @classmethod
     def from_models(cls, tokenizer, target: CausalLM, draft: CausalLM | None = None, mode: str = "ar",
-                    k: int = 5, ssd=None, draft_tokenizer=None, draft_spec: str | None = None,
+                    k: int | None = None, ssd=None, draft_tokenizer=None, draft_spec: str | None = None,
                     min_confidence: float | None = None, draft_weights: str = "auto",
                     max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None) -> "LLM":
         """An LLM over already-built models (tests, embedding in another program)."""
@@ -113,9 +115,10 @@ class LLM:
         self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
         self.strategy = self.core = None
 
-    def configure(self, mode: str, k: int = 5, ssd=None, min_confidence: float | None = None) -> None:
+    def configure(self, mode: str, k: int | None = None, ssd=None, min_confidence: float | None = None) -> None:
         """Switch decoding strategy, keeping the loaded models (benchmarks compare modes so).
-        Builds a new engine core; requests still in the old one are dropped.
+        Builds a new engine core; requests still in the old one are dropped. ``k``: draft tokens
+        per round (default 5), for auto the most it may pick (default 8).
 
         ``min_confidence`` (sd): stop a round's drafting after a token the draft is less sure of
         (K is then the most drafted per round)."""
@@ -124,22 +127,30 @@ class LLM:
         from ssdecode.decoding.vocab import align_draft
 
         check_settings(mode, k, ssd, min_confidence)
-        if mode != "ar" and self.draft is None:
+        if mode in ("sd", "ssd") and self.draft is None:
             raise InvalidParams(f"mode {mode!r} needs a draft model; this LLM was loaded without one")
         if self.core is not None:
             self.core.close()
-        if mode == "ar":
+        if mode in ("ssd", "auto") and (ssd is None or isinstance(ssd, dict)):
+            ssd = dict(ssd or {})  # a worker process loads the draft like this LLM did
+            ssd["draft_weights"] = ssd.get("draft_weights") or self.draft_weights
+        self.choice = ""  # auto: what it picked and why
+        if mode == "ar" or self.draft is None:
             self.strategy = ARStrategy(self.target)
+            self.choice = "" if mode == "ar" else "ar: no draft model (pass one with --draft to speculate)"
         elif mode == "sd":
-            self.strategy = SDStrategy(self.target, align_draft(self.draft, self.target), k, min_confidence)
+            self.strategy = SDStrategy(self.target, align_draft(self.draft, self.target), k or DEFAULT_K,
+                                       min_confidence)
+        elif mode == "auto":
+            from ssdecode.plan.auto import build_auto_strategy
+
+            self.strategy, self.choice = build_auto_strategy(
+                self.target, align_draft(self.draft, self.target), self.draft_spec, k, ssd, min_confidence)
         else:
             from ssdecode.decoding.ssd.strategy import build_ssd_strategy
 
-            if ssd is None or isinstance(ssd, dict):  # a worker process loads the draft like this LLM did
-                ssd = dict(ssd or {})
-                ssd["draft_weights"] = ssd.get("draft_weights") or self.draft_weights
             self.strategy = build_ssd_strategy(self.target, align_draft(self.draft, self.target),
-                                               self.draft_spec, k, ssd)
+                                               self.draft_spec, k or DEFAULT_K, ssd)
         self.mode = mode
         try:
             self.core = EngineCore(self.strategy, self.tokenizer, self._eos_ids(), self.target.max_context,
@@ -147,6 +158,11 @@ class LLM:
         except BaseException:
             self.strategy.close()
             raise
+
+    @property
+    def mode_label(self) -> str:
+        """The mode, and for auto what it picked and why (the server's usage reports it)."""
+        return f"auto: {self.choice}" if self.choice else self.mode
 
     def _eos_ids(self) -> set[int]:
         config = getattr(self.target, "config", None)

@@ -1,22 +1,32 @@
-"""``ssdecode plan``: predicted SD and SSD speedups over AR for a latency profile."""
+"""``ssdecode plan``: predicted SD and SSD speedups from theory, for a latency profile or for this
+machine's calibration (``--calibrate``), and the mode ``--mode auto`` would pick."""
 from __future__ import annotations
 
 import json
 
 
 def add_plan_parser(sub) -> None:
-    p = sub.add_parser("plan", help="predict SD/SSD speedups from theory for a latency profile")
+    p = sub.add_parser("plan", help="predict AR/SD/SSD speed from theory and (--calibrate) this machine")
     p.add_argument("--a", type=float, nargs="+", default=[0.84, 0.99],
                    help="per-token acceptance rates (0.84 ~ stdlib prompts, 0.99 ~ HumanEval)")
     p.add_argument("--k", type=int, nargs="+", default=[3, 5, 7])
     p.add_argument("--budget", type=int, default=16, help="total fan-out B")
     p.add_argument("--r", type=float, default=0.8, help="power-law exponent of miss vs fan-out")
-    p.add_argument("--profile", default="gpu", help="'gpu' (7B/0.5B on H100s) or 'custom'")
+    p.add_argument("--profile", default="gpu", choices=["gpu", "custom", "machine"],
+                   help="'gpu' (7B/0.5B on H100s), 'custom' (--times) or 'machine' (this machine's "
+                        "calibration of --target/--draft, measured once and cached)")
     p.add_argument("--times", type=float, nargs=4, metavar=("T1", "TV", "D1", "DW"),
                    help="custom seconds: target 1 token, target K+1 tokens, draft 1, draft wide")
+    p.add_argument("--calibrate", action="store_true", help="measure this machine again (implies --profile machine)")
+    p.add_argument("--target", default="demo-target")
+    p.add_argument("--draft", default="demo-draft")
+    p.add_argument("--weights", default="auto", help="target weight format (models/linear.py)")
+    p.add_argument("--draft-weights", default="auto", help="draft weight format")
 
 
 def cmd_plan(args) -> int:
+    if args.calibrate or args.profile == "machine":
+        return _plan_machine(args)
     from ssdecode.plan.planner import GPU_7B, Profile, prediction_dict
 
     profile = GPU_7B if args.profile == "gpu" else Profile("custom", *args.times)
@@ -29,3 +39,31 @@ def cmd_plan(args) -> int:
               f"{r['speedup_sd']:>6} {r['speedup_ssd']:>7} {r['ssd_over_sd']:>7}")
     print(json.dumps({"plan": rows}))
     return 0
+
+
+def _plan_machine(args) -> int:
+    """Calibrate (or load the cached calibration of) the pair, then rank every configuration."""
+    from ssdecode.models.loader import load_model
+    from ssdecode.plan.auto import explain
+    from ssdecode.plan.calibrate import load_or_calibrate
+    from ssdecode.plan.planner import rank
+
+    target = load_model(args.target, weights=args.weights)
+    draft = load_model(args.draft, device=target.device, weights=args.draft_weights)
+    cal = load_or_calibrate(target, draft, fresh=args.calibrate, progress=True)
+    print(f"calibration {cal.key} of {cal.measured_at}: {cal.info}")
+    print(f"  target ms by tokens  {ms(cal.target_s)}")
+    print(f"  draft ms by rows     {ms(cal.draft_s)}")
+    print(f"  contention (target beside the draft) {cal.contention:.2f}x")
+    out = {}
+    for a in args.a:
+        choices = rank(cal, a, args.r, args.budget)
+        out[str(a)] = [{"mode": c.mode, "k": c.k, "tokens_per_s": round(c.tokens_per_s, 3)} for c in choices]
+        print(f"a={a}: " + ", ".join(f"{c.label} {c.tokens_per_s:.2f}" for c in choices[:6]) + " tokens/s ...")
+        print(f"  auto picks {explain(choices, cal.measured_at, a)}")
+    print(json.dumps({"calibration": cal.to_json(), "ranked": out}))
+    return 0
+
+
+def ms(table: dict[int, float]) -> str:
+    return " ".join(f"{n}:{s * 1e3:.1f}" for n, s in sorted(table.items()))

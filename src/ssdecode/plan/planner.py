@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ssdecode.plan import theory
+from ssdecode.plan.calibrate import Calibration
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,37 @@ def predict(profile: Profile, a: float, k: int, budget: int, r: float) -> Predic
 def prediction_dict(profile: Profile, a: float, k: int, budget: int, r: float) -> dict:
     return {"profile": asdict(profile), "a": a, "k": k, "budget": budget, "r": r,
             **asdict(predict(profile, a, k, budget, r))}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One configuration and its predicted single-sequence decode speed."""
+    mode: str  # ar, sd, ssd
+    k: int  # draft tokens per round (0 for ar)
+    tokens_per_s: float
+
+    @property
+    def label(self) -> str:
+        return self.mode if self.mode == "ar" else f"{self.mode} K={self.k}"
+
+
+def sd_round_seconds(cal: Calibration, k: int) -> float:
+    """One SD round: K draft decode steps, then a (K+1)-token verification (k = 0: an AR step)."""
+    return cal.target(1) if k == 0 else k * cal.draft(1) + cal.target(k + 1)
+
+
+def rank(cal: Calibration, a: float, r: float = 0.8, budget: int = 16, k_max: int = 8,
+         ssd: bool = True) -> list[Choice]:
+    """AR, SD for K = 1..k_max and (``ssd``) SSD for K = 1..k_max, fastest first, predicted from
+    the calibration for per-token acceptance ``a`` (and miss power law ``r``, SSD's fan-out
+    ``budget``). SSD's forwards run beside each other, so both are slowed by the measured
+    contention; its tree steps are draft forwards of width ``budget``."""
+    out = [Choice("ar", 0, 1 / cal.target(1))]
+    out += [Choice("sd", k, theory.expected_tokens(a, k) / sd_round_seconds(cal, k)) for k in range(1, k_max + 1)]
+    for k in range(1, k_max + 1) if ssd else ():
+        c = cal.contention
+        tv, d1, wide = cal.target(k + 1) * c, cal.draft(1) * c, cal.draft(budget) * c
+        h = theory.hit_rate(theory.geometric_fanout(budget, a, r, k, caps=[budget] * (k + 1)), a, r)
+        e = theory.expected_tokens(a, k)
+        out.append(Choice("ssd", k, theory.speedup_ssd(h, e, e, (k + 1) * wide / tv, k * d1 / tv) / tv))
+    return sorted(out, key=lambda ch: -ch.tokens_per_s)

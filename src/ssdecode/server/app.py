@@ -31,7 +31,7 @@ def build_app(llm, model_name: str, api_key: str | None = None, max_queue: int =
     """An app serving ``llm`` as ``model_name``. It owns the LLM from startup on: shutdown aborts
     what is in flight and closes it. ``api_key``: required as ``Authorization: Bearer <key>`` on
     /v1 routes (/health and /metrics stay open)."""
-    metrics = ServerMetrics(llm.mode)
+    metrics = ServerMetrics(llm.strategy.name)  # auto may have picked ssd
     engine = AsyncEngine(llm, max_queue, metrics)
 
     @asynccontextmanager
@@ -85,7 +85,7 @@ def build_app(llm, model_name: str, api_key: str | None = None, max_queue: int =
     @app.get("/metrics")
     async def prometheus_metrics():
         stats = {}
-        if llm.mode == "ssd":
+        if llm.strategy.name == "ssd":
             try:
                 stats = await engine.call(llm.strategy.stats)
             except EngineStopped:
@@ -121,7 +121,7 @@ async def _respond(request: Request, engine: AsyncEngine, body: GenerationReques
         raise APIError(400, f"n={body.n} exceeds what this server runs at once ({engine.capacity})", param="n")
     group = engine.submit(ids, body.sampling_params(len(ids), engine.max_model_len))
     if body.stream:
-        return StreamingResponse(_stream(group, fmt, body.include_usage, engine.llm.mode, body.return_token_ids),
+        return StreamingResponse(_stream(group, fmt, body.include_usage, engine.llm.mode_label, body.return_token_ids),
                                  media_type="text/event-stream")
     collect = asyncio.ensure_future(_collect(group))
     gone = asyncio.ensure_future(_disconnected(request))
@@ -132,7 +132,7 @@ async def _respond(request: Request, engine: AsyncEngine, body: GenerationReques
         gone.cancel()
     if collect not in done:  # the client left
         return Response(status_code=CLIENT_CLOSED)
-    return fmt.response(collect.result(), engine.llm.mode, body.return_token_ids)
+    return fmt.response(collect.result(), engine.llm.mode_label, body.return_token_ids)
 
 
 async def _collect(group: RequestGroup) -> list:

@@ -1,0 +1,189 @@
+"""Measure this machine for a target/draft pair: the forward latencies the planner predicts from.
+
+A ``Calibration`` holds the target's forward time by query length (1 for AR, K+1 for a K-token
+verification), the draft's by width (1 for drafting, wider for SSD's tree steps) and how much
+slower the target runs while the draft computes beside it (on a CPU both share the cores and the
+memory bandwidth; on one GPU they share HBM; on two devices nothing). It is cached per machine,
+models, weight formats and thread count under ``<cache>/profiles`` with its date, so ``--mode
+auto`` measures once; ``ssdecode plan --calibrate`` measures again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from ssdecode import envs
+from ssdecode.models.base import CausalLM
+
+log = logging.getLogger(__name__)
+
+CONTEXT = 200  # cached tokens before each timed forward: a short prompt plus some output
+K_MAX = 8  # verification widths measured: K = 1..K_MAX
+DRAFT_WIDTHS = (1, 4, 8, 16)  # drafting, and SSD tree steps by fan-out budget
+VERSION = 1
+
+
+@dataclass
+class Calibration:
+    key: str  # what was measured: machine, models, formats, threads (see ``profile_key``)
+    target_s: dict[int, float]  # query tokens -> seconds of one target forward
+    draft_s: dict[int, float]  # query rows of one token -> seconds of one draft forward
+    contention: float  # target forward time while the draft runs beside it / alone (>= 1)
+    measured_at: str = ""
+    info: dict = field(default_factory=dict)
+
+    def target(self, tokens: int) -> float:
+        """Seconds of a ``tokens``-token target forward (linear between measured widths)."""
+        return _interpolate(self.target_s, tokens)
+
+    def draft(self, width: int) -> float:
+        return _interpolate(self.draft_s, width)
+
+    def to_json(self) -> dict:
+        return {"version": VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Calibration":
+        if data.get("version") != VERSION:
+            raise ValueError(f"calibration version {data.get('version')} is not {VERSION}")
+        return cls(data["key"], {int(k): v for k, v in data["target_s"].items()},
+                   {int(k): v for k, v in data["draft_s"].items()}, data["contention"],
+                   data.get("measured_at", ""), data.get("info", {}))
+
+
+def _interpolate(table: dict[int, float], x: int) -> float:
+    xs = sorted(table)
+    if x <= xs[0]:
+        return table[xs[0]]
+    for lo, hi in zip(xs, xs[1:]):
+        if x <= hi:
+            return table[lo] + (table[hi] - table[lo]) * (x - lo) / (hi - lo)
+    return table[xs[-1]] * x / xs[-1]  # past the widest: proportional (compute-bound)
+
+
+def profile_key(target: CausalLM, draft: CausalLM) -> str:
+    """What a calibration depends on: CPU or GPU model, core count, threads, models, formats."""
+    parts = [platform.machine(), _processor(), str(os.cpu_count()), str(torch.get_num_threads()),
+             str(target.device), str(draft.device)]
+    for m in (target, draft):
+        parts += [str(getattr(m, "name", type(m).__name__)), str(getattr(m, "weight_format", "")), str(m.dtype)]
+    if torch.cuda.is_available():
+        parts.append(torch.cuda.get_device_name())
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def _processor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return platform.processor()
+
+
+def forward_seconds(model: CausalLM, tokens: int, repeats: int, rows: int = 1) -> float:
+    """Median seconds of a forward of ``rows`` rows x ``tokens`` tokens after CONTEXT cached tokens
+    per row (rolled back after each, so every repeat sees the same cache)."""
+    cache = model.new_cache(rows, CONTEXT + tokens)
+    gen = torch.Generator().manual_seed(0)
+    slots = list(range(rows))
+    span = min(1000, model.vocab_size)
+    prompt = torch.randint(0, span, (rows, CONTEXT), generator=gen)
+    model.forward(prompt.to(model.device), torch.arange(CONTEXT).repeat(rows, 1).to(model.device), cache, slots,
+                  last_only=True)
+    times = []
+    for i in range(repeats + 1):
+        ids = torch.randint(0, span, (rows, tokens), generator=gen).to(model.device)
+        _sync(model)
+        t0 = time.perf_counter()
+        model.forward(ids, (CONTEXT + torch.arange(tokens)).repeat(rows, 1).to(model.device), cache, slots)
+        _sync(model)
+        if i:  # the first is a warm-up
+            times.append(time.perf_counter() - t0)
+        for s in slots:
+            cache.truncate(s, CONTEXT)
+    return statistics.median(times)
+
+
+def _sync(model: CausalLM) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+def calibrate(target: CausalLM, draft: CausalLM, repeats: int = 3, progress: bool = False) -> Calibration:
+    """Measure the pair (a few seconds on the demo pair): target widths 1..K_MAX+1, draft widths
+    DRAFT_WIDTHS, and the target's K=4 verification while the draft decodes beside it."""
+    from tqdm.auto import tqdm
+
+    steps = [("target", n) for n in range(1, K_MAX + 2)] + [("draft", w) for w in DRAFT_WIDTHS]
+    bar = tqdm(total=len(steps) + 1, desc="calibrating", unit="step", disable=not progress)
+    target_s, draft_s = {}, {}
+    for which, n in steps:
+        if which == "target":
+            target_s[n] = forward_seconds(target, n, repeats)
+        else:
+            draft_s[n] = forward_seconds(draft, 1, repeats, rows=n)
+        bar.update()
+    busy = _beside(draft, lambda: forward_seconds(target, 5, repeats))
+    bar.update()
+    bar.close()
+    contention = max(1.0, busy / target_s[5])
+    info = {"threads": torch.get_num_threads(), "target": getattr(target, "name", ""),
+            "target_weights": getattr(target, "weight_format", ""), "draft": getattr(draft, "name", ""),
+            "draft_weights": getattr(draft, "weight_format", ""), "cpu": _processor()}
+    cal = Calibration(profile_key(target, draft), target_s, draft_s, round(contention, 3),
+                      datetime.now(timezone.utc).isoformat(timespec="seconds"), info)
+    log.info("calibrated %s: target %s, draft %s, contention %.2f", cal.key, target_s, draft_s, contention)
+    return cal
+
+
+def _beside(draft: CausalLM, measure) -> float:
+    """``measure()`` while the draft decodes one token after another in a second thread, as SSD's
+    worker would (its own cores on a CPU: one torch thread)."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        cache = draft.new_cache(1, 2)
+        ids = torch.zeros((1, 1), dtype=torch.long, device=draft.device)
+        while not stop.is_set():
+            draft.forward(ids, ids, cache, [0])
+            cache.truncate(0, 0)
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    try:
+        return measure()
+    finally:
+        stop.set()
+        worker.join()
+
+
+def _path(key: str) -> Path:
+    return envs.cache_dir() / "profiles" / f"{key}.json"
+
+
+def load_or_calibrate(target: CausalLM, draft: CausalLM, fresh: bool = False, progress: bool = False) -> Calibration:
+    """The cached calibration of this pair on this machine, measuring it when missing (or
+    ``fresh``). A cache file that does not parse is measured again."""
+    path = _path(profile_key(target, draft))
+    if not fresh and path.is_file():
+        try:
+            return Calibration.from_json(json.loads(path.read_text()))
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("calibration %s is unreadable (%s); measuring again", path, e)
+    cal = calibrate(target, draft, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(cal.to_json(), indent=1))
+    os.replace(tmp, path)
+    return cal
