@@ -10,7 +10,7 @@ import sys
 def add_bench_parser(sub, add_model_args) -> None:
     b = sub.add_parser("bench", help="benchmark decoding modes against Transformers")
     add_model_args(b)
-    b.add_argument("--modes", default="ar,sd", help="comma list of ar,sd,ssd")
+    b.add_argument("--modes", default="ar,sd", help="comma list of ar,sd,ssd,auto")
     b.add_argument("--sd-k", default="5,7", help="K values to sweep for sd (comma list)")
     b.add_argument("--sd-confidence", default="none",
                    help="comma list of draft confidence thresholds to run sd with, for each K "
@@ -27,28 +27,37 @@ def add_bench_parser(sub, add_model_args) -> None:
     b.add_argument("--max-tokens", type=int, default=128)
     b.add_argument("--no-hf", action="store_true", help="skip the Transformers peers")
     b.add_argument("--out", default=None, help="also write the JSON result to this file")
+    b.add_argument("--plot", default=None, metavar="DIR",
+                   help="also draw PNG plots of the result into DIR (matplotlib; python -m "
+                        "ssdecode.bench.plots RESULT.json DIR draws them from a saved result)")
     b.add_argument("--serve", action="store_true",
                    help="serving benchmark: one `ssdecode serve` per mode in --modes, driven by concurrent "
                         "streaming clients")
     b.add_argument("--concurrency", default="1,2,4,8", help="--serve: comma list of concurrent clients")
 
 
-def build_systems(args, llm, draft_spec: str) -> list:
+def build_systems(args, llm, draft_spec: str) -> tuple[list, dict]:
+    """The systems to run, and for each of ours (mode, K, draft) for its prediction."""
     from ssdecode.bench.hf_peer import HFPeer
     from ssdecode.bench.runner import hf_system, our_system
     from ssdecode.cli import ssd_options
     from ssdecode.engine.llm import LLM
     from ssdecode.models.loader import load_model, resolve_model
+    from ssdecode.plan.calibrate import K_MAX
 
     modes = args.modes.split(",")
     sd_formats = (args.sd_draft_weights or args.draft_weights).split(",") if "sd" in modes else []
     drafts = {args.draft_weights: llm.draft}
     for fmt in sd_formats:
         drafts[fmt] = drafts.get(fmt) or load_model(draft_spec, device=llm.device, weights=fmt)
+    configs = {"ssdecode-ar": ("ar", 0, llm.draft)}
 
-    def ours(mode: str, k: int = 5, ssd=None, conf=None, fmt=args.draft_weights) -> LLM:
-        return LLM.from_models(llm.tokenizer, llm.target, drafts[fmt], mode=mode, k=k, ssd=ssd,
-                               draft_spec=draft_spec, min_confidence=conf, draft_weights=fmt)
+    def ours(name: str, mode: str, k: int | None = 5, ssd=None, conf=None, fmt=args.draft_weights):
+        built = LLM.from_models(llm.tokenizer, llm.target, drafts[fmt], mode=mode, k=k, ssd=ssd,
+                                draft_spec=draft_spec, min_confidence=conf, draft_weights=fmt)
+        if conf is None:  # the prediction has no term for confidence gating
+            configs[name] = (mode, k or K_MAX, drafts[fmt])
+        return our_system(name, built)
 
     systems = [our_system("ssdecode-ar", llm)]
     for fmt in (args.ar_weights or args.weights).split(","):
@@ -60,14 +69,29 @@ def build_systems(args, llm, draft_spec: str) -> list:
         for k in [int(k) for k in args.sd_k.split(",")]:
             for conf in [None if c == "none" else float(c) for c in args.sd_confidence.split(",")]:
                 ctag = "" if conf is None else f"-c{conf}"
-                systems.append(our_system(f"ssdecode-sd-k{k}{ctag}{tag}", ours("sd", k, conf=conf, fmt=fmt)))
+                systems.append(ours(f"ssdecode-sd-k{k}{ctag}{tag}", "sd", k, conf=conf, fmt=fmt))
+    tag = "" if args.draft_weights == "auto" else f"-{args.draft_weights}"
     for k in [int(k) for k in (args.ssd_k or str(args.k or 3)).split(",")] if "ssd" in modes else []:
-        tag = "" if args.draft_weights == "auto" else f"-{args.draft_weights}"
-        systems.append(our_system(f"ssdecode-ssd-k{k}{tag}", ours("ssd", k, ssd_options(args))))
+        systems.append(ours(f"ssdecode-ssd-k{k}{tag}", "ssd", k, ssd_options(args)))
+    if "auto" in modes:
+        systems.append(ours(f"ssdecode-auto{tag}", "auto", args.k, ssd_options(args)))
     if not args.no_hf:
         peer = HFPeer(resolve_model(args.target), resolve_model(draft_spec), str(llm.device))
         systems += [hf_system("hf-generate", peer, False), hf_system("hf-assisted", peer, True)]
-    return systems
+    return systems, configs
+
+
+def predictions(llm, configs: dict) -> dict:
+    """System name -> (calibration of its pair, mode, K), calibrating each draft once (cached)."""
+    from ssdecode.plan.calibrate import load_or_calibrate
+
+    cals = {}
+    out = {}
+    for name, (mode, k, draft) in configs.items():
+        if id(draft) not in cals:
+            cals[id(draft)] = load_or_calibrate(llm.target, draft, progress=True)
+        out[name] = (cals[id(draft)], mode, k)
+    return out
 
 
 def _prompt_sets(args) -> dict[str, list]:
@@ -118,6 +142,7 @@ def cmd_bench_serve(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    from ssdecode.bench.predict import add_predictions
     from ssdecode.bench.runner import run_systems
     from ssdecode.engine.llm import LLM
 
@@ -127,11 +152,12 @@ def cmd_bench(args) -> int:
     llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device,
               weights=args.weights, draft_weights=args.draft_weights)
     sets = {name: [llm.encode(p.text, chat=p.chat) for p in prompts] for name, prompts in _prompt_sets(args).items()}
-    systems = build_systems(args, llm, draft_spec)
+    systems, configs = build_systems(args, llm, draft_spec)
     rows = []
     for set_name, ids in sets.items():
         results = run_systems(systems, set_name, ids, args.max_tokens)
         set_rows = [r.row(results[0]) for r in results]
+        add_predictions(set_rows, predictions(llm, configs))
         by_name = {r["system"]: r for r in set_rows}
         if "hf-assisted" in by_name:
             by_name["hf-assisted"]["speedup_vs_hf_generate"] = round(
@@ -143,13 +169,18 @@ def cmd_bench(args) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(summary, f, indent=2)
+    if args.plot:
+        from ssdecode.bench.plots import draw
+
+        for path in draw(summary, args.plot):
+            print(f"plot: {path}", file=sys.stderr)
     print(json.dumps(summary))
     return 0
 
 
 def _print_table(rows: list[dict]) -> None:
     cols = ["system", "prompts", "tokens_per_s", "speedup_vs_ar", "acceptance", "mean_accepted_len",
-            "hit_rate", "e_hit", "matches_ar"]
+            "hit_rate", "e_hit", "matches_ar", "predicted_tokens_per_s"]
     print(" | ".join(f"{c:>17}" for c in cols))
     for r in rows:
         print(" | ".join(f"{'-' if r.get(c) is None else r.get(c)!s:>17}" for c in cols))

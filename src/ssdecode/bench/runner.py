@@ -60,6 +60,7 @@ class SystemResult:
         return {"system": self.system, "prompts": self.prompt_set, "tokens_per_s": round(self.tokens_per_s, 3),
                 "speedup_vs_ar": round(self.tokens_per_s / baseline.tokens_per_s, 3),
                 "acceptance": s["acceptance_rate"], "mean_accepted_len": s["mean_accepted_length"],
+                "acceptance_by_position": s["acceptance_by_position"],
                 "hit_rate": s.get("hit_rate"), "e_hit": s.get("e_hit"), "e_miss": s.get("e_miss"),
                 "time_draft_s": s["time_draft_s"], "time_verify_s": s["time_verify_s"],
                 "matches_ar": round(sum(a == b for a, b in zip(self.outputs, baseline.outputs))
