@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ssdecode.engine.llm import LLM
 from ssdecode.kernels import ggml
+from ssdecode.models.gguf_file import GGUFFile
 from ssdecode.models.gguf_weights import MappedEmbedding, MappedLinear
 from ssdecode.models.linear import QuantizedLinear, SplitLinear
 from ssdecode.models.loader import ModelLoadError, load_model, load_tokenizer, resolve_model
@@ -89,6 +90,20 @@ def test_embedding_lookup_is_the_dequantized_table(qtype, tmp_path):
     assert isinstance(stored.embed, MappedEmbedding) == (qtype != Q.F16)
 
 
+def test_header_index_is_ggufs_reader(tmp_path):
+    """Our header parse (arrays skipped) finds gguf's tensors, data and scalar metadata."""
+    path = write_gguf(tiny_model("llama", **SIZES), tmp_path / "m.gguf", mixed)
+    ours, theirs = GGUFFile(path), gguf.GGUFReader(path)
+    assert len(ours.tensors) == len(theirs.tensors)
+    for a, b in zip(ours.tensors, theirs.tensors):
+        assert (a.name, a.tensor_type, a.shape.tolist(), a.n_bytes, a.data_offset) == (
+            b.name, b.tensor_type, b.shape.tolist(), b.n_bytes, b.data_offset)
+        assert a.data.dtype == b.data.dtype and (a.data == b.data).all()
+    scalars = {k: f.contents() for k, f in theirs.fields.items()
+               if not k.startswith("GGUF.") and f.types[0] != gguf.GGUFValueType.ARRAY}
+    assert {k: f.contents() for k, f in ours.fields.items()} == scalars
+
+
 def test_mixed_types_run_unfused(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ssdecode.models.gguf_weights"):
         stored, dense = both(write_gguf(tiny_model("llama", **SIZES), tmp_path / "m.gguf", mixed))
@@ -133,3 +148,18 @@ def test_the_gguf_given_is_read(tmp_path):
     assert isinstance(load_model(copy, weights="gguf").lm_head, QuantizedLinear)
     with pytest.raises(ModelLoadError, match="gone or changed"):
         load_model(folder, weights="gguf")
+
+
+@pytest.mark.real
+def test_real_demo_draft_as_stored():
+    """The demo draft (Q5_0 embedding and layers, Q8_0 head, some K-quants) as stored: logits of a
+    prompt as its fp32 conversion's, within summation order. Loaded one after the other (~2.5 GB)."""
+    ids = torch.tensor([[151644, 872, 198, 7985, 264, 10135, 729, 13, 151645, 198, 151644, 77091, 198]])
+    stored = load_model("demo-draft", weights="gguf")
+    assert isinstance(stored.embed, MappedEmbedding) and stored.embed.qtype == "Q5_0"
+    got, rows = stored.forward(ids, torch.arange(ids.shape[1])[None], stored.new_cache(1, 16), [0]), stored.embed(ids)
+    del stored
+    dense = load_model("demo-draft", weights="dense")
+    want = dense.forward(ids, torch.arange(ids.shape[1])[None], dense.new_cache(1, 16), [0])
+    assert torch.equal(rows, F.embedding(ids, dense.embed.weight))
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()
