@@ -3,7 +3,7 @@ header, and its bytes as one private memory map that the weights are views of (i
 
 Why not ``gguf.GGUFReader``: it also splits every metadata array into numpy views of its map, one
 per item. The tokenizer's ~150k tokens and merges made that ~10 s of a 1.5B model's start-up;
-here arrays are skipped (the conversion has the tokenizer) and the header reads in ~0.1 s.
+here arrays are skipped (the conversion has the tokenizer) and the header reads in ~0.2 s.
 
 Why a map: the blocks run as stored, so views need no copy and loading touches nothing; pages
 come from the page cache, shared with any other process mapping the file (a spawned draft worker,

@@ -43,7 +43,8 @@ def gguf_source(folder: Path) -> Path:
 
 
 class GGUFWeights(Mapping):
-    """Plain tensors as fp32 by HF name (``weights[name]``), and products via ``linear``."""
+    """Plain tensors as fp32 by HF name (``weights[name]``), products via ``linear`` and the
+    embedding's lookup via ``embedding``."""
 
     def __init__(self, path: Path, config: ModelConfig):
         self.file = GGUFFile(path)
