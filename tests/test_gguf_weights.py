@@ -1,6 +1,8 @@
 """The gguf weight format: a GGUF's quantized tensors run as stored (issue 11) compute the same
 model as its fp32 conversion: logits within 1e-4 of the largest (summation order only), greedy SD
-equals AR, mixed-type q/k/v run unfused and types without a kernel are dequantized at load.
+equals AR, mixed-type q/k/v run unfused and types without a kernel are dequantized at load. The
+embedding stays quantized (its lookup is the dequantized table's, bit for bit), weights are views
+of the file's map, and a model pickles as the file's path (a spawned SSD draft worker maps it).
 
 Hidden size 256: K-quant rows hold whole 256-weight super-blocks."""
 from __future__ import annotations
@@ -12,9 +14,12 @@ import shutil
 import gguf
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ssdecode.engine.llm import LLM
 from ssdecode.kernels import ggml
+from ssdecode.models.gguf_file import GGUFFile
+from ssdecode.models.gguf_weights import MappedEmbedding, MappedLinear
 from ssdecode.models.linear import QuantizedLinear, SplitLinear
 from ssdecode.models.loader import ModelLoadError, load_model, load_tokenizer, resolve_model
 from ssdecode.params import SamplingParams
@@ -65,8 +70,38 @@ def test_as_stored_equals_converted(arch, tied, tmp_path):
     layer = stored.layers[0]
     assert isinstance(layer.qkv, QuantizedLinear) and layer.qkv.qtype == "Q8_0"
     assert (layer.gate_up.qtype, layer.down.qtype, stored.lm_head.qtype) == ("Q4_K", "Q6_K", "Q6_K" if tied else "Q4_K")
+    assert isinstance(stored.embed, MappedEmbedding) and isinstance(layer.gate_up, MappedLinear)  # adjacent: a view
+    if tied:  # the head's blocks are the embedding's, not a copy
+        assert stored.lm_head.weight.data_ptr() == stored.embed.weight.data_ptr()
     assert_same_logits(stored, dense)
-    assert_same_logits(pickle.loads(pickle.dumps(stored)), dense)  # the SSD transport pickles models
+    clone = pickle.loads(pickle.dumps(stored))  # the SSD transport pickles models
+    assert clone.embed.file is clone.layers[0].gate_up.file  # one map of the file, not bytes
+    assert_same_logits(clone, dense)
+
+
+@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K, Q.Q8_0, Q.Q5_0, Q.F16])
+def test_embedding_lookup_is_the_dequantized_table(qtype, tmp_path):
+    """Rows dequantized per lookup (any type gguf reads; F16 as a plain fp32 table) are the
+    rows of the table the conversion dequantizes, bit for bit, repeats and batches included."""
+    path = write_gguf(tiny_model("qwen2", **SIZES), tmp_path / "m.gguf", lambda n: qtype if "embed" in n else Q.Q8_0)
+    stored, dense = both(path)
+    ids = torch.tensor([[5, 17, 5, 95, 0], [3, 3, 77, 9, 60]])
+    assert torch.equal(stored.embed(ids), F.embedding(ids, dense.embed.weight))
+    assert isinstance(stored.embed, MappedEmbedding) == (qtype != Q.F16)
+
+
+def test_header_index_is_ggufs_reader(tmp_path):
+    """Our header parse (arrays skipped) finds gguf's tensors, data and scalar metadata."""
+    path = write_gguf(tiny_model("llama", **SIZES), tmp_path / "m.gguf", mixed)
+    ours, theirs = GGUFFile(path), gguf.GGUFReader(path)
+    assert len(ours.tensors) == len(theirs.tensors)
+    for a, b in zip(ours.tensors, theirs.tensors):
+        assert (a.name, a.tensor_type, a.shape.tolist(), a.n_bytes, a.data_offset) == (
+            b.name, b.tensor_type, b.shape.tolist(), b.n_bytes, b.data_offset)
+        assert a.data.dtype == b.data.dtype and (a.data == b.data).all()
+    scalars = {k: f.contents() for k, f in theirs.fields.items()
+               if not k.startswith("GGUF.") and f.types[0] != gguf.GGUFValueType.ARRAY}
+    assert {k: f.contents() for k, f in ours.fields.items()} == scalars
 
 
 def test_mixed_types_run_unfused(tmp_path, caplog):
@@ -90,6 +125,19 @@ def test_greedy_sd_with_a_gguf_target_equals_ar(tmp_path):
     assert [c.token_ids for c in runs["sd"]] == [c.token_ids for c in runs["ar"]]
 
 
+def test_a_gguf_draft_travels_to_a_spawned_worker(tmp_path):
+    """Greedy SSD with the gguf draft pickled into a worker process (which maps the file) equals AR."""
+    path = write_gguf(tiny_model("llama", **SIZES), tmp_path / "m.gguf", demo_like)
+    target, draft = load_model(path, weights="dense"), load_model(path, weights="gguf")
+    params = SamplingParams(max_tokens=12, ignore_eos=True)
+    prompts = [[5, 17, 42], [3, 77, 9, 60, 1]]
+    with LLM.from_models(load_tokenizer(path), target, draft) as llm:
+        ar = llm.generate(prompts, params)
+        llm.configure("ssd", 3, {"transport": "process", "draft_threads": 1})
+        assert llm.strategy.deploy.transport == "process"
+        assert [c.token_ids for c in llm.generate(prompts, params)] == [c.token_ids for c in ar]
+
+
 def test_the_gguf_given_is_read(tmp_path):
     """A copy of a GGUF hits the cached conversion of the original, which records the original:
     the weights still come from the copy. A folder whose recorded GGUF is gone says so."""
@@ -100,3 +148,18 @@ def test_the_gguf_given_is_read(tmp_path):
     assert isinstance(load_model(copy, weights="gguf").lm_head, QuantizedLinear)
     with pytest.raises(ModelLoadError, match="gone or changed"):
         load_model(folder, weights="gguf")
+
+
+@pytest.mark.real
+def test_real_demo_draft_as_stored():
+    """The demo draft (Q5_0 embedding and layers, Q8_0 head, some K-quants) as stored: logits of a
+    prompt as its fp32 conversion's, within summation order. Loaded one after the other (~2.5 GB)."""
+    ids = torch.tensor([[151644, 872, 198, 7985, 264, 10135, 729, 13, 151645, 198, 151644, 77091, 198]])
+    stored = load_model("demo-draft", weights="gguf")
+    assert isinstance(stored.embed, MappedEmbedding) and stored.embed.qtype == "Q5_0"
+    got, rows = stored.forward(ids, torch.arange(ids.shape[1])[None], stored.new_cache(1, 16), [0]), stored.embed(ids)
+    del stored
+    dense = load_model("demo-draft", weights="dense")
+    want = dense.forward(ids, torch.arange(ids.shape[1])[None], dense.new_cache(1, 16), [0])
+    assert torch.equal(rows, F.embedding(ids, dense.embed.weight))
+    assert (got - want).abs().max() <= 1e-4 * want.abs().max()

@@ -3,13 +3,12 @@ runs the quantized tensors as stored instead of their fp32 conversion (issue 11)
 
 Names and the llama q/k row order are those of ``gguf_convert`` (its helpers, so the two cannot
 disagree); permuting whole rows of blocks is exact, as each row is its own run of blocks. Matrix
-weights of a type with a kernel (``kernels/ggml.py``) become ``QuantizedLinear``: their blocks are
-copied out of the file's map (the quantized bytes once, ~1 GB for a 1.5B Q4_K_M; the map lives
-only as long as this loader). Parts of one product fuse when they share a type, else they run as
-a ``SplitLinear``. Other quantized types are dequantized at load into the packed fp32 format, and
-so is everything read as a plain tensor: norms, biases, and for now the embedding table
-(vocabulary x hidden in fp32: 0.93 GB for the demo target; a tied output head still uses the
-quantized blocks).
+weights of a type with a kernel (``kernels/ggml.py``) become ``QuantizedLinear``s on views of the
+file's map (``gguf_file.py``): no copy, except where parts fuse (same type) but do not lie back to
+back in the file or rows must be unpermuted (q/k/v: a few MB a layer; gate/up are adjacent). The
+embedding table stays quantized too (``embedding.py``), one view shared with a tied output head.
+Parts of other types run as a ``SplitLinear``; types without a kernel are dequantized at load
+into the packed fp32 format, and so are the plain tensors: norms and biases.
 """
 from __future__ import annotations
 
@@ -23,8 +22,9 @@ import torch
 from ssdecode.kernels import ggml
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.errors import ModelLoadError
-from ssdecode.models.gguf_convert import (_fp32_chunks, _open_reader, _unpermute, fingerprint, hf_tensors,
-                                          read_marker)
+from ssdecode.models.embedding import Embedding, QuantizedEmbedding
+from ssdecode.models.gguf_convert import _fp32_chunks, _unpermute, fingerprint, hf_tensors, read_marker
+from ssdecode.models.gguf_file import GGUFFile
 from ssdecode.models.linear import Linear, QuantizedLinear, SplitLinear, make_linear, resolve_format
 
 log = logging.getLogger(__name__)
@@ -43,12 +43,13 @@ def gguf_source(folder: Path) -> Path:
 
 
 class GGUFWeights(Mapping):
-    """Plain tensors as fp32 by HF name (``weights[name]``), and products via ``linear``."""
+    """Plain tensors as fp32 by HF name (``weights[name]``), products via ``linear`` and the
+    embedding's lookup via ``embedding``."""
 
     def __init__(self, path: Path, config: ModelConfig):
-        reader = _open_reader(Path(path))
+        self.file = GGUFFile(path)
         self._tensors, self._dequantized = {}, set()
-        for t, name, shape, permute in hf_tensors(path, reader, config.num_heads, config.num_kv_heads):
+        for t, name, shape, permute in hf_tensors(path, self.file, config.num_heads, config.num_kv_heads):
             self._tensors[name] = (t, shape, permute)  # t.data: a view of the file's map
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -70,6 +71,13 @@ class GGUFWeights(Mapping):
 
     def __len__(self) -> int:
         return len(self._tensors)
+
+    def embedding(self, name: str) -> Embedding:
+        """The lookup of ``name``: rows of its stored blocks when quantized."""
+        t, shape, _ = self._tensors[name]
+        if t.tensor_type.name in _FLOAT:
+            return Embedding(self[name])
+        return MappedEmbedding(self.file, t.data_offset, t.tensor_type.name, *shape)
 
     def linear(self, weights: Sequence[str], biases: Sequence[str] = ()) -> Linear:
         """The product of ``weights`` (q/k/v, gate/up fused along the output dim when their types
@@ -97,5 +105,37 @@ class GGUFWeights(Mapping):
             fmt = resolve_format("auto", torch.device("cpu"), torch.float32)
             return make_linear(torch.cat([self[w] for w in weights]), bias, fmt)
         parts = [self._tensors[w] for w in weights]
-        blocks = np.concatenate([_unpermute(t.data, p) if p else t.data for t, _, p in parts])  # a copy
-        return QuantizedLinear(torch.from_numpy(blocks), kind, blocks.shape[0], parts[0][1][1], bias)
+        n, k = sum(shape[0] for _, shape, _ in parts), parts[0][1][1]
+        if _adjacent(parts):
+            return MappedLinear(self.file, parts[0][0].data_offset, kind, n, k, bias)
+        blocks = np.concatenate([_unpermute(t.data, p) if p else t.data for t, _, p in parts])
+        return QuantizedLinear(torch.from_numpy(blocks), kind, n, k, bias)
+
+
+def _adjacent(parts) -> bool:
+    """Whether the (tensor, shape, permute) ``parts`` lie back to back in the file as they run."""
+    return not any(p for _, _, p in parts) and all(
+        a.data_offset + a.n_bytes == b.data_offset for (a, _, _), (b, _, _) in zip(parts, parts[1:]))
+
+
+class MappedLinear(QuantizedLinear):
+    """Blocks that are a view of a GGUF's map, pickled as the file and their offset: a spawned
+    worker maps the file as well (pages shared through the page cache) instead of getting a copy."""
+
+    def __init__(self, file: GGUFFile, offset: int, qtype: str, n: int, k: int, bias: torch.Tensor | None = None):
+        super().__init__(file.blocks(offset, qtype, n, k), qtype, n, k, bias)
+        self.file, self.offset = file, offset
+
+    def __reduce__(self):
+        return MappedLinear, (self.file, self.offset, self.qtype, self.n, self.k, self.bias)
+
+
+class MappedEmbedding(QuantizedEmbedding):
+    """As ``MappedLinear``, for an embedding table."""
+
+    def __init__(self, file: GGUFFile, offset: int, qtype: str, n: int, k: int):
+        super().__init__(file.blocks(offset, qtype, n, k), qtype, n, k)
+        self.file, self.offset = file, offset
+
+    def __reduce__(self):
+        return MappedEmbedding, (self.file, self.offset, self.qtype, self.n, self.k)

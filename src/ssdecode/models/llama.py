@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ssdecode.models.base import CausalLM, key_span, new_token_counts
 from ssdecode.models.config import ModelConfig
+from ssdecode.models.embedding import Embedding
 from ssdecode.models.layers import LayerWeights, apply_rope, attend, rms_norm, rope_tables
 from ssdecode.models.linear import Linear, make_linear, resolve_format
 from ssdecode.models.weights_io import SafetensorsFolder, WeightLoader
@@ -38,7 +39,7 @@ class LlamaModel(CausalLM):
         self.vocab_size = config.vocab_size
         self.max_context = config.max_position_embeddings
         self.cos, self.sin = rope_tables(config, self.max_context, self.device, dtype)
-        self.embed: torch.Tensor | None = None
+        self.embed: Embedding | None = None
         self.layers: list[LayerWeights] = []
         self.norm: torch.Tensor | None = None
         self.lm_head: Linear | None = None
@@ -61,12 +62,13 @@ class LlamaModel(CausalLM):
         else:
             raise KeyError("lm_head.weight is missing and tie_word_embeddings is false")
         load = WeightLoader(state_dict, model.device, dtype, fmt)
-        model.embed = load.tensor("model.embed_tokens.weight")
+        embed = "model.embed_tokens.weight"  # kept quantized, as stored, for gguf
+        model.embed = state_dict.embedding(embed) if fmt == "gguf" else Embedding(load.tensor(embed))
         model.layers = [LayerWeights.from_hf(load, f"model.layers.{i}.", config)
                         for i in range(config.num_layers)]
         model.norm = load.tensor("model.norm.weight")
-        if head is None:  # tied: the embedding's product, in the stored quantized form for gguf
-            head = load.linear(["model.embed_tokens.weight"]) if fmt == "gguf" else make_linear(model.embed, None, fmt)
+        if head is None:  # tied: the embedding's product; for gguf the same blocks, as stored
+            head = load.linear([embed]) if fmt == "gguf" else make_linear(model.embed.weight, None, fmt)
         model.lm_head = head
         return model
 
@@ -107,7 +109,7 @@ class LlamaModel(CausalLM):
         step = _Step.plan(cache, slots, starts, t, attn_mask, self.device)
         cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
         sin = self.sin[positions].unsqueeze(2)
-        h = F.embedding(input_ids, self.embed)
+        h = self.embed(input_ids)
         for i, lw in enumerate(self.layers):
             h = self._layer(h, lw, cache.k[i], cache.v[i], cos, sin, step)
         if last_only:
