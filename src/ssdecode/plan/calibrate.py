@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from ssdecode.models.base import CausalLM
 
 log = logging.getLogger(__name__)
 
-CONTEXT = 200  # cached tokens before each timed forward: a short prompt plus some output
+CONTEXT = 128  # cached tokens before each timed forward: a short prompt plus some output
 K_MAX = 8  # verification widths measured: K = 1..K_MAX
 DRAFT_WIDTHS = (1, 4, 8, 16)  # drafting, and SSD tree steps by fan-out budget
 VERSION = 1
@@ -92,27 +91,40 @@ def _processor() -> str:
 
 
 def forward_seconds(model: CausalLM, tokens: int, repeats: int, rows: int = 1) -> float:
-    """Median seconds of a forward of ``rows`` rows x ``tokens`` tokens after CONTEXT cached tokens
-    per row (rolled back after each, so every repeat sees the same cache)."""
-    cache = model.new_cache(rows, CONTEXT + tokens)
+    """Fastest seconds of a forward of ``rows`` rows x ``tokens`` tokens after CONTEXT cached
+    tokens per row."""
+    return widths_seconds(model, [tokens], repeats, rows)[tokens]
+
+
+def widths_seconds(model: CausalLM, widths: list[int], repeats: int, rows: int = 1,
+                   row_widths: bool = False) -> dict[int, float]:
+    """For each width: the fastest of ``repeats`` forwards (after a warm-up) of ``rows`` rows x
+    width tokens, or (``row_widths``) of width rows x 1 token, after CONTEXT cached tokens per
+    row. One prefill serves every width (each forward is rolled back). The fastest, not the
+    median: on a shared machine other processes only ever add time."""
+    slots = list(range(max(widths) if row_widths else rows))
+    cache = model.new_cache(len(slots), CONTEXT + (1 if row_widths else max(widths)))
     gen = torch.Generator().manual_seed(0)
-    slots = list(range(rows))
     span = min(1000, model.vocab_size)
-    prompt = torch.randint(0, span, (rows, CONTEXT), generator=gen)
-    model.forward(prompt.to(model.device), torch.arange(CONTEXT).repeat(rows, 1).to(model.device), cache, slots,
-                  last_only=True)
-    times = []
-    for i in range(repeats + 1):
-        ids = torch.randint(0, span, (rows, tokens), generator=gen).to(model.device)
-        _sync(model)
-        t0 = time.perf_counter()
-        model.forward(ids, (CONTEXT + torch.arange(tokens)).repeat(rows, 1).to(model.device), cache, slots)
-        _sync(model)
-        if i:  # the first is a warm-up
-            times.append(time.perf_counter() - t0)
-        for s in slots:
-            cache.truncate(s, CONTEXT)
-    return statistics.median(times)
+    prompt = torch.randint(0, span, (len(slots), CONTEXT), generator=gen)
+    model.forward(prompt.to(model.device), torch.arange(CONTEXT).repeat(len(slots), 1).to(model.device), cache,
+                  slots, last_only=True)
+    out = {}
+    for w in widths:
+        used, n = (slots[:w], 1) if row_widths else (slots, w)
+        times = []
+        for i in range(repeats + 1):
+            ids = torch.randint(0, span, (len(used), n), generator=gen).to(model.device)
+            _sync(model)
+            t0 = time.perf_counter()
+            model.forward(ids, (CONTEXT + torch.arange(n)).repeat(len(used), 1).to(model.device), cache, used)
+            _sync(model)
+            if i:  # the first is a warm-up
+                times.append(time.perf_counter() - t0)
+            for s in used:
+                cache.truncate(s, CONTEXT)
+        out[w] = min(times)
+    return out
 
 
 def _sync(model: CausalLM) -> None:
@@ -125,15 +137,11 @@ def calibrate(target: CausalLM, draft: CausalLM, repeats: int = 3, progress: boo
     DRAFT_WIDTHS, and the target's K=4 verification while the draft decodes beside it."""
     from tqdm.auto import tqdm
 
-    steps = [("target", n) for n in range(1, K_MAX + 2)] + [("draft", w) for w in DRAFT_WIDTHS]
-    bar = tqdm(total=len(steps) + 1, desc="calibrating", unit="step", disable=not progress)
-    target_s, draft_s = {}, {}
-    for which, n in steps:
-        if which == "target":
-            target_s[n] = forward_seconds(target, n, repeats)
-        else:
-            draft_s[n] = forward_seconds(draft, 1, repeats, rows=n)
-        bar.update()
+    bar = tqdm(total=3, desc="calibrating", unit="part", disable=not progress)
+    target_s = widths_seconds(target, list(range(1, K_MAX + 2)), repeats)
+    bar.update()
+    draft_s = widths_seconds(draft, list(DRAFT_WIDTHS), repeats, row_widths=True)
+    bar.update()
     busy = _beside(draft, lambda: forward_seconds(target, 5, repeats))
     bar.update()
     bar.close()
