@@ -2,8 +2,10 @@
 
 ``KPolicy`` keeps, per sequence, an estimate of the per-token acceptance a (accepted draft tokens
 are successes; a round that rejects one is a failure; a prior counts as a few tokens and old rounds
-fade), and per K the seconds a round takes (the calibration's prediction, then what rounds of that
-K measured). It picks the K with the most expected tokens per second for the batch.
+fade), and per K the seconds a round takes (what rounds of that K measured; for a K not run yet,
+the calibration's prediction scaled by how far measured rounds were from theirs, since a machine
+busier than at calibration slows every K). It picks the K with the most expected tokens per
+second for the batch.
 
 Why this stays exact: a round's K is decided before the round from acceptance already observed and
 from timings, never from the round's own random numbers. Verification is exact for any K fixed in
@@ -39,9 +41,14 @@ PROBE_A = 0.95
 class KPolicy:
     def __init__(self, cal: Calibration, k_max: int, prior_a: float = PRIOR_A):
         self.k_max, self.prior_a = k_max, prior_a
-        self.seconds = {k: sd_round_seconds(cal, k) for k in range(k_max + 1)}
+        self.predicted = {k: sd_round_seconds(cal, k) for k in range(k_max + 1)}
+        self.measured: dict[int, float] = {}  # K -> running seconds of its rounds
+        self.scale = 1.0  # running measured / predicted: corrects the Ks not run yet
         self.counts: dict[int, list[float]] = {}  # slot -> [successes, failures]
         self.ar_rounds = 0
+
+    def seconds(self, k: int) -> float:
+        return self.measured.get(k, self.predicted[k] * self.scale)
 
     def acceptance(self, slot: int) -> float:
         s, f = self.counts.get(slot, (0.0, 0.0))
@@ -49,7 +56,7 @@ class KPolicy:
 
     def best(self, rates: list[float]) -> int:
         return max(range(self.k_max + 1),
-                   key=lambda k: sum(expected_tokens(a, k) for a in rates) / self.seconds[k])
+                   key=lambda k: sum(expected_tokens(a, k) for a in rates) / self.seconds(k))
 
     def choose(self, slots: list[int]) -> int:
         k = self.best([self.acceptance(s) for s in slots])
@@ -60,7 +67,8 @@ class KPolicy:
         return k
 
     def record(self, slots: list[int], out: StepOutput, k: int, seconds: float) -> None:
-        self.seconds[k] += TIME_WEIGHT * (seconds - self.seconds[k])
+        self.measured[k] = self.seconds(k) + TIME_WEIGHT * (seconds - self.seconds(k))
+        self.scale += TIME_WEIGHT * (seconds / self.predicted[k] - self.scale)
         for slot, n, acc in zip(slots, out.proposed, out.accepted):
             c = self.counts.setdefault(slot, [0.0, 0.0])
             c[0] = FADE * c[0] + acc
@@ -103,4 +111,4 @@ class AutoStrategy(SDStrategy):
 
     def stats(self) -> dict:
         return {"chosen": self.why, "rounds_by_k": {k: self.rounds[k] for k in sorted(self.rounds)},
-                "round_seconds_by_k": {k: round(v, 4) for k, v in self.policy.seconds.items()}}
+                "round_seconds_by_k": {k: round(self.policy.seconds(k), 4) for k in range(self.policy.k_max + 1)}}
