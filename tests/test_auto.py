@@ -142,6 +142,8 @@ def test_cli_defaults_to_auto_and_says_what_it_picked(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "mode auto: " in err and "calibration" in err
     assert json.loads(out)["stats"]["mode"].startswith("auto: ")
-    assert main(["plan", "--profile", "machine", "--target", str(target), "--draft", str(draft), "--a", "0.9"]) == 0  # cached
+    assert main(["plan", "--profile", "machine", "--target", str(target), "--draft", str(draft), "--a", "0.9",
+                 "--draft-weights", "auto,int8"]) == 0  # the first pair is cached, the int8 one is measured
     out = capsys.readouterr().out
-    assert "auto picks" in out and "contention" in out
+    assert "auto picks" in out and "contention" in out and "packed/int8" in out
+    assert len(json.loads(out.splitlines()[-1])["calibrations"]) == 2

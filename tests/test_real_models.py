@@ -82,6 +82,18 @@ def test_greedy_sd_equals_ar(llm, prompts, ar_outputs):
     assert llm.core.run_metrics.summary()["acceptance_rate"] > 0.5
 
 
+def test_greedy_auto_equals_ar(llm, prompts, ar_outputs, tmp_path, monkeypatch):
+    """auto calibrates this machine (a fresh cache: measured here), then picks K per round."""
+    monkeypatch.setenv("SSDECODE_CACHE", str(tmp_path))
+    llm.configure("auto")
+    try:
+        outs = llm.generate(prompts[:3], SamplingParams(max_tokens=NEW_TOKENS))
+        assert llm.choice and llm.strategy.stats()["rounds_by_k"]
+    finally:
+        llm.configure("ar")
+    assert [c.token_ids for c in outs] == ar_outputs[:3]
+
+
 def test_cli_generate_json(demo):
     out = subprocess.run(
         [sys.executable, "-m", "ssdecode.cli", "generate", "Say hi.", "--target", str(demo.target_dir),

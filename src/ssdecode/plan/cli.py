@@ -20,8 +20,9 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--calibrate", action="store_true", help="measure this machine again (implies --profile machine)")
     p.add_argument("--target", default="demo-target")
     p.add_argument("--draft", default="demo-draft")
-    p.add_argument("--weights", default="auto", help="target weight format (models/linear.py)")
-    p.add_argument("--draft-weights", default="auto", help="draft weight format")
+    p.add_argument("--weights", default="auto",
+                   help="target weight format (models/linear.py), or a comma list to rank them all")
+    p.add_argument("--draft-weights", default="auto", help="draft weight format(s), e.g. auto,int8")
 
 
 def cmd_plan(args) -> int:
@@ -42,26 +43,38 @@ def cmd_plan(args) -> int:
 
 
 def _plan_machine(args) -> int:
-    """Calibrate (or load the cached calibration of) the pair, then rank every configuration."""
+    """Calibrate (or load the cached calibration of) each pair of weight formats, then rank every
+    configuration of every pair."""
     from ssdecode.models.loader import load_model
     from ssdecode.plan.auto import explain
     from ssdecode.plan.calibrate import load_or_calibrate
     from ssdecode.plan.planner import rank
 
-    target = load_model(args.target, weights=args.weights)
-    draft = load_model(args.draft, device=target.device, weights=args.draft_weights)
-    cal = load_or_calibrate(target, draft, fresh=args.calibrate, progress=True)
-    print(f"calibration {cal.key} of {cal.measured_at}: {cal.info}")
-    print(f"  target ms by tokens  {ms(cal.target_s)}")
-    print(f"  draft ms by rows     {ms(cal.draft_s)}")
-    print(f"  contention (target beside the draft) {cal.contention:.2f}x")
-    out = {}
-    for a in args.a:
-        choices = rank(cal, a, args.r, args.budget)
-        out[str(a)] = [{"mode": c.mode, "k": c.k, "tokens_per_s": round(c.tokens_per_s, 3)} for c in choices]
-        print(f"a={a}: " + ", ".join(f"{c.label} {c.tokens_per_s:.2f}" for c in choices[:6]) + " tokens/s ...")
-        print(f"  auto picks {explain(choices, cal.measured_at, a)}")
-    print(json.dumps({"calibration": cal.to_json(), "ranked": out}))
+    out, ranked = {"calibrations": [], "ranked": {}}, {a: [] for a in args.a}
+    for tfmt in args.weights.split(","):
+        target = load_model(args.target, weights=tfmt)
+        for dfmt in args.draft_weights.split(","):
+            draft = load_model(args.draft, device=target.device, weights=dfmt)
+            cal = load_or_calibrate(target, draft, fresh=args.calibrate, progress=True)
+            pair = f"{target.weight_format}/{getattr(draft, 'weight_format', dfmt)}"
+            print(f"{pair}: calibration {cal.key} of {cal.measured_at}")
+            print(f"  target ms by tokens  {ms(cal.target_s)}")
+            print(f"  draft ms by rows     {ms(cal.draft_s)}")
+            print(f"  contention (target beside the draft) {cal.contention:.2f}x")
+            out["calibrations"].append(cal.to_json())
+            for a in args.a:
+                choices = rank(cal, a, args.r, args.budget)
+                print(f"  a={a}: auto picks {explain(choices, cal.measured_at, a)}")
+                ranked[a] += [(c, pair) for c in choices]
+            del draft
+        del target
+    for a, rows in ranked.items():
+        rows.sort(key=lambda cp: -cp[0].tokens_per_s)
+        print(f"a={a}, weights target/draft: " + ", ".join(f"{c.label} {p} {c.tokens_per_s:.2f}" for c, p in rows[:6])
+              + " tokens/s ...")
+        out["ranked"][str(a)] = [{"mode": c.mode, "k": c.k, "weights": p, "tokens_per_s": round(c.tokens_per_s, 3)}
+                                 for c, p in rows]
+    print(json.dumps(out))
     return 0
 
 
