@@ -48,12 +48,12 @@ AVX2_ENV = {"SSDECODE_KERNEL_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDN
 
 
 def random_blocks(qtype: str, n: int, k: int, seed: int = 0) -> np.ndarray:
-    """Valid [n, k] weights as GGUF bytes: gguf quantizes Q8_0 itself; for the K-quants (which it
-    only dequantizes) every quant and sub-scale bit pattern is random and the fp16 super-block
-    scales are sane, some of them subnormal and some negative."""
+    """Valid [n, k] weights as GGUF bytes: gguf quantizes Q8_0, Q5_0 and Q4_0 itself; for the
+    K-quants (which it only dequantizes) every quant and sub-scale bit pattern is random and the
+    fp16 super-block scales are sane, some of them subnormal and some negative."""
     rng = np.random.default_rng(seed)
     t = gguf.GGMLQuantizationType[qtype]
-    if qtype == "Q8_0":
+    if qtype in ("Q8_0", "Q5_0", "Q4_0"):
         return gguf.quants.quantize(rng.standard_normal((n, k), dtype=np.float32), t)
     block, size = gguf.GGML_QUANT_SIZES[t]
     raw = rng.integers(0, 256, (n, k // block, size), dtype=np.uint8)

@@ -1,5 +1,6 @@
-/* y[M, N] = x[M, K] @ W^T (+ bias) for W stored as GGML Q4_K, Q6_K or Q8_0 blocks, exactly as in
- * the GGUF file (issue 11: run GGUF models as stored). Built and loaded by ggml.py.
+/* y[M, N] = x[M, K] @ W^T (+ bias) for W stored as GGML Q4_K, Q6_K, Q8_0, Q5_0 or Q4_0 blocks,
+ * exactly as in the GGUF file (issue 11: run GGUF models as stored), and rows of such a W as fp32
+ * (an embedding lookup). Built and loaded by ggml.py.
  *
  * Why it is shaped like this:
  * - Decode and verification multiply 1-16 fp32 rows by a large weight. With fp32 activations
@@ -30,7 +31,7 @@
 #include <immintrin.h>
 #endif
 
-enum { Q4_K, Q6_K, Q8_0 };          /* qtype codes, as in ggml.py */
+enum { Q4_K, Q6_K, Q8_0, Q5_0, Q4_0 };  /* qtype codes, as in ggml.py */
 enum { SCALAR, AVX2, AVX512 };      /* isa codes, as in ggml.py */
 #define SLICE 256                   /* a K-quant super-block, eight Q8_0 blocks */
 #define MCHUNK 16
@@ -64,7 +65,7 @@ static inline void q4k_scales(const uint8_t *s, uint32_t out[4])
 
 /* Slice [k0, k0 + len) of one weight row as w = q * sc[i / 16] - off[i / 16], the layouts of gguf's
  * dequantize_blocks. q is unsigned for Q6_K (its -32 is 32 * sc in off): q * sc is exact, so w
- * is the reference value, rounded once. decode_avx2 below computes the same with intrinsics. */
+ * is the reference value, rounded once. Likewise Q5_0 and Q4_0 (-16 and -8). decode_avx2 below computes the same with intrinsics. */
 static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, int8_t *q, float *sc, float *off)
 {
     if (qtype == Q4_K) {            /* d, dmin (f16), 12 scale bytes, 128 of nibbles */
@@ -100,12 +101,26 @@ static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, in
                 o[i + 96] = (l[i + 32] >> 4) | (hb[i] >> 6) << 4;
             }
         }
-    } else {                        /* Q8_0: d (f16) and 32 int8 per block */
+    } else if (qtype == Q8_0) {     /* d (f16) and 32 int8 per block */
         for (int j = 0; j < len / 32; j++) {
             const uint8_t *b = row + (k0 / 32 + j) * 34;
             sc[2 * j] = sc[2 * j + 1] = f16(b);
             off[2 * j] = off[2 * j + 1] = 0;
             memcpy(q + 32 * j, b + 2, 32);
+        }
+    } else {                        /* Q5_0: d, 32 high bits, 16 bytes of nibbles; Q4_0: d, nibbles */
+        int five = qtype == Q5_0, size = five ? 22 : 18;
+        for (int j = 0; j < len / 32; j++) {
+            const uint8_t *b = row + (k0 / 32 + j) * size, *nib = b + 2 + 4 * five;
+            uint32_t qh = 0;
+            if (five)
+                memcpy(&qh, b + 2, 4);
+            sc[2 * j] = sc[2 * j + 1] = f16(b);
+            off[2 * j] = off[2 * j + 1] = (five ? 16 : 8) * sc[2 * j];   /* q is stored unsigned */
+            for (int i = 0; i < 16; i++) {  /* low nibbles are weights 0-15, high ones 16-31 */
+                q[32 * j + i] = (nib[i] & 15) | (qh >> i & 1) << 4;
+                q[32 * j + 16 + i] = (nib[i] >> 4) | (qh >> (16 + i) & 1) << 4;
+            }
         }
     }
 }
@@ -179,12 +194,32 @@ static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t
             _mm256_storeu_si256(o + 2, _mm256_or_si256(n0, _mm256_and_si256(hb, bits45)));
             _mm256_storeu_si256(o + 3, _mm256_or_si256(n1, _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)));
         }
-    } else {
+    } else if (qtype == Q8_0) {
         for (int j = 0; j < len / 32; j++) {
             const uint8_t *b = row + (k0 / 32 + j) * 34;
             sc[2 * j] = sc[2 * j + 1] = f16c(b);
             off[2 * j] = off[2 * j + 1] = 0;
             _mm256_storeu_si256((__m256i *)(q + 32 * j), _mm256_loadu_si256((const __m256i *)(b + 2)));
+        }
+    } else {
+        int five = qtype == Q5_0, size = five ? 22 : 18;
+        /* qh's bit i to byte i: byte i / 8 of qh into byte i, then its bit i % 8 tested */
+        const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+                      bit = _mm256_set1_epi64x(0x8040201008040201);
+        for (int j = 0; j < len / 32; j++) {
+            const uint8_t *b = row + (k0 / 32 + j) * size;
+            __m128i v = _mm_loadu_si128((const __m128i *)(b + 2 + 4 * five));
+            __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), low4);
+            if (five) {
+                uint32_t qh;
+                memcpy(&qh, b + 2, 4);
+                __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), spread);
+                h = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+                nib = _mm256_or_si256(nib, _mm256_and_si256(h, _mm256_set1_epi8(16)));
+            }
+            sc[2 * j] = sc[2 * j + 1] = f16c(b);
+            off[2 * j] = off[2 * j + 1] = (five ? 16 : 8) * sc[2 * j];
+            _mm256_storeu_si256((__m256i *)(q + 32 * j), nib);
         }
     }
 }
@@ -192,6 +227,7 @@ static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t
 
 typedef void rows_fn(int, const float *, int, int64_t, const uint8_t *, int64_t, int64_t, int64_t,
                      int64_t, const float *, float *);
+typedef void dequant_fn(int, const uint8_t *, int64_t, float *);
 
 #define SFX scalar
 #define VL 1
@@ -255,21 +291,57 @@ static const float *pack_x(const float *x, int m, int64_t k, float **buf)
     return p;
 }
 
+static int64_t row_bytes(int qtype, int64_t k)
+{
+    static const int block[] = {256, 256, 32, 32, 32}, size[] = {144, 210, 34, 22, 18};
+    return k / block[qtype] * size[qtype];
+}
+
+/* The functions of instruction set isa, or 0 when this CPU lacks it. */
+static int pick(int isa, rows_fn **rows, dequant_fn **dequant)
+{
+    *rows = rows_scalar;
+    *dequant = dequant_scalar;
+    if (isa > ssd_ggml_best_isa())
+        return 0;
+#if defined(__x86_64__) || defined(__i386__)
+    if (isa == AVX512) {
+        *rows = rows_avx512;
+        *dequant = dequant_avx512;
+    } else if (isa == AVX2) {
+        *rows = rows_avx2;
+        *dequant = dequant_avx2;
+    }
+#endif
+    return 1;
+}
+
+/* out[i, :] = weight row ids[i] as fp32, for count ids (checked by the caller). Returns -1 for an
+ * isa this CPU lacks, else 0. */
+int ssd_ggml_dequantize_rows(int isa, int qtype, const uint8_t *w, int64_t k, const int64_t *ids, int64_t count,
+                             float *out, int threads)
+{
+    rows_fn *rows;
+    dequant_fn *dequant;
+    if (!pick(isa, &rows, &dequant))
+        return -1;
+    int64_t ldw = row_bytes(qtype, k);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < count; i++)
+        dequant(qtype, w + ids[i] * ldw, k, out + i * k);
+    return 0;
+}
+
 /* y[m, n] = x[m, k] @ W^T (+ bias[n]); W is n rows of k / block weights. Returns -1 for an isa this
  * CPU lacks, -2 when out of memory, else 0. Shapes and types are checked by the caller. */
 int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n,
                     const float *bias, float *y, int threads)
 {
-    rows_fn *rows = rows_scalar;
-    if (isa > ssd_ggml_best_isa())
+    rows_fn *rows;
+    dequant_fn *dequant;
+    if (!pick(isa, &rows, &dequant))
         return -1;
-#if defined(__x86_64__) || defined(__i386__)
-    if (isa == AVX512)
-        rows = rows_avx512;
-    else if (isa == AVX2)
-        rows = rows_avx2;
-#endif
-    int64_t ldw = qtype == Q4_K ? k / 256 * 144 : qtype == Q6_K ? k / 256 * 210 : k / 32 * 34;
+    int64_t ldw = row_bytes(qtype, k);
     int64_t groups = (n + NR - 1) / NR;
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
         int mc = m - m0 < MCHUNK ? (int)(m - m0) : MCHUNK;

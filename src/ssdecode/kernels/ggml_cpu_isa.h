@@ -93,6 +93,19 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
         }
 }
 
+/* One weight row as fp32: q * sc - off is gguf's value exactly (see decode_scalar). */
+static TARGET void F(dequant)(int qtype, const uint8_t *row, int64_t k, float *out)
+{
+    float sc[SLICE / 16], off[SLICE / 16];
+    int8_t q[SLICE];
+    for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
+        int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
+        DECODE(qtype, row, k0, len, q, sc, off);
+        for (int i = 0; i < len; i++)
+            out[k0 + i] = q[i] * sc[i / 16] - off[i / 16];
+    }
+}
+
 #undef SFX
 #undef VL
 #undef MT
