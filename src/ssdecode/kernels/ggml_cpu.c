@@ -225,6 +225,13 @@ static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t
 }
 #endif
 
+/* Bytes of k weights (a whole number of blocks). */
+static int64_t row_bytes(int qtype, int64_t k)
+{
+    static const int block[] = {256, 256, 32, 32, 32}, size[] = {144, 210, 34, 22, 18};
+    return k / block[qtype] * size[qtype];
+}
+
 typedef void rows_fn(int, const float *, int, int64_t, const uint8_t *, int64_t, int64_t, int64_t,
                      int64_t, const float *, float *);
 typedef void dequant_fn(int, const uint8_t *, int64_t, float *);
@@ -252,16 +259,85 @@ typedef void dequant_fn(int, const uint8_t *, int64_t, float *);
 #define DECODE decode_avx2
 #include "ggml_cpu_isa.h"
 
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+/* Q4_K with AVX-512 by table lookup: vpermps picks lane i of a 16-float table by the low 4 bits of
+ * index lane i, ignoring the rest. So each sub-block gets the table of its 16 dequantized values
+ * (v * scale - offset for v = 0..15, gguf's values exactly, one FMA per 32 weights, its scale and
+ * offset broadcast from memory for free), and a weight costs a shift and a lookup instead of
+ * unpacking, an int -> float conversion and a dequantizing FMA. The lanes of a lookup hold weights
+ * in the order q4k_order gives, into which x is packed. */
+static inline AVX512_TARGET void q4k_scales_ps(const uint8_t *b, float *sc, float *off)
+{
+    uint32_t words[4];
+    q4k_scales(b + 4, words);
+    __m128i u = _mm_loadu_si128((const __m128i *)words);
+    _mm256_storeu_ps(sc, _mm256_mul_ps(bytes_to_ps(u, 0), _mm256_set1_ps(f16c(b))));
+    _mm256_storeu_ps(off, _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2))));
+}
+
+/* The 32 nibble bytes of sub-blocks 2g and 2g + 1 are broadcast to both halves of a register and
+ * shifted per lane: lookup v (0-3) of group g takes, in lane l, weight q4k_order(16 * v + l) + 64 g. */
+static inline int q4k_order(int p)
+{
+    int v = p / 16, l = p % 16;
+    return 32 * (v / 2) + 4 * (l % 8) + 2 * (v % 2) + l / 8;
+}
+
+/* acc[r][i] += row r of the super-block . x row i, for rt weight rows and mt activation rows, as
+ * tile in ggml_cpu_isa.h (each accumulator sums in the same order whatever rt and mt are). */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q4k_tile(const uint8_t *const *nib, const float (*sc)[SLICE / 16], const float (*off)[SLICE / 16], const float *x,
+         float *acc, const int rt, const int mt)
+{
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i shift[4] = {_mm512_set_epi64(0x800000008, 0x800000008, 0x800000008, 0x800000008, 0, 0, 0, 0),
+                              _mm512_set_epi64(0x1800000018, 0x1800000018, 0x1800000018, 0x1800000018,
+                                               0x1000000010, 0x1000000010, 0x1000000010, 0x1000000010),
+                              _mm512_set_epi64(0xc0000000c, 0xc0000000c, 0xc0000000c, 0xc0000000c,
+                                               0x400000004, 0x400000004, 0x400000004, 0x400000004),
+                              _mm512_set_epi64(0x1c0000001c, 0x1c0000001c, 0x1c0000001c, 0x1c0000001c,
+                                               0x1400000014, 0x1400000014, 0x1400000014, 0x1400000014)};
+    __m512 a[4][16];
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            a[r][i] = _mm512_load_ps(acc + (r * MCHUNK + i) * 16);
+    for (int g = 0; g < 4; g++)
+#pragma GCC unroll 4
+        for (int r = 0; r < rt; r++) {
+            __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(nib[r] + 32 * g)));
+            __m512 t[2];
+            for (int h = 0; h < 2; h++)
+                t[h] = _mm512_fmsub_ps(iota, _mm512_set1_ps(sc[r][2 * g + h]), _mm512_set1_ps(off[r][2 * g + h]));
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) {
+                __m512 w = _mm512_permutexvar_ps(_mm512_srlv_epi32(raw, shift[v]), t[v / 2]);
+#pragma GCC unroll 16
+                for (int i = 0; i < mt; i++)
+                    a[r][i] = _mm512_fmadd_ps(w, _mm512_load_ps(x + i * SLICE + 64 * g + 16 * v), a[r][i]);
+            }
+        }
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            _mm512_store_ps(acc + (r * MCHUNK + i) * 16, a[r][i]);
+}
+
 #define SFX avx512
 #define VL 16
+#define Q4K_LUT
 #define MT 16
 #define ACC 16
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define TARGET AVX512_TARGET
 #define LOAD_I8(p) (F(vf))_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define BCAST(p) (F(vf))_mm512_set1_ps(*(p))
 #define HSUM(v) _mm512_reduce_add_ps((__m512)(v))
 #define DECODE decode_avx2
 #include "ggml_cpu_isa.h"
+#undef Q4K_LUT
 #endif
 
 /* The widest instruction set this CPU runs. */
@@ -277,27 +353,26 @@ int ssd_ggml_best_isa(void)
     return SCALAR;
 }
 
-/* x[m, k] as [k / SLICE][m][SLICE] (the last slice may be partial); one row is already that. */
-static const float *pack_x(const float *x, int m, int64_t k, float **buf)
+/* x[m, k] as [k / SLICE][m][SLICE] (the last slice may be partial), each 64 values in q4k_order
+ * if lut; one row in the given order is already that. */
+static const float *pack_x(const float *x, int m, int64_t k, int lut, float **buf)
 {
     *buf = NULL;
-    if (m == 1)
+    if (m == 1 && !lut)
         return x;
     float *p = *buf = aligned_alloc(64, sizeof(float) * m * ((k + SLICE - 1) / SLICE * SLICE));  /* whole lines */
     if (p)
         for (int64_t k0 = 0; k0 < k; k0 += SLICE)
-            for (int i = 0; i < m; i++)
-                memcpy(p + k0 * m + i * SLICE, x + i * k + k0, sizeof(float) * (k - k0 < SLICE ? k - k0 : SLICE));
+            for (int i = 0; i < m; i++) {
+                float *dst = p + k0 * m + i * SLICE;
+                const float *src = x + i * k + k0;
+                int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
+                for (int j = 0; j < len; j++)
+                    dst[j] = src[lut ? j / 64 * 64 + q4k_order(j % 64) : j];
+            }
     return p;
 }
 
-static int64_t row_bytes(int qtype, int64_t k)
-{
-    static const int block[] = {256, 256, 32, 32, 32}, size[] = {144, 210, 34, 22, 18};
-    return k / block[qtype] * size[qtype];
-}
-
-/* The functions of instruction set isa, or 0 when this CPU lacks it. */
 static int pick(int isa, rows_fn **rows, dequant_fn **dequant)
 {
     *rows = rows_scalar;
@@ -346,7 +421,7 @@ int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, co
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
         int mc = m - m0 < MCHUNK ? (int)(m - m0) : MCHUNK;
         float *buf;
-        const float *xp = pack_x(x + m0 * k, mc, k, &buf);
+        const float *xp = pack_x(x + m0 * k, mc, k, isa == AVX512 && qtype == Q4_K, &buf);
         if (!xp)
             return -2;
 #pragma omp parallel for schedule(static) num_threads(threads)

@@ -53,6 +53,14 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
     float sc[NR][SLICE / 16], off[NR][SLICE / 16];
     int8_t q[NR][SLICE] __attribute__((aligned(64)));
     int rows = (int)(r1 - r0);
+    int64_t slice_bytes = row_bytes(qtype, SLICE);
+#ifdef Q4K_LUT
+    const uint8_t *nib[NR];
+    static const uint8_t zeros[128] __attribute__((aligned(64)));
+    int lut = qtype == Q4_K;
+    for (int r = rows; r < NR; r++)
+        nib[r] = zeros;
+#endif
     if (rows < NR) {                /* the last group: rows past the end weigh nothing */
         memset(sc, 0, sizeof sc);
         memset(off, 0, sizeof off);
@@ -63,16 +71,29 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
     for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
         int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
         for (int r = 0; r < rows; r++) {
-            DECODE(qtype, w + (r0 + r) * ldw, k0, len, q[r], sc[r], off[r]);
-            if (r0 + r + PREFETCH < n)  /* the same slice PREFETCH rows on */
-                for (int64_t o = k0 * ldw / k; o < (k0 + len) * ldw / k; o += 64)
+#ifdef Q4K_LUT
+            if (lut) {
+                const uint8_t *b = w + (r0 + r) * ldw + k0 / 256 * 144;
+                q4k_scales_ps(b, sc[r], off[r]);   /* 8 per 32 weights here */
+                nib[r] = b + 16;
+            } else
+#endif
+                DECODE(qtype, w + (r0 + r) * ldw, k0, len, q[r], sc[r], off[r]);
+            if (r0 + r + PREFETCH < n)  /* the same slice PREFETCH rows on (past a short last one: harmless) */
+                for (int64_t o = k0 / SLICE * slice_bytes; o < (k0 / SLICE + 1) * slice_bytes; o += 64)
                     __builtin_prefetch(w + (r0 + r + PREFETCH) * ldw + o);
         }
         for (int i = 0; i < m; i += MT) {
             int mt = m - i < MT ? m - i : MT;
             for (int r = 0; r < NR; r += (mt <= ACC / 4 ? 4 : mt <= ACC / 2 ? 2 : 1)) {
-#define T(c) case c: F(tile)(q[r], sc[r], off[r], len, x + (k0 * m + i * SLICE), acc[r][i], \
-                             c <= ACC / 4 ? 4 : c <= ACC / 2 ? 2 : 1, c); break;
+#ifdef Q4K_LUT
+#define LUT_TILE(c) if (lut) q4k_tile(nib + r, sc + r, off + r, x + (k0 * m + i * SLICE), acc[r][i], \
+                                      c <= ACC / 4 ? 4 : c <= ACC / 2 ? 2 : 1, c); else
+#else
+#define LUT_TILE(c)
+#endif
+#define T(c) case c: LUT_TILE(c) F(tile)(q[r], sc[r], off[r], len, x + (k0 * m + i * SLICE), acc[r][i], \
+                                         c <= ACC / 4 ? 4 : c <= ACC / 2 ? 2 : 1, c); break;
                 switch (mt) {
                     T(1) T(2) T(3) T(4)
 #if MT > 4
@@ -83,6 +104,7 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
 #endif
                 }
 #undef T
+#undef LUT_TILE
             }
         }
     }
