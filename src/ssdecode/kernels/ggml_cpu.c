@@ -155,15 +155,24 @@ static inline X86_TARGET float f16c(const uint8_t *p)
     return _cvtsh_ss(h);
 }
 
+/* q4k_scales in a register: the words stored one by one and reloaded as a vector stalled on store
+ * forwarding. Reads the four bytes after the scales (the block goes on). */
+static inline X86_TARGET __m128i q4k_scales_avx2(const uint8_t *s)
+{
+    __m128i w = _mm_loadu_si128((const __m128i *)s);
+    __m128i a = _mm_shuffle_epi32(w, 0x98), b = _mm_shuffle_epi32(w, 0x50);    /* w0 w2 w1 w2, w0 w0 w1 w1 */
+    return _mm_or_si128(_mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)),
+                                      _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f)),
+                        _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0)));
+}
+
 static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t k0, int len, int8_t *q, float *sc,
                                           float *off)
 {
     const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
     if (qtype == Q4_K) {
         const uint8_t *b = row + k0 / 256 * 144;
-        uint32_t words[4];
-        q4k_scales(b + 4, words);
-        __m128i u = _mm_loadu_si128((const __m128i *)words);
+        __m128i u = q4k_scales_avx2(b + 4);
         store_pairs(sc, _mm256_mul_ps(bytes_to_ps(u, 0), _mm256_set1_ps(f16c(b))));
         store_pairs(off, _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2))));
         for (int g = 0; g < 4; g++) {
@@ -269,9 +278,7 @@ typedef void dequant_fn(int, const uint8_t *, int64_t, float *);
  * in the order q4k_order gives, into which x is packed. */
 static inline AVX512_TARGET void q4k_scales_ps(const uint8_t *b, float *sc, float *off)
 {
-    uint32_t words[4];
-    q4k_scales(b + 4, words);
-    __m128i u = _mm_loadu_si128((const __m128i *)words);
+    __m128i u = q4k_scales_avx2(b + 4);
     _mm256_storeu_ps(sc, _mm256_mul_ps(bytes_to_ps(u, 0), _mm256_set1_ps(f16c(b))));
     _mm256_storeu_ps(off, _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2))));
 }
