@@ -1,5 +1,5 @@
 """Microbenchmark of the GGUF quantized-weight kernels (issue 11) against what torch offers, at the
-demo target's decode and verification shapes.
+demo target's decode and verification shapes and the draft's Q5_0 ones.
 
     python -m ssdecode.bench.kernels                  # threads 1 and 2; this CPU, then AVX2
     python -m ssdecode.bench.kernels --threads 2 --rows 1,16 --no-avx2
@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from ssdecode.kernels import ggml
 
 SHAPES = [("Q4_K", 17920, 1536), ("Q4_K", 1536, 8960), ("Q6_K", 17920, 1536), ("Q6_K", 1536, 8960),
-          ("Q6_K", 151936, 1536), ("Q8_0", 17920, 1536), ("Q8_0", 1536, 8960)]
+          ("Q6_K", 151936, 1536), ("Q8_0", 17920, 1536), ("Q8_0", 1536, 8960),
+          ("Q5_0", 896, 896), ("Q5_0", 4864, 896), ("Q5_0", 896, 4864), ("Q5_0", 151936, 896)]  # the draft's
 AVX2_ENV = {"SSDECODE_KERNEL_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
             "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
