@@ -5,7 +5,8 @@
  * Why it is shaped like this:
  * - Decode and verification multiply 1-16 fp32 rows by a large weight. With fp32 activations
  *   every weight costs an int8 -> fp32 conversion and a dequantizing FMA besides its product, so
- *   even one row is bound by instructions rather than bytes (docs/benchmarks.md). Each 256-weight
+ *   even one row is bound by instructions rather than bytes (docs/benchmarks.md). Q4_K with
+ *   AVX-512 costs less: a shift and a table lookup per 16 weights (q4k_tile). Each 256-weight
  *   slice of a row is decoded once (to int8 plus a scale and an offset per 16 weights, in L1)
  *   and every activation row is applied to it while it is there; the dequantized lanes live only
  *   in registers, and few activation rows take several weight rows at once (FMA chains).
@@ -65,7 +66,8 @@ static inline void q4k_scales(const uint8_t *s, uint32_t out[4])
 
 /* Slice [k0, k0 + len) of one weight row as w = q * sc[i / 16] - off[i / 16], the layouts of gguf's
  * dequantize_blocks. q is unsigned for Q6_K (its -32 is 32 * sc in off): q * sc is exact, so w
- * is the reference value, rounded once. Likewise Q5_0 and Q4_0 (-16 and -8). decode_avx2 below computes the same with intrinsics. */
+ * is the reference value, rounded once; likewise Q5_0 and Q4_0 (-16 and -8). decode_avx2 below
+ * computes the same with intrinsics. */
 static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, int8_t *q, float *sc, float *off)
 {
     if (qtype == Q4_K) {            /* d, dmin (f16), 12 scale bytes, 128 of nibbles */

@@ -2,7 +2,7 @@
  * suffix), VL (fp32 lanes), MT (most activation rows per register tile), ACC (accumulator
  * registers a tile may use), TARGET (function attribute), DECODE (a slice decoder), LOAD_I8 (VL
  * int8 to fp32; GCC does not vectorize that conversion itself), BCAST (a float to VL lanes) and
- * HSUM (the sum of the lanes).
+ * HSUM (the sum of the lanes); Q4K_LUT (AVX-512 only) takes Q4_K through q4k_tile.
  * Written with GCC vector extensions so that one text serves every width. */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -74,7 +74,7 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
 #ifdef Q4K_LUT
             if (lut) {
                 const uint8_t *b = w + (r0 + r) * ldw + k0 / 256 * 144;
-                q4k_scales_ps(b, sc[r], off[r]);   /* 8 per 32 weights here */
+                q4k_scales_ps(b, sc[r], off[r]);   /* here one per 32 weights, 8 of each */
                 nib[r] = b + 16;
             } else
 #endif
