@@ -5,8 +5,9 @@
  * Why it is shaped like this:
  * - Decode and verification multiply 1-16 fp32 rows by a large weight. With fp32 activations
  *   every weight costs an int8 -> fp32 conversion and a dequantizing FMA besides its product, so
- *   even one row is bound by instructions rather than bytes (docs/benchmarks.md). Q4_K with
- *   AVX-512 costs less: a shift and a table lookup per 16 weights (q4k_tile). Each 256-weight
+ *   even one row is bound by instructions rather than bytes (docs/benchmarks.md). Q4_K, Q5_0 and
+ *   Q4_0 with AVX-512 cost less: a shift and a table lookup per 16 weights (q4k_tile, q40_tile),
+ *   the same path for any number of rows, so batch invariance holds. Each 256-weight
  *   slice of a row is decoded once (to int8 plus a scale and an offset per 16 weights, in L1)
  *   and every activation row is applied to it while it is there; the dequantized lanes live only
  *   in registers, and few activation rows take several weight rows at once (FMA chains).
@@ -62,6 +63,29 @@ static inline void q4k_scales(const uint8_t *s, uint32_t out[4])
     out[1] = (w[2] & 0x0f0f0f0f) | (w[0] >> 6 & 0x03030303) << 4;
     out[2] = w[1] & 0x3f3f3f3f;
     out[3] = (w[2] >> 4 & 0x0f0f0f0f) | (w[1] >> 6 & 0x03030303) << 4;
+}
+
+/* The order of the weights in the AVX-512 table lookups (q4k_tile, q40_tile), into which x is
+ * packed. Q4_K: the 32 nibble bytes of sub-blocks 2g and 2g + 1 are broadcast to both halves of a
+ * register and shifted per lane, so lookup v (0-3) of group g takes, in lane l, weight
+ * q4k_order(16 v + l) + 64 g. Q5_0, Q4_0: a block's 16 nibble bytes go to all four 128-bit lanes,
+ * so lookup h (0, 1) of block j takes weight q40_order(16 h + l) + 32 j. */
+static inline int q4k_order(int p)
+{
+    int v = p / 16, l = p % 16;
+    return 32 * (v / 2) + 4 * (l % 8) + 2 * (v % 2) + l / 8;
+}
+
+static inline int q40_order(int p)
+{
+    int h = p / 16, l = p % 16;
+    return 16 * h + 4 * (l % 4) + l / 4;
+}
+
+/* The types with a lookup path (on AVX-512). */
+static inline int lut_type(int qtype)
+{
+    return qtype == Q4_K || qtype == Q5_0 || qtype == Q4_0;
 }
 
 /* Slice [k0, k0 + len) of one weight row as w = q * sc[i / 16] - off[i / 16], the layouts of gguf's
@@ -285,14 +309,6 @@ static inline AVX512_TARGET void q4k_scales_ps(const uint8_t *b, float *sc, floa
     _mm256_storeu_ps(off, _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2))));
 }
 
-/* The 32 nibble bytes of sub-blocks 2g and 2g + 1 are broadcast to both halves of a register and
- * shifted per lane: lookup v (0-3) of group g takes, in lane l, weight q4k_order(16 * v + l) + 64 g. */
-static inline int q4k_order(int p)
-{
-    int v = p / 16, l = p % 16;
-    return 32 * (v / 2) + 4 * (l % 8) + 2 * (v % 2) + l / 8;
-}
-
 /* acc[r][i] += row r of the super-block . x row i, for rt weight rows and mt activation rows, as
  * tile in ggml_cpu_isa.h (each accumulator sums in the same order whatever rt and mt are). */
 static inline __attribute__((always_inline)) AVX512_TARGET void
@@ -335,9 +351,91 @@ q4k_tile(const uint8_t *const *nib, const float (*sc)[SLICE / 16], const float (
             _mm512_store_ps(acc + (r * MCHUNK + i) * 16, a[r][i]);
 }
 
+/* Q5_0 and Q4_0 likewise, one block (32 weights, one scale d) at a time: the tables are gguf's
+ * d * (v - 16) and d * (v - 8), and Q5_0's fifth bit is rotated from qh into bit 4 of the index
+ * for vpermt2ps, which looks up 32 values. d comes in sc[r][j] for block j. */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q40_tile(const int five, const uint8_t *const *blk, const float (*d)[SLICE / 16], int len, const float *x,
+         float *acc, const int rt, const int mt)
+{
+    int32_t sh[16], rot[2][16];
+    for (int l = 0; l < 16; l++) {  /* constants once inlined */
+        sh[l] = 8 * (l / 4);
+        rot[0][l] = (q40_order(l) - 4) & 31;
+        rot[1][l] = (q40_order(16 + l) - 4) & 31;
+    }
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i shift = _mm512_loadu_si512(sh), four = _mm512_set1_epi32(4), low4 = _mm512_set1_epi32(15);
+    const int size = five ? 22 : 18;
+    __m512 a[4][16];
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            a[r][i] = _mm512_load_ps(acc + (r * MCHUNK + i) * 16);
+    for (int j = 0; j < len / 32; j++)
+#pragma GCC unroll 4
+        for (int r = 0; r < rt; r++) {
+            const uint8_t *b = blk[r] + j * size;
+            __m512i raw = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(b + 2 + 4 * five)));
+            __m512 dv = _mm512_set1_ps(d[r][j]), lo = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(five ? 16 : 8)), dv),
+                   hi = _mm512_mul_ps(iota, dv);
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                __m512i idx = _mm512_srlv_epi32(raw, h ? _mm512_add_epi32(shift, four) : shift);
+                __m512 w;
+                if (five) {
+                    int32_t qh;
+                    memcpy(&qh, b + 2, 4);
+                    __m512i bit = _mm512_rorv_epi32(_mm512_set1_epi32(qh), _mm512_loadu_si512(rot[h]));
+                    idx = _mm512_ternarylogic_epi32(idx, bit, low4, 0xe4);   /* low4 ? idx : bit */
+                    w = _mm512_permutex2var_ps(lo, idx, hi);
+                } else {
+                    w = _mm512_permutexvar_ps(idx, lo);
+                }
+#pragma GCC unroll 16
+                for (int i = 0; i < mt; i++)
+                    a[r][i] = _mm512_fmadd_ps(w, _mm512_load_ps(x + i * SLICE + 32 * j + 16 * h), a[r][i]);
+            }
+        }
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            _mm512_store_ps(acc + (r * MCHUNK + i) * 16, a[r][i]);
+}
+
+static inline __attribute__((always_inline)) AVX512_TARGET void
+lut_tile(int qtype, const uint8_t *const *blk, const float (*sc)[SLICE / 16], const float (*off)[SLICE / 16],
+         int len, const float *x, float *acc, const int rt, const int mt)
+{
+    if (qtype == Q4_K)
+        q4k_tile(blk, sc, off, x, acc, rt, mt);
+    else if (qtype == Q5_0)
+        q40_tile(1, blk, sc, len, x, acc, rt, mt);
+    else
+        q40_tile(0, blk, sc, len, x, acc, rt, mt);
+}
+
+/* What the lookup paths keep of a slice of a row: the blocks' address and their scales. */
+static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64_t k0, int len,
+                                            const uint8_t **blk, float *sc, float *off)
+{
+    if (qtype == Q4_K) {
+        *blk = row + k0 / 256 * 144;
+        q4k_scales_ps(*blk, sc, off);   /* here one per 32 weights, 8 of each */
+        *blk += 16;
+    } else {
+        int size = qtype == Q5_0 ? 22 : 18;
+        *blk = row + k0 / 32 * size;
+        for (int j = 0; j < len / 32; j++)
+            sc[j] = f16c(*blk + j * size);
+    }
+}
+
 #define SFX avx512
 #define VL 16
-#define Q4K_LUT
+#define LUT
 #define MT 16
 #define ACC 16
 #define TARGET AVX512_TARGET
@@ -346,7 +444,7 @@ q4k_tile(const uint8_t *const *nib, const float (*sc)[SLICE / 16], const float (
 #define HSUM(v) _mm512_reduce_add_ps((__m512)(v))
 #define DECODE decode_avx2
 #include "ggml_cpu_isa.h"
-#undef Q4K_LUT
+#undef LUT
 #endif
 
 /* The widest instruction set this CPU runs. */
@@ -362,10 +460,11 @@ int ssd_ggml_best_isa(void)
     return SCALAR;
 }
 
-/* x[m, k] as [k / SLICE][m][SLICE] (the last slice may be partial), each 64 values in q4k_order
- * if lut; one row in the given order is already that. */
-static const float *pack_x(const float *x, int m, int64_t k, int lut, float **buf)
+/* x[m, k] as [k / SLICE][m][SLICE] (the last slice may be partial), in the lookup order of qtype if
+ * lut; one row in the given order is already that. */
+static const float *pack_x(const float *x, int m, int64_t k, int lut, int qtype, float **buf)
 {
+    int group = qtype == Q4_K ? 64 : 32;
     *buf = NULL;
     if (m == 1 && !lut)
         return x;
@@ -377,7 +476,7 @@ static const float *pack_x(const float *x, int m, int64_t k, int lut, float **bu
                 const float *src = x + i * k + k0;
                 int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
                 for (int j = 0; j < len; j++)
-                    dst[j] = src[lut ? j / 64 * 64 + q4k_order(j % 64) : j];
+                    dst[j] = !lut ? src[j] : src[j / group * group + (group == 64 ? q4k_order : q40_order)(j % group)];
             }
     return p;
 }
@@ -430,7 +529,7 @@ int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, co
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
         int mc = m - m0 < MCHUNK ? (int)(m - m0) : MCHUNK;
         float *buf;
-        const float *xp = pack_x(x + m0 * k, mc, k, isa == AVX512 && qtype == Q4_K, &buf);
+        const float *xp = pack_x(x + m0 * k, mc, k, isa == AVX512 && lut_type(qtype), qtype, &buf);
         if (!xp)
             return -2;
 #pragma omp parallel for schedule(static) num_threads(threads)

@@ -2,7 +2,7 @@
  * suffix), VL (fp32 lanes), MT (most activation rows per register tile), ACC (accumulator
  * registers a tile may use), TARGET (function attribute), DECODE (a slice decoder), LOAD_I8 (VL
  * int8 to fp32; GCC does not vectorize that conversion itself), BCAST (a float to VL lanes) and
- * HSUM (the sum of the lanes); Q4K_LUT (AVX-512 only) takes Q4_K through q4k_tile.
+ * HSUM (the sum of the lanes); LUT (AVX-512 only) takes the types lut_type names through lut_decode and lut_tile.
  * Written with GCC vector extensions so that one text serves every width. */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -54,12 +54,12 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
     int8_t q[NR][SLICE] __attribute__((aligned(64)));
     int rows = (int)(r1 - r0);
     int64_t slice_bytes = row_bytes(qtype, SLICE);
-#ifdef Q4K_LUT
-    const uint8_t *nib[NR];
-    static const uint8_t zeros[128] __attribute__((aligned(64)));
-    int lut = qtype == Q4_K;
+#ifdef LUT
+    const uint8_t *blk[NR];
+    static const uint8_t zeros[SLICE] __attribute__((aligned(64)));
+    int lut = lut_type(qtype);
     for (int r = rows; r < NR; r++)
-        nib[r] = zeros;
+        blk[r] = zeros;
 #endif
     if (rows < NR) {                /* the last group: rows past the end weigh nothing */
         memset(sc, 0, sizeof sc);
@@ -71,12 +71,10 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
     for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
         int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
         for (int r = 0; r < rows; r++) {
-#ifdef Q4K_LUT
-            if (lut) {
-                const uint8_t *b = w + (r0 + r) * ldw + k0 / 256 * 144;
-                q4k_scales_ps(b, sc[r], off[r]);   /* here one per 32 weights, 8 of each */
-                nib[r] = b + 16;
-            } else
+#ifdef LUT
+            if (lut)
+                lut_decode(qtype, w + (r0 + r) * ldw, k0, len, blk + r, sc[r], off[r]);
+            else
 #endif
                 DECODE(qtype, w + (r0 + r) * ldw, k0, len, q[r], sc[r], off[r]);
             if (r0 + r + PREFETCH < n)  /* the same slice PREFETCH rows on (past a short last one: harmless) */
@@ -86,8 +84,8 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
         for (int i = 0; i < m; i += MT) {
             int mt = m - i < MT ? m - i : MT;
             for (int r = 0; r < NR; r += (mt <= ACC / 4 ? 4 : mt <= ACC / 2 ? 2 : 1)) {
-#ifdef Q4K_LUT
-#define LUT_TILE(c) if (lut) q4k_tile(nib + r, sc + r, off + r, x + (k0 * m + i * SLICE), acc[r][i], \
+#ifdef LUT
+#define LUT_TILE(c) if (lut) lut_tile(qtype, blk + r, sc + r, off + r, len, x + (k0 * m + i * SLICE), acc[r][i], \
                                       c <= ACC / 4 ? 4 : c <= ACC / 2 ? 2 : 1, c); else
 #else
 #define LUT_TILE(c)
