@@ -35,8 +35,8 @@ def reference(x: torch.Tensor, raw: np.ndarray, qtype: str, bias=None) -> torch.
     return F.linear(x, torch.from_numpy(np.ascontiguousarray(w)), bias)
 
 
-# k: two super-blocks; Q8_0 352 = 11 blocks, so a partial last slice. n = 37: a partial row group.
-@pytest.mark.parametrize("qtype,k", [("Q4_K", 512), ("Q6_K", 512), ("Q8_0", 352)])
+# k: two super-blocks; 352 = 11 blocks of 32, so a partial last slice. n = 37: a partial row group.
+@pytest.mark.parametrize("qtype,k", [("Q4_K", 512), ("Q6_K", 512), ("Q8_0", 352), ("Q5_0", 352), ("Q4_0", 352)])
 @pytest.mark.parametrize("m", [1, 3, 8, 16, 17])
 def test_matches_gguf_dequantize(qtype, k, m):
     n = 37
@@ -61,6 +61,20 @@ def test_threads_and_batch_do_not_change_bits(qtype):
         assert torch.equal(y, ggml.quantized_linear(x, blocks, qtype, n, k, isa=isa, threads=1))
         one_row = ggml.quantized_linear(x[1, 5], blocks, qtype, n, k, isa=isa)
         assert torch.equal(one_row, y[1, 5])
+
+
+@pytest.mark.parametrize("qtype", ggml.QTYPES)
+def test_dequantize_rows_is_gguf_dequantize(qtype):
+    n, k = 50, 768 if qtype in ("Q4_K", "Q6_K") else 352
+    raw = random_blocks(qtype, n, k, seed=3)
+    want = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType[qtype]))
+    ids = [7, 0, 49, 7, 13]
+    for isa in isas():
+        got = ggml.dequantize_rows(torch.from_numpy(raw), qtype, ids, k, isa=isa, threads=2)
+        assert torch.equal(got, want[ids]), isa
+    assert ggml.dequantize_rows(torch.from_numpy(raw), qtype, [], k).shape == (0, k)
+    with pytest.raises(ValueError, match="row ids"):
+        ggml.dequantize_rows(torch.from_numpy(raw), qtype, [n], k)
 
 
 def test_environment_forces_the_scalar_build(monkeypatch):

@@ -43,8 +43,8 @@ def demo_like(name: str):
 
 
 def mixed(name: str):
-    """q/k/v of three types (one without a kernel: Q5_0), gate/up apart."""
-    return {"q_proj": Q.Q4_K, "k_proj": Q.Q8_0, "v_proj": Q.Q5_0, "gate_proj": Q.Q6_K}.get(
+    """q/k/v of three types (one without a kernel: Q5_1), gate/up apart."""
+    return {"q_proj": Q.Q4_K, "k_proj": Q.Q8_0, "v_proj": Q.Q5_1, "gate_proj": Q.Q6_K}.get(
         name.split(".")[-2], Q.Q4_K)
 
 
@@ -107,11 +107,11 @@ def test_header_index_is_ggufs_reader(tmp_path):
 def test_mixed_types_run_unfused(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ssdecode.models.gguf_weights"):
         stored, dense = both(write_gguf(tiny_model("llama", **SIZES), tmp_path / "m.gguf", mixed))
-    assert caplog.text.count("no kernel for GGUF type Q5_0") == 1
+    assert caplog.text.count("no kernel for GGUF type Q5_1") == 1
     qkv, gate_up = stored.layers[1].qkv, stored.layers[1].gate_up
     assert isinstance(qkv, SplitLinear) and isinstance(gate_up, SplitLinear)
     assert [type(p).__name__ for p in qkv.parts][:2] == ["QuantizedLinear"] * 2
-    assert not isinstance(qkv.parts[2], QuantizedLinear)  # Q5_0: dequantized at load
+    assert not isinstance(qkv.parts[2], QuantizedLinear)  # Q5_1: dequantized at load
     assert_same_logits(stored, dense)
 
 

@@ -1,5 +1,5 @@
 """Microbenchmark of the GGUF quantized-weight kernels (issue 11) against what torch offers, at the
-demo target's decode and verification shapes.
+demo target's decode and verification shapes and the draft's Q5_0 ones.
 
     python -m ssdecode.bench.kernels                  # threads 1 and 2; this CPU, then AVX2
     python -m ssdecode.bench.kernels --threads 2 --rows 1,16 --no-avx2
@@ -12,7 +12,9 @@ so that every product reads its weight from memory as a model does:
 - ``packed``: fp32 F.linear weights in oneDNN's packed layout (today's CPU default);
 - ``dense``: F.linear on the dequantized fp32 weight;
 - ``int4pack``: torch's ``_weight_int4pack_mm_for_cpu`` on the Q4_K shapes (int4 groups of 32,
-  bf16 scales, zeros and activations: not the stored model, shown for speed only).
+  bf16 scales, zeros and activations: not the stored model, shown for speed only);
+- ``before`` (with ``--baseline DIR``): the kernel of another checkout's ``src/ssdecode/kernels``
+  (e.g. ``git archive`` of an older commit), on the types it has: before and after in one run.
 
 The ``avx2`` rows come from a child process with every library held to AVX2 (our kernel,
 ATen, oneDNN, MKL): what a machine without AVX-512 runs. GB/s count the bytes of the weight as each
@@ -25,9 +27,13 @@ divides our GB/s by ``read``. Prints a markdown table and one JSON line.
 from __future__ import annotations
 
 import argparse
+import ast
+import ctypes
+import importlib.util
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -42,18 +48,19 @@ import torch.nn.functional as F
 from ssdecode.kernels import ggml
 
 SHAPES = [("Q4_K", 17920, 1536), ("Q4_K", 1536, 8960), ("Q6_K", 17920, 1536), ("Q6_K", 1536, 8960),
-          ("Q6_K", 151936, 1536), ("Q8_0", 17920, 1536), ("Q8_0", 1536, 8960)]
+          ("Q6_K", 151936, 1536), ("Q8_0", 17920, 1536), ("Q8_0", 1536, 8960),
+          ("Q5_0", 896, 896), ("Q5_0", 4864, 896), ("Q5_0", 896, 4864), ("Q5_0", 151936, 896)]  # the draft's
 AVX2_ENV = {"SSDECODE_KERNEL_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
             "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def random_blocks(qtype: str, n: int, k: int, seed: int = 0) -> np.ndarray:
-    """Valid [n, k] weights as GGUF bytes: gguf quantizes Q8_0 itself; for the K-quants (which it
-    only dequantizes) every quant and sub-scale bit pattern is random and the fp16 super-block
-    scales are sane, some of them subnormal and some negative."""
+    """Valid [n, k] weights as GGUF bytes: gguf quantizes Q8_0, Q5_0 and Q4_0 itself; for the
+    K-quants (which it only dequantizes) every quant and sub-scale bit pattern is random and the
+    fp16 super-block scales are sane, some of them subnormal and some negative."""
     rng = np.random.default_rng(seed)
     t = gguf.GGMLQuantizationType[qtype]
-    if qtype == "Q8_0":
+    if qtype in ("Q8_0", "Q5_0", "Q4_0"):
         return gguf.quants.quantize(rng.standard_normal((n, k), dtype=np.float32), t)
     block, size = gguf.GGML_QUANT_SIZES[t]
     raw = rng.integers(0, 256, (n, k // block, size), dtype=np.uint8)
@@ -101,12 +108,34 @@ def int4pack(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(w, 2), torch.rand(k // 32, n, 2).bfloat16()
 
 
-def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, working_set: int) -> list[dict]:
+def baseline_kernel(folder: str):
+    """quantized_linear(x, blocks, qtype, n, k) of the kernels in ``folder``, compiled by its own
+    build.py (into the same content-keyed cache); None for a type that it has no kernel for."""
+    spec = importlib.util.spec_from_file_location("_baseline_build", Path(folder) / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    lib = build.shared_library("ggml_cpu.c")
+    lib.ssd_ggml_linear.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
+                                    ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    qtypes = ast.literal_eval(re.search(r"^QTYPES = (\(.*?\))", (Path(folder) / "ggml.py").read_text(), re.M).group(1))
+    isa = ggml.ISAS.index(os.environ.get("SSDECODE_KERNEL_ISA") or ggml.best_isa())
+
+    def linear(x, blocks, qtype, n, k):
+        y = torch.empty(x.shape[0], n)
+        lib.ssd_ggml_linear(isa, qtypes.index(qtype), x.data_ptr(), x.shape[0], k, blocks.data_ptr(), n, None,
+                            y.data_ptr(), torch.get_num_threads())
+        return y
+    return lambda qtype: linear if qtype in qtypes else None
+
+
+def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, working_set: int,
+                baseline=None) -> list[dict]:
     blocks = torch.from_numpy(random_blocks(qtype, n, k))
     ours = copies(blocks, blocks.nbytes, working_set)
     dense = copies(torch.randn(n, k), 4 * n * k, working_set)
     packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in dense]
-    sizes = {"ours": blocks.nbytes, "dense": 4 * n * k, "packed": 4 * n * k}
+    sizes = {"ours": blocks.nbytes, "before": blocks.nbytes, "dense": 4 * n * k, "packed": 4 * n * k}
+    before = baseline and baseline(qtype)
     if qtype == "Q4_K":
         w4, sz = int4pack(n, k)
         sizes["int4pack"] = w4.nbytes + sz.nbytes
@@ -119,6 +148,8 @@ def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, worki
             "packed": lambda i: torch.ops.mkldnn._linear_pointwise(x, packed[i % len(packed)], None, "none", [], ""),
             "dense": lambda i: F.linear(x, dense[i % len(dense)]),
         }
+        if before:
+            methods["before"] = lambda i: before(x, ours[i % len(ours)], qtype, n, k)
         if qtype == "Q4_K":
             xb = x.bfloat16()
             methods["int4pack"] = lambda i: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w4s[i % len(w4s)], 32, sz)
@@ -128,29 +159,30 @@ def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, worki
     return results
 
 
-def run(threads: list[int], rows: list[int], repeats: int, shapes: list) -> dict:
+def run(threads: list[int], rows: list[int], repeats: int, shapes: list, baseline=None) -> dict:
     """{threads: {"bandwidth": {...}, "results": [...]}} in this process's instruction set."""
     working_set = 2 * last_level_cache()
     out = {}
     for t in threads:
         torch.set_num_threads(t)
         out[t] = {"bandwidth": bandwidths(repeats),
-                  "results": [r for s in shapes for r in bench_shape(*s, rows, repeats, working_set)]}
+                  "results": [r for s in shapes for r in bench_shape(*s, rows, repeats, working_set, baseline)]}
     return out
 
 
 def table(worlds: dict) -> str:
     head = ("| ISA | threads | type | N x K | M | ours ms | ours GB/s | eff | packed fp32 ms | packed GB/s "
-            "| dense fp32 ms | int4pack bf16 ms | packed / ours |")
+            "| dense fp32 ms | int4pack bf16 ms | packed / ours | before ms | before / ours |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for isa, by_threads in worlds.items():
         for t, res in by_threads.items():
             for r in res["results"]:
                 ms, gb = r["ms"], r["gbps"]
                 i4 = f"{ms['int4pack']:.2f}" if "int4pack" in ms else "-"
+                was = f"{ms['before']:.2f} | {ms['before'] / ms['ours']:.2f}x" if "before" in ms else "- | -"
                 lines.append(f"| {isa} | {t} | {r['type']} | {r['n']}x{r['k']} | {r['m']} | {ms['ours']:.2f} | "
                              f"{gb['ours']:.1f} | {gb['ours'] / res['bandwidth']['read']:.0%} | {ms['packed']:.2f} | "
-                             f"{gb['packed']:.1f} | {ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x |")
+                             f"{gb['packed']:.1f} | {ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x | {was} |")
     return "\n".join(lines)
 
 
@@ -161,6 +193,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--shapes", default="all", help="comma list of TYPE:NxK, e.g. Q4_K:17920x1536")
     p.add_argument("--no-avx2", action="store_true", help="skip the child process held to AVX2")
+    p.add_argument("--baseline", help="another checkout's src/ssdecode/kernels folder, timed as 'before'")
     p.add_argument("--json-only", action="store_true", help=argparse.SUPPRESS)  # the AVX2 child
     args = p.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
@@ -169,7 +202,8 @@ def main(argv=None) -> int:
         (s.split(":")[0], *map(int, s.split(":")[1].split("x"))) for s in args.shapes.split(",")]
     isa = os.environ.get("SSDECODE_KERNEL_ISA") or ggml.best_isa()
     load = [os.getloadavg()[0]]  # other processes on the cores skew multi-thread timings most
-    worlds = {isa: run(threads, rows, args.repeats, shapes)}
+    baseline = baseline_kernel(args.baseline) if args.baseline else None
+    worlds = {isa: run(threads, rows, args.repeats, shapes, baseline)}
     if args.json_only:
         print(json.dumps(worlds[isa]))
         return 0

@@ -5,6 +5,7 @@ that ``gguf.quants.dequantize`` makes of ``blocks`` (the tensor's bytes in GGUF 
 ``[n, k / block_size * block_bytes]``), up to fp32 summation order: the C kernel (ggml_cpu.c)
 dequantizes each block on the fly to the same fp32 values and accumulates in fp32; activations
 stay fp32. So a model run this way is the stored model, like the dequantized one.
+``dequantize_rows`` gives chosen rows of W as fp32, exactly (a quantized embedding lookup).
 
 The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2 or
 avx512) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
@@ -23,7 +24,7 @@ from ssdecode.kernels.build import shared_library
 
 log = logging.getLogger(__name__)
 
-QTYPES = ("Q4_K", "Q6_K", "Q8_0")  # positions are the C code's qtype codes
+QTYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_0")  # positions are the C code's qtype codes
 ISAS = ("scalar", "avx2", "avx512")  # and its isa codes
 _SIZES = {q: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]] for q in QTYPES}  # weights, bytes per block
 
@@ -33,6 +34,7 @@ def _lib() -> CDLL:
     lib = shared_library("ggml_cpu.c")
     lib.ssd_ggml_linear.argtypes = [c_int, c_int, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p,
                                     c_void_p, c_int]
+    lib.ssd_ggml_dequantize_rows.argtypes = [c_int, c_int, c_void_p, c_int64, c_void_p, c_int64, c_void_p, c_int]
     return lib
 
 
@@ -52,12 +54,8 @@ def best_isa() -> str:
     return ISAS[_lib().ssd_ggml_best_isa()]
 
 
-def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, k: int,
-                     bias: torch.Tensor | None = None, *, threads: int | None = None,
-                     isa: str | None = None) -> torch.Tensor:
-    """``x[..., k] @ W^T + bias`` -> ``[..., n]`` fp32, W given as stored GGML blocks.
-
-    ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during the product."""
+def _check(qtype: str, blocks: torch.Tensor, n: int, k: int, isa: str | None) -> str:
+    """Raise ValueError unless ``blocks`` holds an [n, k] weight of ``qtype``; the isa to use."""
     if qtype not in _SIZES:
         raise ValueError(f"no kernel for GGML type {qtype!r}; there are {QTYPES}")
     block, block_bytes = _SIZES[qtype]
@@ -67,14 +65,28 @@ def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, 
     if blocks.dtype != torch.uint8 or blocks.shape != shape or not blocks.is_contiguous() or not blocks.is_cpu:
         raise ValueError(f"{qtype} [{n}, {k}] weight: want contiguous CPU uint8 blocks of shape {shape}, "
                          f"got {blocks.dtype} {tuple(blocks.shape)} on {blocks.device}")
+    isa = isa or os.environ.get("SSDECODE_KERNEL_ISA") or best_isa()
+    if isa not in ISAS:
+        raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
+    return isa
+
+
+def _no_isa(isa: str) -> RuntimeError:
+    return RuntimeError(f"this CPU cannot run the {isa} kernels (best: {best_isa()})")
+
+
+def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, k: int,
+                     bias: torch.Tensor | None = None, *, threads: int | None = None,
+                     isa: str | None = None) -> torch.Tensor:
+    """``x[..., k] @ W^T + bias`` -> ``[..., n]`` fp32, W given as stored GGML blocks.
+
+    ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during the product."""
+    isa = _check(qtype, blocks, n, k, isa)
     if x.dtype != torch.float32 or x.shape[-1] != k or not x.is_cpu:
         raise ValueError(f"want fp32 CPU activations [..., {k}], got {x.dtype} {tuple(x.shape)} on {x.device}")
     if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()
                              or not bias.is_cpu):
         raise ValueError(f"want a contiguous fp32 CPU bias [{n}], got {bias.dtype} {tuple(bias.shape)}")
-    isa = isa or os.environ.get("SSDECODE_KERNEL_ISA") or best_isa()
-    if isa not in ISAS:
-        raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
     rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     y = torch.empty(rows.shape[0], n)
     rc = _lib().ssd_ggml_linear(ISAS.index(isa), QTYPES.index(qtype), rows.data_ptr(), rows.shape[0], k,
@@ -83,5 +95,21 @@ def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, 
     if rc == -2:
         raise MemoryError("no memory for a copy of the activations")
     if rc:
-        raise RuntimeError(f"this CPU cannot run the {isa} kernels (best: {best_isa()})")
+        raise _no_isa(isa)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
+
+
+def dequantize_rows(blocks: torch.Tensor, qtype: str, rows, k: int, *, threads: int | None = None,
+                    isa: str | None = None) -> torch.Tensor:
+    """Rows ``rows`` (ids, e.g. tokens) of the [n, k] weight in ``blocks`` as fp32 ``[len(rows), k]``,
+    bit-identical to those rows of ``gguf.quants.dequantize``: a quantized embedding lookup."""
+    ids = torch.as_tensor(rows, dtype=torch.int64).reshape(-1).contiguous()
+    n = blocks.shape[0] if blocks.dim() == 2 else -1
+    isa = _check(qtype, blocks, n, k, isa)
+    if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < n:
+        raise ValueError(f"row ids must lie in [0, {n})")
+    out = torch.empty(ids.numel(), k)
+    if _lib().ssd_ggml_dequantize_rows(ISAS.index(isa), QTYPES.index(qtype), blocks.data_ptr(), k, ids.data_ptr(),
+                                       ids.numel(), out.data_ptr(), threads or torch.get_num_threads()):
+        raise _no_isa(isa)
+    return out

@@ -1,10 +1,13 @@
-/* y[M, N] = x[M, K] @ W^T (+ bias) for W stored as GGML Q4_K, Q6_K or Q8_0 blocks, exactly as in
- * the GGUF file (issue 11: run GGUF models as stored). Built and loaded by ggml.py.
+/* y[M, N] = x[M, K] @ W^T (+ bias) for W stored as GGML Q4_K, Q6_K, Q8_0, Q5_0 or Q4_0 blocks,
+ * exactly as in the GGUF file (issue 11: run GGUF models as stored), and rows of such a W as fp32
+ * (an embedding lookup). Built and loaded by ggml.py.
  *
  * Why it is shaped like this:
  * - Decode and verification multiply 1-16 fp32 rows by a large weight. With fp32 activations
  *   every weight costs an int8 -> fp32 conversion and a dequantizing FMA besides its product, so
- *   even one row is bound by instructions rather than bytes (docs/benchmarks.md). Each 256-weight
+ *   even one row is bound by instructions rather than bytes (docs/benchmarks.md). Q4_K, Q5_0 and
+ *   Q4_0 with AVX-512 cost less: a shift and a table lookup per 16 weights (q4k_tile, q40_tile),
+ *   the same path for any number of rows, so batch invariance holds. Each 256-weight
  *   slice of a row is decoded once (to int8 plus a scale and an offset per 16 weights, in L1)
  *   and every activation row is applied to it while it is there; the dequantized lanes live only
  *   in registers, and few activation rows take several weight rows at once (FMA chains).
@@ -30,7 +33,7 @@
 #include <immintrin.h>
 #endif
 
-enum { Q4_K, Q6_K, Q8_0 };          /* qtype codes, as in ggml.py */
+enum { Q4_K, Q6_K, Q8_0, Q5_0, Q4_0 };  /* qtype codes, as in ggml.py */
 enum { SCALAR, AVX2, AVX512 };      /* isa codes, as in ggml.py */
 #define SLICE 256                   /* a K-quant super-block, eight Q8_0 blocks */
 #define MCHUNK 16
@@ -62,9 +65,33 @@ static inline void q4k_scales(const uint8_t *s, uint32_t out[4])
     out[3] = (w[2] >> 4 & 0x0f0f0f0f) | (w[1] >> 6 & 0x03030303) << 4;
 }
 
+/* The order of the weights in the AVX-512 table lookups (q4k_tile, q40_tile), into which x is
+ * packed. Q4_K: the 32 nibble bytes of sub-blocks 2g and 2g + 1 are broadcast to both halves of a
+ * register and shifted per lane, so lookup v (0-3) of group g takes, in lane l, weight
+ * q4k_order(16 v + l) + 64 g. Q5_0, Q4_0: a block's 16 nibble bytes go to all four 128-bit lanes,
+ * so lookup h (0, 1) of block j takes weight q40_order(16 h + l) + 32 j. */
+static inline int q4k_order(int p)
+{
+    int v = p / 16, l = p % 16;
+    return 32 * (v / 2) + 4 * (l % 8) + 2 * (v % 2) + l / 8;
+}
+
+static inline int q40_order(int p)
+{
+    int h = p / 16, l = p % 16;
+    return 16 * h + 4 * (l % 4) + l / 4;
+}
+
+/* The types with a lookup path (on AVX-512). */
+static inline int lut_type(int qtype)
+{
+    return qtype == Q4_K || qtype == Q5_0 || qtype == Q4_0;
+}
+
 /* Slice [k0, k0 + len) of one weight row as w = q * sc[i / 16] - off[i / 16], the layouts of gguf's
  * dequantize_blocks. q is unsigned for Q6_K (its -32 is 32 * sc in off): q * sc is exact, so w
- * is the reference value, rounded once. decode_avx2 below computes the same with intrinsics. */
+ * is the reference value, rounded once; likewise Q5_0 and Q4_0 (-16 and -8). decode_avx2 below
+ * computes the same with intrinsics. */
 static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, int8_t *q, float *sc, float *off)
 {
     if (qtype == Q4_K) {            /* d, dmin (f16), 12 scale bytes, 128 of nibbles */
@@ -100,12 +127,26 @@ static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, in
                 o[i + 96] = (l[i + 32] >> 4) | (hb[i] >> 6) << 4;
             }
         }
-    } else {                        /* Q8_0: d (f16) and 32 int8 per block */
+    } else if (qtype == Q8_0) {     /* d (f16) and 32 int8 per block */
         for (int j = 0; j < len / 32; j++) {
             const uint8_t *b = row + (k0 / 32 + j) * 34;
             sc[2 * j] = sc[2 * j + 1] = f16(b);
             off[2 * j] = off[2 * j + 1] = 0;
             memcpy(q + 32 * j, b + 2, 32);
+        }
+    } else {                        /* Q5_0: d, 32 high bits, 16 bytes of nibbles; Q4_0: d, nibbles */
+        int five = qtype == Q5_0, size = five ? 22 : 18;
+        for (int j = 0; j < len / 32; j++) {
+            const uint8_t *b = row + (k0 / 32 + j) * size, *nib = b + 2 + 4 * five;
+            uint32_t qh = 0;
+            if (five)
+                memcpy(&qh, b + 2, 4);
+            sc[2 * j] = sc[2 * j + 1] = f16(b);
+            off[2 * j] = off[2 * j + 1] = (five ? 16 : 8) * sc[2 * j];   /* q is stored unsigned */
+            for (int i = 0; i < 16; i++) {  /* low nibbles are weights 0-15, high ones 16-31 */
+                q[32 * j + i] = (nib[i] & 15) | (qh >> i & 1) << 4;
+                q[32 * j + 16 + i] = (nib[i] >> 4) | (qh >> (16 + i) & 1) << 4;
+            }
         }
     }
 }
@@ -140,15 +181,24 @@ static inline X86_TARGET float f16c(const uint8_t *p)
     return _cvtsh_ss(h);
 }
 
+/* q4k_scales in a register: the words stored one by one and reloaded as a vector stalled on store
+ * forwarding. Reads the four bytes after the scales (the block goes on). */
+static inline X86_TARGET __m128i q4k_scales_avx2(const uint8_t *s)
+{
+    __m128i w = _mm_loadu_si128((const __m128i *)s);
+    __m128i a = _mm_shuffle_epi32(w, 0x98), b = _mm_shuffle_epi32(w, 0x50);    /* w0 w2 w1 w2, w0 w0 w1 w1 */
+    return _mm_or_si128(_mm_and_si128(_mm_srlv_epi32(a, _mm_set_epi32(4, 0, 0, 0)),
+                                      _mm_set_epi32(0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f)),
+                        _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0)));
+}
+
 static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t k0, int len, int8_t *q, float *sc,
                                           float *off)
 {
     const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
     if (qtype == Q4_K) {
         const uint8_t *b = row + k0 / 256 * 144;
-        uint32_t words[4];
-        q4k_scales(b + 4, words);
-        __m128i u = _mm_loadu_si128((const __m128i *)words);
+        __m128i u = q4k_scales_avx2(b + 4);
         store_pairs(sc, _mm256_mul_ps(bytes_to_ps(u, 0), _mm256_set1_ps(f16c(b))));
         store_pairs(off, _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2))));
         for (int g = 0; g < 4; g++) {
@@ -179,19 +229,47 @@ static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t
             _mm256_storeu_si256(o + 2, _mm256_or_si256(n0, _mm256_and_si256(hb, bits45)));
             _mm256_storeu_si256(o + 3, _mm256_or_si256(n1, _mm256_and_si256(_mm256_srli_epi16(hb, 2), bits45)));
         }
-    } else {
+    } else if (qtype == Q8_0) {
         for (int j = 0; j < len / 32; j++) {
             const uint8_t *b = row + (k0 / 32 + j) * 34;
             sc[2 * j] = sc[2 * j + 1] = f16c(b);
             off[2 * j] = off[2 * j + 1] = 0;
             _mm256_storeu_si256((__m256i *)(q + 32 * j), _mm256_loadu_si256((const __m256i *)(b + 2)));
         }
+    } else {
+        int five = qtype == Q5_0, size = five ? 22 : 18;
+        /* qh's bit i to byte i: byte i / 8 of qh into byte i, then its bit i % 8 tested */
+        const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
+                      bit = _mm256_set1_epi64x(0x8040201008040201);
+        for (int j = 0; j < len / 32; j++) {
+            const uint8_t *b = row + (k0 / 32 + j) * size;
+            __m128i v = _mm_loadu_si128((const __m128i *)(b + 2 + 4 * five));
+            __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), low4);
+            if (five) {
+                uint32_t qh;
+                memcpy(&qh, b + 2, 4);
+                __m256i h = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), spread);
+                h = _mm256_cmpeq_epi8(_mm256_and_si256(h, bit), bit);
+                nib = _mm256_or_si256(nib, _mm256_and_si256(h, _mm256_set1_epi8(16)));
+            }
+            sc[2 * j] = sc[2 * j + 1] = f16c(b);
+            off[2 * j] = off[2 * j + 1] = (five ? 16 : 8) * sc[2 * j];
+            _mm256_storeu_si256((__m256i *)(q + 32 * j), nib);
+        }
     }
 }
 #endif
 
+/* Bytes of k weights (a whole number of blocks). */
+static int64_t row_bytes(int qtype, int64_t k)
+{
+    static const int block[] = {256, 256, 32, 32, 32}, size[] = {144, 210, 34, 22, 18};
+    return k / block[qtype] * size[qtype];
+}
+
 typedef void rows_fn(int, const float *, int, int64_t, const uint8_t *, int64_t, int64_t, int64_t,
                      int64_t, const float *, float *);
+typedef void dequant_fn(int, const uint8_t *, int64_t, float *);
 
 #define SFX scalar
 #define VL 1
@@ -216,16 +294,157 @@ typedef void rows_fn(int, const float *, int, int64_t, const uint8_t *, int64_t,
 #define DECODE decode_avx2
 #include "ggml_cpu_isa.h"
 
+#define AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+/* Q4_K with AVX-512 by table lookup: vpermps picks lane i of a 16-float table by the low 4 bits of
+ * index lane i, ignoring the rest. So each sub-block gets the table of its 16 dequantized values
+ * (v * scale - offset for v = 0..15, gguf's values exactly, one FMA per 32 weights, its scale and
+ * offset broadcast from memory for free), and a weight costs a shift and a lookup instead of
+ * unpacking, an int -> float conversion and a dequantizing FMA. The lanes of a lookup hold weights
+ * in the order q4k_order gives, into which x is packed. */
+static inline AVX512_TARGET void q4k_scales_ps(const uint8_t *b, float *sc, float *off)
+{
+    __m128i u = q4k_scales_avx2(b + 4);
+    _mm256_storeu_ps(sc, _mm256_mul_ps(bytes_to_ps(u, 0), _mm256_set1_ps(f16c(b))));
+    _mm256_storeu_ps(off, _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2))));
+}
+
+/* acc[r][i] += row r of the super-block . x row i, for rt weight rows and mt activation rows, as
+ * tile in ggml_cpu_isa.h (each accumulator sums in the same order whatever rt and mt are). */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q4k_tile(const uint8_t *const *nib, const float (*sc)[SLICE / 16], const float (*off)[SLICE / 16], const float *x,
+         float *acc, const int rt, const int mt)
+{
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i shift[4] = {_mm512_set_epi64(0x800000008, 0x800000008, 0x800000008, 0x800000008, 0, 0, 0, 0),
+                              _mm512_set_epi64(0x1800000018, 0x1800000018, 0x1800000018, 0x1800000018,
+                                               0x1000000010, 0x1000000010, 0x1000000010, 0x1000000010),
+                              _mm512_set_epi64(0xc0000000c, 0xc0000000c, 0xc0000000c, 0xc0000000c,
+                                               0x400000004, 0x400000004, 0x400000004, 0x400000004),
+                              _mm512_set_epi64(0x1c0000001c, 0x1c0000001c, 0x1c0000001c, 0x1c0000001c,
+                                               0x1400000014, 0x1400000014, 0x1400000014, 0x1400000014)};
+    __m512 a[4][16];
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            a[r][i] = _mm512_load_ps(acc + (r * MCHUNK + i) * 16);
+    for (int g = 0; g < 4; g++)
+#pragma GCC unroll 4
+        for (int r = 0; r < rt; r++) {
+            __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(nib[r] + 32 * g)));
+            __m512 t[2];
+            for (int h = 0; h < 2; h++)
+                t[h] = _mm512_fmsub_ps(iota, _mm512_set1_ps(sc[r][2 * g + h]), _mm512_set1_ps(off[r][2 * g + h]));
+#pragma GCC unroll 4
+            for (int v = 0; v < 4; v++) {
+                __m512 w = _mm512_permutexvar_ps(_mm512_srlv_epi32(raw, shift[v]), t[v / 2]);
+#pragma GCC unroll 16
+                for (int i = 0; i < mt; i++)
+                    a[r][i] = _mm512_fmadd_ps(w, _mm512_load_ps(x + i * SLICE + 64 * g + 16 * v), a[r][i]);
+            }
+        }
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            _mm512_store_ps(acc + (r * MCHUNK + i) * 16, a[r][i]);
+}
+
+/* Q5_0 and Q4_0 likewise, one block (32 weights, one scale d) at a time: the tables are gguf's
+ * d * (v - 16) and d * (v - 8), and Q5_0's fifth bit is rotated from qh into bit 4 of the index
+ * for vpermt2ps, which looks up 32 values. d comes in sc[r][j] for block j. */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+q40_tile(const int five, const uint8_t *const *blk, const float (*d)[SLICE / 16], int len, const float *x,
+         float *acc, const int rt, const int mt)
+{
+    int32_t sh[16], rot[2][16];
+    for (int l = 0; l < 16; l++) {  /* constants once inlined */
+        sh[l] = 8 * (l / 4);
+        rot[0][l] = (q40_order(l) - 4) & 31;
+        rot[1][l] = (q40_order(16 + l) - 4) & 31;
+    }
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i shift = _mm512_loadu_si512(sh), four = _mm512_set1_epi32(4), low4 = _mm512_set1_epi32(15);
+    const int size = five ? 22 : 18;
+    __m512 a[4][16];
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            a[r][i] = _mm512_load_ps(acc + (r * MCHUNK + i) * 16);
+    for (int j = 0; j < len / 32; j++)
+#pragma GCC unroll 4
+        for (int r = 0; r < rt; r++) {
+            const uint8_t *b = blk[r] + j * size;
+            __m512i raw = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(b + 2 + 4 * five)));
+            __m512 dv = _mm512_set1_ps(d[r][j]), lo = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(five ? 16 : 8)), dv),
+                   hi = _mm512_mul_ps(iota, dv);
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                __m512i idx = _mm512_srlv_epi32(raw, h ? _mm512_add_epi32(shift, four) : shift);
+                __m512 w;
+                if (five) {
+                    int32_t qh;
+                    memcpy(&qh, b + 2, 4);
+                    __m512i bit = _mm512_rorv_epi32(_mm512_set1_epi32(qh), _mm512_loadu_si512(rot[h]));
+                    idx = _mm512_ternarylogic_epi32(idx, bit, low4, 0xe4);   /* low4 ? idx : bit */
+                    w = _mm512_permutex2var_ps(lo, idx, hi);
+                } else {
+                    w = _mm512_permutexvar_ps(idx, lo);
+                }
+#pragma GCC unroll 16
+                for (int i = 0; i < mt; i++)
+                    a[r][i] = _mm512_fmadd_ps(w, _mm512_load_ps(x + i * SLICE + 32 * j + 16 * h), a[r][i]);
+            }
+        }
+#pragma GCC unroll 4
+    for (int r = 0; r < rt; r++)
+#pragma GCC unroll 16
+        for (int i = 0; i < mt; i++)
+            _mm512_store_ps(acc + (r * MCHUNK + i) * 16, a[r][i]);
+}
+
+static inline __attribute__((always_inline)) AVX512_TARGET void
+lut_tile(int qtype, const uint8_t *const *blk, const float (*sc)[SLICE / 16], const float (*off)[SLICE / 16],
+         int len, const float *x, float *acc, const int rt, const int mt)
+{
+    if (qtype == Q4_K)
+        q4k_tile(blk, sc, off, x, acc, rt, mt);
+    else if (qtype == Q5_0)
+        q40_tile(1, blk, sc, len, x, acc, rt, mt);
+    else
+        q40_tile(0, blk, sc, len, x, acc, rt, mt);
+}
+
+/* What the lookup paths keep of a slice of a row: the blocks' address and their scales. */
+static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64_t k0, int len,
+                                            const uint8_t **blk, float *sc, float *off)
+{
+    if (qtype == Q4_K) {
+        *blk = row + k0 / 256 * 144;
+        q4k_scales_ps(*blk, sc, off);   /* here one per 32 weights, 8 of each */
+        *blk += 16;
+    } else {
+        int size = qtype == Q5_0 ? 22 : 18;
+        *blk = row + k0 / 32 * size;
+        for (int j = 0; j < len / 32; j++)
+            sc[j] = f16c(*blk + j * size);
+    }
+}
+
 #define SFX avx512
 #define VL 16
+#define LUT
 #define MT 16
 #define ACC 16
-#define TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define TARGET AVX512_TARGET
 #define LOAD_I8(p) (F(vf))_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p))))
 #define BCAST(p) (F(vf))_mm512_set1_ps(*(p))
 #define HSUM(v) _mm512_reduce_add_ps((__m512)(v))
 #define DECODE decode_avx2
 #include "ggml_cpu_isa.h"
+#undef LUT
 #endif
 
 /* The widest instruction set this CPU runs. */
@@ -241,18 +460,59 @@ int ssd_ggml_best_isa(void)
     return SCALAR;
 }
 
-/* x[m, k] as [k / SLICE][m][SLICE] (the last slice may be partial); one row is already that. */
-static const float *pack_x(const float *x, int m, int64_t k, float **buf)
+/* x[m, k] as [k / SLICE][m][SLICE] (the last slice may be partial), in the lookup order of qtype if
+ * lut; one row in the given order is already that. */
+static const float *pack_x(const float *x, int m, int64_t k, int lut, int qtype, float **buf)
 {
+    int group = qtype == Q4_K ? 64 : 32;
     *buf = NULL;
-    if (m == 1)
+    if (m == 1 && !lut)
         return x;
     float *p = *buf = aligned_alloc(64, sizeof(float) * m * ((k + SLICE - 1) / SLICE * SLICE));  /* whole lines */
     if (p)
         for (int64_t k0 = 0; k0 < k; k0 += SLICE)
-            for (int i = 0; i < m; i++)
-                memcpy(p + k0 * m + i * SLICE, x + i * k + k0, sizeof(float) * (k - k0 < SLICE ? k - k0 : SLICE));
+            for (int i = 0; i < m; i++) {
+                float *dst = p + k0 * m + i * SLICE;
+                const float *src = x + i * k + k0;
+                int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
+                for (int j = 0; j < len; j++)
+                    dst[j] = !lut ? src[j] : src[j / group * group + (group == 64 ? q4k_order : q40_order)(j % group)];
+            }
     return p;
+}
+
+static int pick(int isa, rows_fn **rows, dequant_fn **dequant)
+{
+    *rows = rows_scalar;
+    *dequant = dequant_scalar;
+    if (isa > ssd_ggml_best_isa())
+        return 0;
+#if defined(__x86_64__) || defined(__i386__)
+    if (isa == AVX512) {
+        *rows = rows_avx512;
+        *dequant = dequant_avx512;
+    } else if (isa == AVX2) {
+        *rows = rows_avx2;
+        *dequant = dequant_avx2;
+    }
+#endif
+    return 1;
+}
+
+/* out[i, :] = weight row ids[i] as fp32, for count ids (checked by the caller). Returns -1 for an
+ * isa this CPU lacks, else 0. */
+int ssd_ggml_dequantize_rows(int isa, int qtype, const uint8_t *w, int64_t k, const int64_t *ids, int64_t count,
+                             float *out, int threads)
+{
+    rows_fn *rows;
+    dequant_fn *dequant;
+    if (!pick(isa, &rows, &dequant))
+        return -1;
+    int64_t ldw = row_bytes(qtype, k);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < count; i++)
+        dequant(qtype, w + ids[i] * ldw, k, out + i * k);
+    return 0;
 }
 
 /* y[m, n] = x[m, k] @ W^T (+ bias[n]); W is n rows of k / block weights. Returns -1 for an isa this
@@ -260,21 +520,16 @@ static const float *pack_x(const float *x, int m, int64_t k, float **buf)
 int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n,
                     const float *bias, float *y, int threads)
 {
-    rows_fn *rows = rows_scalar;
-    if (isa > ssd_ggml_best_isa())
+    rows_fn *rows;
+    dequant_fn *dequant;
+    if (!pick(isa, &rows, &dequant))
         return -1;
-#if defined(__x86_64__) || defined(__i386__)
-    if (isa == AVX512)
-        rows = rows_avx512;
-    else if (isa == AVX2)
-        rows = rows_avx2;
-#endif
-    int64_t ldw = qtype == Q4_K ? k / 256 * 144 : qtype == Q6_K ? k / 256 * 210 : k / 32 * 34;
+    int64_t ldw = row_bytes(qtype, k);
     int64_t groups = (n + NR - 1) / NR;
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
         int mc = m - m0 < MCHUNK ? (int)(m - m0) : MCHUNK;
         float *buf;
-        const float *xp = pack_x(x + m0 * k, mc, k, &buf);
+        const float *xp = pack_x(x + m0 * k, mc, k, isa == AVX512 && lut_type(qtype), qtype, &buf);
         if (!xp)
             return -2;
 #pragma omp parallel for schedule(static) num_threads(threads)

@@ -2,7 +2,7 @@
  * suffix), VL (fp32 lanes), MT (most activation rows per register tile), ACC (accumulator
  * registers a tile may use), TARGET (function attribute), DECODE (a slice decoder), LOAD_I8 (VL
  * int8 to fp32; GCC does not vectorize that conversion itself), BCAST (a float to VL lanes) and
- * HSUM (the sum of the lanes).
+ * HSUM (the sum of the lanes); LUT (AVX-512 only) takes the types lut_type names through lut_decode and lut_tile.
  * Written with GCC vector extensions so that one text serves every width. */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
@@ -53,6 +53,14 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
     float sc[NR][SLICE / 16], off[NR][SLICE / 16];
     int8_t q[NR][SLICE] __attribute__((aligned(64)));
     int rows = (int)(r1 - r0);
+    int64_t slice_bytes = row_bytes(qtype, SLICE);
+#ifdef LUT
+    const uint8_t *blk[NR];
+    static const uint8_t zeros[SLICE] __attribute__((aligned(64)));
+    int lut = lut_type(qtype);
+    for (int r = rows; r < NR; r++)
+        blk[r] = zeros;
+#endif
     if (rows < NR) {                /* the last group: rows past the end weigh nothing */
         memset(sc, 0, sizeof sc);
         memset(off, 0, sizeof off);
@@ -63,16 +71,27 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
     for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
         int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
         for (int r = 0; r < rows; r++) {
-            DECODE(qtype, w + (r0 + r) * ldw, k0, len, q[r], sc[r], off[r]);
-            if (r0 + r + PREFETCH < n)  /* the same slice PREFETCH rows on */
-                for (int64_t o = k0 * ldw / k; o < (k0 + len) * ldw / k; o += 64)
+#ifdef LUT
+            if (lut)
+                lut_decode(qtype, w + (r0 + r) * ldw, k0, len, blk + r, sc[r], off[r]);
+            else
+#endif
+                DECODE(qtype, w + (r0 + r) * ldw, k0, len, q[r], sc[r], off[r]);
+            if (r0 + r + PREFETCH < n)  /* the same slice PREFETCH rows on (past a short last one: harmless) */
+                for (int64_t o = k0 / SLICE * slice_bytes; o < (k0 / SLICE + 1) * slice_bytes; o += 64)
                     __builtin_prefetch(w + (r0 + r + PREFETCH) * ldw + o);
         }
         for (int i = 0; i < m; i += MT) {
             int mt = m - i < MT ? m - i : MT;
             for (int r = 0; r < NR; r += (mt <= ACC / 4 ? 4 : mt <= ACC / 2 ? 2 : 1)) {
-#define T(c) case c: F(tile)(q[r], sc[r], off[r], len, x + (k0 * m + i * SLICE), acc[r][i], \
-                             c <= ACC / 4 ? 4 : c <= ACC / 2 ? 2 : 1, c); break;
+#ifdef LUT
+#define LUT_TILE(c) if (lut) lut_tile(qtype, blk + r, sc + r, off + r, len, x + (k0 * m + i * SLICE), acc[r][i], \
+                                      c <= ACC / 4 ? 4 : c <= ACC / 2 ? 2 : 1, c); else
+#else
+#define LUT_TILE(c)
+#endif
+#define T(c) case c: LUT_TILE(c) F(tile)(q[r], sc[r], off[r], len, x + (k0 * m + i * SLICE), acc[r][i], \
+                                         c <= ACC / 4 ? 4 : c <= ACC / 2 ? 2 : 1, c); break;
                 switch (mt) {
                     T(1) T(2) T(3) T(4)
 #if MT > 4
@@ -83,6 +102,7 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
 #endif
                 }
 #undef T
+#undef LUT_TILE
             }
         }
     }
@@ -91,6 +111,19 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
             float s = HSUM(*(const F(vf) *)acc[r][i]);
             y[i * n + r0 + r] = bias ? s + bias[r0 + r] : s;
         }
+}
+
+/* One weight row as fp32: q * sc - off is gguf's value exactly (see decode_scalar). */
+static TARGET void F(dequant)(int qtype, const uint8_t *row, int64_t k, float *out)
+{
+    float sc[SLICE / 16], off[SLICE / 16];
+    int8_t q[SLICE];
+    for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
+        int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
+        DECODE(qtype, row, k0, len, q, sc, off);
+        for (int i = 0; i < len; i++)
+            out[k0 + i] = q[i] * sc[i / 16] - off[i / 16];
+    }
 }
 
 #undef SFX
