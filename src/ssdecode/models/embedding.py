@@ -10,10 +10,17 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize
 
+from ssdecode.kernels import ggml
+
 
 def dequantize_rows(blocks: torch.Tensor, qtype: str, rows: torch.Tensor, k: int) -> torch.Tensor:
     """fp32 ``[len(rows), k]``: the ``rows`` of the ``[n, k]`` weight stored as ``blocks`` (uint8
-    ``[n, row_bytes]``), by gguf's numpy code until a C version lands in ``kernels/ggml.py``."""
+    ``[n, row_bytes]``), by the C kernels for their types, else by gguf's numpy code (the same
+    values either way; ids out of range are an error, as for ``F.embedding``)."""
+    if qtype in ggml.QTYPES and ggml.is_available():
+        return ggml.dequantize_rows(blocks, qtype, rows, k)
+    if rows.numel() and not 0 <= int(rows.min()) <= int(rows.max()) < blocks.shape[0]:
+        raise ValueError(f"token ids must lie in [0, {blocks.shape[0]})")
     return torch.from_numpy(dequantize(blocks[rows].numpy(), GGMLQuantizationType[qtype])).view(-1, k)
 
 

@@ -9,7 +9,8 @@
   product (activations quantized per call). A quarter of the bytes per token; meant for DRAFT
   models: speculation stays exact whatever the draft outputs, because the verifier uses the q the
   draft actually sampled from. Opt-in (``--draft-weights int8``); CPU only.
-- ``gguf``: a GGUF file's quantized tensors run as stored (``kernels/ggml.py``), read by
+- ``gguf``: a GGUF file's quantized tensors run as stored (``kernels/ggml.py``: Q4_K, Q6_K, Q8_0,
+  Q5_0, Q4_0; other types are dequantized at load), read by
   ``models/gguf_weights.py``; fp32 activations on CPU. The same model as its fp32 conversion at a
   fraction of the bytes per token (issue 11).
 
