@@ -53,6 +53,20 @@ SPEC_LOG = textwrap.dedent("""\
     common_perf_print:       total time =    6000.00 ms /   296 tokens
     """)
 
+# real llama-completion stderr lines (timestamped log format; stdlib prompt 2, -n 64, 2 threads on
+# a busy shared CPU with the default spinning OpenMP barrier: hence the slow eval)
+COMPLETION_LOG_REAL = """\
+0.06.993.796 I generate: n_ctx = 2048, n_batch = 2048, n_predict = 64, n_keep = 0
+3.02.289.884 I common_perf_print:    sampling time =      72.88 ms
+3.02.289.886 I common_perf_print:    samplers time =      25.55 ms /   110 tokens
+3.02.289.887 I common_perf_print:        load time =    6099.34 ms
+3.02.289.889 I common_perf_print: prompt eval time =    6575.54 ms /    46 tokens (  142.95 ms per token,     7.00 tokens per second)
+3.02.289.892 I common_perf_print:        eval time =  168569.49 ms /    63 runs   ( 2675.71 ms per token,     0.37 tokens per second)
+3.02.289.893 I common_perf_print:       total time =  175302.42 ms /   109 tokens
+3.02.289.895 I common_perf_print: unaccounted time =      84.51 ms /   0.0 %      (total - sampling - prompt eval - eval) / (total)
+3.02.289.895 I common_perf_print:    graphs reused =         62
+"""
+
 BENCH_JSON = """[
   {
     "build_commit": "0c1e570",
@@ -81,6 +95,12 @@ def test_parse_perf():
     p = L.parse_perf(COMPLETION_LOG)
     assert p == {"prompt_tokens": 127, "prompt_ms": 1203.55, "eval_runs": 127, "eval_ms": 7012.40,
                  "load_ms": 598.12}
+
+
+def test_parse_perf_real_log():
+    p = L.parse_perf(COMPLETION_LOG_REAL)
+    assert (p["prompt_tokens"], p["prompt_ms"], p["eval_runs"], p["eval_ms"], p["load_ms"]) == \
+        (46, 6575.54, 63, 168569.49, 6099.34)
 
 
 def test_parse_perf_missing():
@@ -167,6 +187,9 @@ def test_run_llamacpp_rows(tmp_path):
             'case "$*" in *--help*) echo "--spec-draft-n-max N"; exit 0;; esac\n'
             f"printf '\\n\\nP    return x\\n\\n\\n\\n'\ncat {tmp_path}/log_sd >&2\n")
     _script(tmp_path / "llama-bench", f"cat {tmp_path}/bench.json\n")
+    _script(tmp_path / "llama-bench", f"echo $OMP_WAIT_POLICY >&2\ncat {tmp_path}/bench.json\n")
+    assert L.LlamaCpp(tmp_path, omp_wait_policy="PASSIVE").run(
+        [str(tmp_path / "llama-bench")], "bench").stderr.strip() == "PASSIVE"
     res = L.run_llamacpp(tmp_path, str(gguf), str(gguf), {"set": ["P", "P"]}, max_tokens=128, ks=(5,))
     assert res["llama_bench"]["tests"][0]["avg_ts"] == 20.98
     ar, sd = res["bench"]

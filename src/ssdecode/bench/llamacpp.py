@@ -136,6 +136,11 @@ class LlamaCpp:
     threads: int = 2
     ctx: int = DEFAULT_CTX
     timeout_s: float = DEFAULT_TIMEOUT_S
+    # OMP_WAIT_POLICY for the runs (None: llama.cpp's default, spinning). "PASSIVE" makes waiting
+    # threads sleep: on a CPU shared with other busy processes, spinning at ggml's per-op barriers
+    # made 2-thread decoding ~10x slower than 1 thread here (a waiter holds a core the thread it
+    # waits for needs).
+    omp_wait_policy: str | None = None
     _help: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -157,7 +162,7 @@ class LlamaCpp:
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=self.timeout_s,
-                               env={**os.environ, "LC_ALL": "C"})
+                               env=self.env())
         except subprocess.TimeoutExpired as e:
             raise LlamaCppError(f"{what} timed out after {self.timeout_s:.0f} s: {' '.join(cmd)}") from e
         except OSError as e:
@@ -170,6 +175,12 @@ class LlamaCpp:
             tail = "\n".join(err.strip().splitlines()[-15:])
             raise LlamaCppError(f"{what} failed ({how}): {' '.join(cmd)}\n--- stderr tail ---\n{tail}")
         return Run(cmd, out, err, wall)
+
+    def env(self) -> dict:
+        env = {**os.environ, "LC_ALL": "C"}
+        if self.omp_wait_policy:
+            env["OMP_WAIT_POLICY"] = self.omp_wait_policy
+        return env
 
     def has_flag(self, name: str, flag: str) -> bool:
         """Whether ``name --help`` lists ``flag`` (flags were renamed across llama.cpp versions)."""
@@ -266,7 +277,8 @@ def _prefix_match(a: str, b: str) -> bool:
 
 def run_llamacpp(bin_dir, target: str, draft: str, prompt_sets: dict[str, list[str]], max_tokens: int = 128,
                  threads: int = 2, ks=(5,), spec_binaries=(SPEC_BINARIES[0],), bench_reps: int = 3,
-                 ctx: int = DEFAULT_CTX, p_min: float = 0.0, with_bench: bool = True) -> dict:
+                 ctx: int = DEFAULT_CTX, p_min: float = 0.0, with_bench: bool = True,
+                 omp_wait_policy: str | None = None) -> dict:
     """llama.cpp's AR and speculative decoding on the same prompts, as ``ssdecode bench`` rows.
 
     ``prompt_sets`` maps a set name to prompt strings, already chat-templated where that applies
@@ -276,14 +288,15 @@ def run_llamacpp(bin_dir, target: str, draft: str, prompt_sets: dict[str, list[s
     interleaved per prompt as our runner does. Returns ``{"bench": rows, "llama_bench": ...,
     "threads", "max_tokens", "bin_dir"}``; raises :class:`LlamaCppError` on a missing binary or
     a failed run."""
-    lc = LlamaCpp(Path(bin_dir), threads=threads, ctx=ctx)
+    lc = LlamaCpp(Path(bin_dir), threads=threads, ctx=ctx, omp_wait_policy=omp_wait_policy)
     for name in [AR_BINARY, *spec_binaries] + ([BENCH_BINARY] if with_bench else []):
         lc.binary(name)  # fail before any run
     for path in (target, draft):
         if not Path(path).is_file():
             raise LlamaCppError(f"GGUF file {path} not found")
     out: dict = {"bench": [], "max_tokens": max_tokens, "threads": threads, "bin_dir": str(lc.bin_dir),
-                 "target": str(target), "draft": str(draft), "loadavg_start": _loadavg()}
+                 "target": str(target), "draft": str(draft), "omp_wait_policy": omp_wait_policy,
+                 "loadavg_start": _loadavg()}
     if with_bench:
         out["llama_bench"] = lc.bench(target, max_tokens, bench_reps)
         log.info("llama-bench: %s", [(t.get("n_gen"), t.get("avg_ts")) for t in out["llama_bench"]["tests"]])
@@ -365,6 +378,8 @@ def main(argv=None) -> int:
     ap.add_argument("--p-min", type=float, default=0.0, help="llama.cpp's draft confidence cut (0 = always draft K)")
     ap.add_argument("--bench-reps", type=int, default=3)
     ap.add_argument("--no-llama-bench", action="store_true")
+    ap.add_argument("--omp-wait-policy", default=None, help="OMP_WAIT_POLICY for llama.cpp (PASSIVE helps on a "
+                    "shared, busy CPU; default: llama.cpp's own)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -381,7 +396,8 @@ def main(argv=None) -> int:
     try:
         res = run_llamacpp(find_bin_dir(args.bin), args.target, args.draft, texts, args.max_tokens, args.threads,
                            [int(k) for k in args.k.split(",")], args.spec_binary.split(","), args.bench_reps,
-                           p_min=args.p_min, with_bench=not args.no_llama_bench)
+                           p_min=args.p_min, with_bench=not args.no_llama_bench,
+                           omp_wait_policy=args.omp_wait_policy)
     except LlamaCppError as e:
         print(f"error: {e}")
         return 1
