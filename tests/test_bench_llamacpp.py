@@ -184,7 +184,7 @@ def test_run_llamacpp_rows(tmp_path):
     (tmp_path / "bench.json").write_text(BENCH_JSON)
     _script(tmp_path / "llama-completion", f"printf '    return x\\n'\ncat {tmp_path}/log_ar >&2\n")
     _script(tmp_path / "llama-speculative-simple",
-            'case "$*" in *--help*) echo "--spec-draft-n-max N"; exit 0;; esac\n'
+            'case "$*" in *--help*) printf -- "--spec-draft-n-max N\\n--spec-type TYPES\\n"; exit 0;; esac\n'
             f"printf '\\n\\nP    return x\\n\\n\\n\\n'\ncat {tmp_path}/log_sd >&2\n")
     _script(tmp_path / "llama-bench", f"cat {tmp_path}/bench.json\n")
     _script(tmp_path / "llama-bench", f"echo $OMP_WAIT_POLICY >&2\ncat {tmp_path}/bench.json\n")
@@ -206,6 +206,7 @@ def test_run_llamacpp_rows(tmp_path):
     cmd = sd["commands"][0]
     assert cmd[cmd.index("--spec-draft-n-max") + 1] == "5" and "--ignore-eos" in cmd
     assert cmd[cmd.index("--temp") + 1] == "0"
+    assert cmd[cmd.index("--spec-type") + 1] == "draft-simple"
     json.dumps(res)  # plain JSON
 
 

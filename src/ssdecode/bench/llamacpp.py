@@ -209,6 +209,8 @@ class LlamaCpp:
         if self.has_flag(binary, "--spec-draft-n-max"):
             kflags = ["--spec-draft-n-max", str(k), "--spec-draft-n-min", "0",
                       "--spec-draft-p-min", str(p_min), "--spec-draft-threads", str(self.threads)]
+            if self.has_flag(binary, "--spec-type"):  # no default type: init fails without it
+                kflags += ["--spec-type", "draft-simple"]
         else:  # older llama.cpp
             kflags = ["--draft-max", str(k), "--draft-min", "0", "--draft-p-min", str(p_min),
                       "-td", str(self.threads)]
