@@ -20,6 +20,18 @@ JSON; ``matches_ar`` here compares the generated *text* with llama.cpp's own AR.
 
 Prompts are strings fed to llama.cpp as they are (special tokens parsed): chat prompts must be
 rendered through the chat template first (:func:`render_prompts` does it as ``LLM.encode``).
+
+Seen with llama.cpp 0c1e570 (llama-cpp-python 0.3.36's vendored tree) on the demo pair:
+
+- speculative decoding needs ``--spec-type draft-simple`` (no default type; without it
+  "failed to initialize speculative decoding");
+- its output is not always token-identical to its own AR: batched verification rounds
+  differently from one-token decoding and near-ties flip (also the first generated token, with a
+  9-token verify batch), so ``matches_ar`` can be below 1;
+- ``-march=native`` on a CPU reporting AMX built kernels that die with SIGILL (``tilezero``) in
+  this VM: build with ``-DGGML_NATIVE=OFF`` and the AVX-512 options, AMX off;
+- with the default (spinning) OpenMP wait, 2 threads on a CPU shared with busy processes were
+  ~10x slower than 1 thread; ``omp_wait_policy="PASSIVE"`` avoids that.
 """
 from __future__ import annotations
 
