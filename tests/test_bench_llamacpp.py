@@ -210,6 +210,29 @@ def test_run_llamacpp_rows(tmp_path):
     json.dumps(res)  # plain JSON
 
 
+@pytest.mark.skipif(os.name != "posix", reason="shell-script fake binaries")
+def test_main_with_fake_binaries(tmp_path, capsys):
+    bins = tmp_path / "build" / "bin"
+    bins.mkdir(parents=True)
+    gguf = tmp_path / "t.gguf"
+    gguf.write_bytes(b"GGUF")
+    (tmp_path / "log_ar").write_text(COMPLETION_LOG)
+    (tmp_path / "log_sd").write_text(SPEC_LOG)
+    _script(bins / "llama-completion", f"printf 'x\\n'\ncat {tmp_path}/log_ar >&2\n")
+    _script(bins / "llama-speculative-simple", f"printf 'x\\n'\ncat {tmp_path}/log_sd >&2\n")
+    out = tmp_path / "res.json"
+    assert L.main(["--bin", str(tmp_path), "--target", str(gguf), "--draft", str(gguf), "--prompts", "stdlib",
+                   "--num-prompts", "1", "--k", "4,6", "--no-llama-bench", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["bench"]
+    assert [r["system"] for r in rows] == ["llamacpp-ar", "llamacpp-sd-k4", "llamacpp-sd-k6"]
+    assert "llamacpp-sd-k6" in capsys.readouterr().out
+    # a missing binary: a clear error, exit status 1
+    (bins / "llama-speculative-simple").unlink()
+    assert L.main(["--bin", str(bins), "--target", str(gguf), "--draft", str(gguf), "--prompts", "stdlib",
+                   "--num-prompts", "1", "--no-llama-bench"]) == 1
+    assert "llama-speculative-simple not found" in capsys.readouterr().out
+
+
 def test_render_prompts():
     from ssdecode.bench.prompts import Prompt
 
