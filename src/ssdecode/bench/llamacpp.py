@@ -26,8 +26,10 @@ Seen with llama.cpp 0c1e570 (llama-cpp-python 0.3.36's vendored tree) on the dem
 - speculative decoding needs ``--spec-type draft-simple`` (no default type; without it
   "failed to initialize speculative decoding");
 - its output is not always token-identical to its own AR: batched verification rounds
-  differently from one-token decoding and near-ties flip (also the first generated token, with a
-  9-token verify batch), so ``matches_ar`` can be below 1;
+  differently from one-token decoding and near-ties flip (once at the second generated token,
+  with K=7 and 8), so ``matches_ar`` can be below 1;
+- on 2 busy cores it was slower than its AR at every K (4..8) despite 65-84% acceptance: a
+  5-token verify cost ~3.3 single-token steps and a 0.5B draft token ~half a 1.5B one;
 - ``-march=native`` on a CPU reporting AMX built kernels that die with SIGILL (``tilezero``) in
   this VM: build with ``-DGGML_NATIVE=OFF`` and the AVX-512 options, AMX off;
 - with the default (spinning) OpenMP wait, 2 threads on a CPU shared with busy processes were
