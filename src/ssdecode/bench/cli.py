@@ -26,6 +26,10 @@ def add_bench_parser(sub, add_model_args) -> None:
     b.add_argument("--num-prompts", default="20", help="prompts per set, or a comma list with one count per set")
     b.add_argument("--max-tokens", type=int, default=128)
     b.add_argument("--no-hf", action="store_true", help="skip the Transformers peers")
+    b.add_argument("--llamacpp-bin", default=None, metavar="DIR",
+                   help="also run llama.cpp (its binaries in DIR, built separately: docs/benchmarks.md) on "
+                        "the same GGUF files and prompts, right after ours on each set: llama-bench, AR and "
+                        "llama-speculative-simple for each --sd-k")
     b.add_argument("--out", default=None, help="also write the JSON result to this file")
     b.add_argument("--plot", default=None, metavar="DIR",
                    help="also draw PNG plots of the result into DIR (matplotlib; python -m "
@@ -94,6 +98,30 @@ def predictions(llm, configs: dict) -> dict:
     return out
 
 
+def llamacpp_rows(args, llm, draft_spec: str, set_name: str, prompts: list) -> list[dict]:
+    """llama.cpp's rows for one prompt set, on the GGUF files our models were loaded from."""
+    import torch
+
+    from ssdecode.bench.llamacpp import find_bin_dir, render_prompts, run_llamacpp
+
+    res = run_llamacpp(find_bin_dir(args.llamacpp_bin), str(_gguf_of(args.target)), str(_gguf_of(draft_spec)),
+                       {set_name: render_prompts(prompts, llm.tokenizer)}, args.max_tokens,
+                       args.threads or torch.get_num_threads(), ks=[int(k) for k in args.sd_k.split(",")],
+                       omp_wait_policy="PASSIVE")
+    res["bench"][0]["llama_bench"] = res.get("llama_bench")  # the AR row: its synthetic tg figure
+    return res["bench"]
+
+
+def _gguf_of(spec: str):
+    """The GGUF file of a model spec: a .gguf path, or the one its conversion was made from."""
+    from pathlib import Path
+
+    from ssdecode.models.gguf_weights import gguf_source
+    from ssdecode.models.loader import resolve_model
+
+    return Path(spec) if spec.lower().endswith(".gguf") else gguf_source(resolve_model(spec))
+
+
 def _prompt_sets(args) -> dict[str, list]:
     from ssdecode.bench.prompts import load_prompts
 
@@ -151,7 +179,8 @@ def cmd_bench(args) -> int:
     draft_spec = args.draft or "demo-draft"
     llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device,
               weights=args.weights, draft_weights=args.draft_weights)
-    sets = {name: [llm.encode(p.text, chat=p.chat) for p in prompts] for name, prompts in _prompt_sets(args).items()}
+    set_prompts = _prompt_sets(args)
+    sets = {name: [llm.encode(p.text, chat=p.chat) for p in prompts] for name, prompts in set_prompts.items()}
     systems, configs = build_systems(args, llm, draft_spec)
     rows = []
     for set_name, ids in sets.items():
@@ -162,6 +191,8 @@ def cmd_bench(args) -> int:
         if "hf-assisted" in by_name:
             by_name["hf-assisted"]["speedup_vs_hf_generate"] = round(
                 by_name["hf-assisted"]["tokens_per_s"] / by_name["hf-generate"]["tokens_per_s"], 3)
+        if args.llamacpp_bin:
+            set_rows += llamacpp_rows(args, llm, draft_spec, set_name, set_prompts[set_name])
         _print_table(set_rows)
         rows += set_rows
     summary = {"bench": rows, "max_tokens": args.max_tokens, "num_prompts": {k: len(v) for k, v in sets.items()},
