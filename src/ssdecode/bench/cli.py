@@ -77,8 +77,14 @@ def build_systems(args, llm, draft_spec: str) -> tuple[list, dict]:
     tag = "" if args.draft_weights == "auto" else f"-{args.draft_weights}"
     for k in [int(k) for k in (args.ssd_k or str(args.k or 3)).split(",")] if "ssd" in modes else []:
         systems.append(ours(f"ssdecode-ssd-k{k}{tag}", "ssd", k, ssd_options(args)))
-    if "auto" in modes:
-        systems.append(ours(f"ssdecode-auto{tag}", "auto", args.k, ssd_options(args)))
+    if "auto" in modes:  # as `generate --mode auto` would load it: the draft's format weighed too
+        fmt = args.draft_weights
+        if fmt == "auto":
+            from ssdecode.plan.auto import pick_draft
+
+            picked, fmt = pick_draft(llm.target, llm.draft, draft_spec)
+            drafts[fmt] = drafts.get(fmt) or picked
+        systems.append(ours(f"ssdecode-auto{tag}", "auto", args.k, ssd_options(args), fmt=fmt))
     if not args.no_hf:
         peer = HFPeer(resolve_model(args.target), resolve_model(draft_spec), str(llm.device))
         systems += [hf_system("hf-generate", peer, False), hf_system("hf-assisted", peer, True)]

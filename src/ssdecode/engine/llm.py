@@ -86,6 +86,10 @@ class LLM:
             draft = draft or DEFAULT_DRAFT
             draft_tokenizer = load_tokenizer(draft)
             draft_model = load_model(draft, device=device, dtype=dtype, weights=draft_weights)
+            if mode == "auto" and draft_weights == "auto":
+                from ssdecode.plan.auto import pick_draft
+
+                draft_model, draft_weights = pick_draft(target_model, draft_model, draft)
         self._attach(tokenizer, target_model, draft_model, draft_tokenizer, draft, draft_weights,
                      max_num_seqs, max_model_len)
         self.configure(mode, k, ssd, min_confidence)

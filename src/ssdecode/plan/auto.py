@@ -3,11 +3,12 @@ fastest, and let ``AutoStrategy`` adapt K (down to AR) from what the rounds meas
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 from ssdecode.decoding.adaptive import PRIOR_A, AutoStrategy, KPolicy
 from ssdecode.decoding.base import Strategy
 from ssdecode.models.base import CausalLM
-from ssdecode.plan.calibrate import K_MAX, load_or_calibrate
+from ssdecode.plan.calibrate import K_MAX, cached, load_or_calibrate
 from ssdecode.plan.planner import Choice, rank
 
 log = logging.getLogger(__name__)
@@ -16,7 +17,7 @@ log = logging.getLogger(__name__)
 def explain(choices: list[Choice], measured_at: str, a: float) -> str:
     """One line: the pick, its prediction and the runners-up, and what it was predicted from."""
     best, ar = choices[0], next(c for c in choices if c.mode == "ar")
-    others = [c for c in choices[1:] if c.mode != best.mode][:1] + ([ar] if best is not ar else [])
+    others = [c for c in choices if c.mode not in (best.mode, "ar")][:1] + ([ar] if best is not ar else [])
     rest = ", ".join(f"{c.label} {c.tokens_per_s:.1f}" for c in others)
     return (f"{best.label}: predicted {best.tokens_per_s:.1f} tokens/s ({rest}) at acceptance {a} "
             f"from this machine's calibration of {measured_at}")
@@ -29,10 +30,40 @@ def build_auto_strategy(target: CausalLM, draft: CausalLM, draft_spec: str | Non
     cal = load_or_calibrate(target, draft, progress=progress)
     k_max = k_max or K_MAX
     choices = rank(cal, PRIOR_A, k_max=k_max)
-    why = explain(choices, cal.measured_at, PRIOR_A)
+    why = (f"{explain(choices, cal.measured_at, PRIOR_A)}; weights: target "
+           f"{getattr(target, 'weight_format', '-')}, draft {getattr(draft, 'weight_format', '-')}")
     log.info("auto: %s", why)
     if choices[0].mode == "ssd":
         from ssdecode.decoding.ssd.strategy import build_ssd_strategy
 
         return build_ssd_strategy(target, draft, draft_spec, choices[0].k, ssd), why
     return AutoStrategy(target, draft, KPolicy(cal, k_max), min_confidence, why), why
+
+
+def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bool = True) -> tuple[CausalLM, str]:
+    """For auto with the draft's weights left to ``auto`` on a CPU: also weigh the draft's fp32
+    conversion in int8 and keep the draft whose pair is predicted faster, with its format.
+
+    Why a draft may be re-quantized when the target never is: speculation stays exact whatever
+    the draft computes (the verifier uses the distribution the draft sampled from), so its format
+    changes only speed. Calibrations are cached, so after the first run only the winner loads."""
+    from ssdecode.models.linear import resolve_format
+    from ssdecode.models.loader import load_model
+
+    if spec is None or getattr(draft, "weight_format", "int8") == "int8":
+        return draft, "auto"
+    try:
+        resolve_format("int8", draft.device, draft.dtype)
+    except ValueError:  # not a CPU with fbgemm
+        return draft, "auto"
+    int8 = None
+    other = cached(target, SimpleNamespace(name=draft.name, weight_format="int8", dtype=draft.dtype,
+                                           device=draft.device))
+    if other is None:
+        int8 = load_model(spec, device=draft.device, dtype=draft.dtype, weights="int8")
+        other = load_or_calibrate(target, int8, progress=progress)
+    own = load_or_calibrate(target, draft, progress=progress)
+    if rank(other, PRIOR_A)[0].tokens_per_s <= rank(own, PRIOR_A)[0].tokens_per_s:
+        return draft, "auto"
+    log.info("auto: the int8 draft is predicted faster than its %s weights", draft.weight_format)
+    return int8 or load_model(spec, device=draft.device, dtype=draft.dtype, weights="int8"), "int8"

@@ -72,11 +72,13 @@ def _interpolate(table: dict[int, float], x: int) -> float:
 
 
 def profile_key(target: CausalLM, draft: CausalLM) -> str:
-    """What a calibration depends on: CPU or GPU model, core count, threads, models, formats."""
-    parts = [platform.machine(), _processor(), str(os.cpu_count()), str(torch.get_num_threads()),
-             str(target.device), str(draft.device)]
+    """What a calibration depends on: CPU or GPU model, core count, threads, and each model's name,
+    weight format, dtype and device (``draft`` may be a stand-in with just those attributes, to
+    find a pair's calibration before loading it)."""
+    parts = [platform.machine(), _processor(), str(os.cpu_count()), str(torch.get_num_threads())]
     for m in (target, draft):
-        parts += [str(getattr(m, "name", type(m).__name__)), str(getattr(m, "weight_format", "")), str(m.dtype)]
+        parts += [str(getattr(m, "name", type(m).__name__)), str(getattr(m, "weight_format", "")), str(m.dtype),
+                  str(m.device)]
     if torch.cuda.is_available():
         parts.append(torch.cuda.get_device_name())
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
@@ -180,16 +182,25 @@ def _path(key: str) -> Path:
     return envs.cache_dir() / "profiles" / f"{key}.json"
 
 
-def load_or_calibrate(target: CausalLM, draft: CausalLM, fresh: bool = False, progress: bool = False) -> Calibration:
-    """The cached calibration of this pair on this machine, measuring it when missing (or
-    ``fresh``). A cache file that does not parse is measured again."""
+def cached(target: CausalLM, draft) -> Calibration | None:
+    """The cached calibration of the pair, None when there is none (or it does not parse)."""
     path = _path(profile_key(target, draft))
-    if not fresh and path.is_file():
+    if path.is_file():
         try:
             return Calibration.from_json(json.loads(path.read_text()))
         except (ValueError, KeyError, TypeError) as e:
             log.warning("calibration %s is unreadable (%s); measuring again", path, e)
+    return None
+
+
+def load_or_calibrate(target: CausalLM, draft: CausalLM, fresh: bool = False, progress: bool = False) -> Calibration:
+    """The cached calibration of this pair on this machine, measuring it when missing (or
+    ``fresh``). A cache file that does not parse is measured again."""
+    found = None if fresh else cached(target, draft)
+    if found is not None:
+        return found
     cal = calibrate(target, draft, progress=progress)
+    path = _path(cal.key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(cal.to_json(), indent=1))

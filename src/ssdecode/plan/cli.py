@@ -23,6 +23,7 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--weights", default="auto",
                    help="target weight format (models/linear.py), or a comma list to rank them all")
     p.add_argument("--draft-weights", default="auto", help="draft weight format(s), e.g. auto,int8")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (a calibration is kept per count)")
 
 
 def cmd_plan(args) -> int:
