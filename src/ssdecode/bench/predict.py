@@ -26,8 +26,8 @@ def fitted_acceptance(tokens_per_round: float, k: int) -> float:
 def predicted_tokens_per_s(cal: Calibration, mode: str, k: int, tokens_per_round: float | None) -> float | None:
     """What the calibration predicts for ``mode`` at K = ``k`` (auto: its K limit) given the run's
     tokens per round (None for AR)."""
-    if mode == "ar" or not tokens_per_round:
-        return 1 / sd_round_seconds(cal, 0) if mode == "ar" else None
+    if mode == "ar" or not tokens_per_round:  # auto without a verification ran AR throughout
+        return 1 / sd_round_seconds(cal, 0) if mode in ("ar", "auto") else None
     a = fitted_acceptance(tokens_per_round, k)
     if mode == "sd":
         return expected_tokens(a, k) / sd_round_seconds(cal, k)
