@@ -217,7 +217,7 @@ def cmd_bench(args) -> int:
 
 def _print_table(rows: list[dict]) -> None:
     cols = ["system", "prompts", "tokens_per_s", "speedup_vs_ar", "acceptance", "mean_accepted_len",
-            "hit_rate", "e_hit", "matches_ar", "predicted_tokens_per_s"]
+            "hit_rate", "matches_ar", "decode_tokens_per_s", "predicted_tokens_per_s"]
     print(" | ".join(f"{c:>17}" for c in cols))
     for r in rows:
         print(" | ".join(f"{'-' if r.get(c) is None else r.get(c)!s:>17}" for c in cols))

@@ -52,7 +52,7 @@ def _throughput(ax, rows: list[dict]) -> bool:
     ax.set_xticks([j + width * (len(sets) - 1) / 2 for j in range(len(systems))], systems, rotation=35, ha="right",
                   fontsize=8)
     ax.set_ylabel("tokens/s (batch 1, greedy)")
-    ax.set_title("Decode speed by system and prompt set")
+    ax.set_title("Tokens/s by system and prompt set (whole requests, prefill included)")
     ax.legend()
     return True
 
@@ -96,8 +96,8 @@ def _misses(ax, rows: list[dict]) -> bool:
 
 
 def _predicted(ax, rows: list[dict]) -> bool:
-    pts = [(r["predicted_tokens_per_s"], r["tokens_per_s"], _label(r))
-           for r in rows if r.get("predicted_tokens_per_s")]
+    pts = [(r["predicted_tokens_per_s"], r["decode_tokens_per_s"], _label(r))
+           for r in rows if r.get("predicted_tokens_per_s") and r.get("decode_tokens_per_s")]
     if not pts:
         return False
     top = max(max(p, m) for p, m, _ in pts) * 1.1
@@ -106,8 +106,8 @@ def _predicted(ax, rows: list[dict]) -> bool:
     for p, m, label in pts:
         ax.plot(p, m, "o")
         ax.annotate(label, (p, m), fontsize=6, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("predicted tokens/s (calibration + the run's acceptance)")
-    ax.set_ylabel("measured tokens/s")
+    ax.set_xlabel("predicted decode tokens/s (calibration + the run's acceptance)")
+    ax.set_ylabel("measured decode tokens/s (prefill excluded)")
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
     ax.set_title("Predicted against measured")

@@ -1,5 +1,9 @@
 """Predicted against measured tokens/s for each of our systems in a bench run (issue 12).
 
+Both are decode rates: the prediction models rounds, not the prompt's prefill, so it is compared
+with the run's ``decode_tokens_per_s`` (generated tokens after the first over the time after
+prefill), not with the whole request's tokens/s.
+
 The prediction takes the machine's calibration (plan/calibrate.py) for the times and the run's
 own mean tokens per round for the acceptance: a is fitted so that E_SD(a, K) equals it. So a miss
 says the time model is wrong (forward times, drafting cost, contention), not the acceptance. AR
@@ -47,4 +51,5 @@ def add_predictions(rows: list[dict], configs: dict[str, tuple[Calibration, str,
         pred = predicted_tokens_per_s(cal, mode, k, row.get("mean_accepted_len"))
         if pred:
             row["predicted_tokens_per_s"] = round(pred, 3)
-            row["predicted_over_measured"] = round(pred / row["tokens_per_s"], 3) if row["tokens_per_s"] else None
+            measured = row.get("decode_tokens_per_s")
+            row["predicted_over_measured"] = round(pred / measured, 3) if measured else None

@@ -59,6 +59,7 @@ class SystemResult:
         s = self.metrics.summary()
         return {"system": self.system, "prompts": self.prompt_set, "tokens_per_s": round(self.tokens_per_s, 3),
                 "speedup_vs_ar": round(self.tokens_per_s / baseline.tokens_per_s, 3),
+                "decode_tokens_per_s": s["decode_tokens_per_s"],  # prefill excluded (what plan predicts)
                 "acceptance": s["acceptance_rate"], "mean_accepted_len": s["mean_accepted_length"],
                 "acceptance_by_position": s["acceptance_by_position"],
                 "hit_rate": s.get("hit_rate"), "e_hit": s.get("e_hit"), "e_miss": s.get("e_miss"),
