@@ -161,3 +161,14 @@ def test_auto_weighs_an_int8_draft_once(tmp_path, monkeypatch):
     assert fmt in ("auto", "int8") and model.weight_format == ("int8" if fmt == "int8" else "packed")
     monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: pytest.fail("measured again"))
     assert pick_draft(target, draft, str(draft_dir), progress=False)[1] == fmt
+
+
+def test_the_mode_label_says_what_auto_picked():
+    """What the server's usage reports as ``mode`` (server/responses.usage passes it through)."""
+    llm = LLM.from_models(tiny_tokenizer(VOCAB), tiny_model(0, vocab=VOCAB), tiny_model(1, vocab=VOCAB),
+                          mode="auto", ssd={"transport": "thread"})
+    try:
+        assert llm.mode_label == f"auto: {llm.choice}" and "calibration" in llm.choice
+        assert len(llm.generate([PROMPT], SamplingParams(max_tokens=6, ignore_eos=True))[0].token_ids) == 6
+    finally:
+        llm.close()

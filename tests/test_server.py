@@ -102,6 +102,7 @@ def test_completion_from_text_or_token_ids_matches_generate(server, pair):
     extra = u.model_extra
     assert extra["mode"] == "sd" and extra["ssd_hits"] == extra["ssd_misses"] == 0
     assert extra["draft_tokens"] == ref.stats["draft_proposed"] > 0
+    assert extra["verify_rounds"] == ref.stats["verifications"] > 0
     assert extra["accepted_tokens"] == ref.stats["draft_accepted"]
 
 

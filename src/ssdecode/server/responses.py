@@ -70,11 +70,14 @@ class OpenAIFormat:
 
 
 def usage(requests: list[Request], mode: str) -> dict:
-    """Token counts of one call (its n choices share the prompt, counted once) and speculation."""
+    """Token counts of one call (its n choices share the prompt, counted once) and speculation:
+    verification rounds and draft tokens (their ratio is the K the call ran at: under auto it
+    varies by round, and AR rounds verify nothing), and ``mode`` (auto: what it picked and why)."""
     prompt = len(requests[0].seq.prompt_ids)
     completion = sum(len(r.output_ids) for r in requests)
     metrics = [r.metrics for r in requests]
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "verify_rounds": sum(m.verifications for m in metrics),  # draft_tokens / verify_rounds = mean K
             "draft_tokens": sum(m.draft_proposed for m in metrics),
             "accepted_tokens": sum(m.draft_accepted for m in metrics),
             "ssd_hits": sum(m.hits for m in metrics), "ssd_misses": sum(m.misses for m in metrics),
