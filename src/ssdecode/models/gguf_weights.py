@@ -13,7 +13,7 @@ into the packed fp32 format, and so are the plain tensors: norms and biases.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,7 @@ from ssdecode.models.embedding import Embedding, QuantizedEmbedding
 from ssdecode.models.gguf_convert import _fp32_chunks, _unpermute, fingerprint, hf_tensors, read_marker
 from ssdecode.models.gguf_file import GGUFFile
 from ssdecode.models.linear import Linear, QuantizedLinear, SplitLinear, make_linear, resolve_format
+from ssdecode.models.weights_io import TensorIndex
 
 log = logging.getLogger(__name__)
 _FLOAT = ("F32", "F16")
@@ -42,20 +43,20 @@ def gguf_source(folder: Path) -> Path:
     return Path(source)
 
 
-class GGUFWeights(Mapping):
+class GGUFWeights(TensorIndex):
     """Plain tensors as fp32 by HF name (``weights[name]``), products via ``linear`` and the
     embedding's lookup via ``embedding``."""
 
     def __init__(self, path: Path, config: ModelConfig):
         self.file = GGUFFile(path)
-        self._tensors, self._dequantized = {}, set()
+        self._index, self._dequantized = {}, set()
         for t, name, shape, permute in hf_tensors(path, self.file, config.num_heads, config.num_kv_heads):
-            self._tensors[name] = (t, shape, permute)  # t.data: a view of the file's map
+            self._index[name] = (t, shape, permute)  # t.data: a view of the file's map
 
     def __getitem__(self, name: str) -> torch.Tensor:
         """fp32, dequantized by row chunks as in the conversion (whole-tensor numpy dequantization
         has temporaries several times the embedding's size)."""
-        t, shape, permute = self._tensors[name]
+        t, shape, permute = self._index[name]
         out = torch.empty(shape)
         flat, at = out.view(-1).numpy(), 0
         for chunk in _fp32_chunks(t, list(shape), permute):
@@ -63,18 +64,9 @@ class GGUFWeights(Mapping):
             at += chunk.size
         return out
 
-    def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
-        return name in self._tensors
-
-    def __iter__(self):
-        return iter(self._tensors)
-
-    def __len__(self) -> int:
-        return len(self._tensors)
-
     def embedding(self, name: str) -> Embedding:
         """The lookup of ``name``: rows of its stored blocks when quantized."""
-        t, shape, _ = self._tensors[name]
+        t, shape, _ = self._index[name]
         if t.tensor_type.name in _FLOAT:
             return Embedding(self[name])
         return MappedEmbedding(self.file, t.data_offset, t.tensor_type.name, *shape)
@@ -91,7 +83,7 @@ class GGUFWeights(Mapping):
 
     def _kind(self, name: str) -> str:
         """The GGML type a weight runs in, or fp32 when there is no kernel for its type."""
-        qtype = self._tensors[name][0].tensor_type.name
+        qtype = self._index[name][0].tensor_type.name
         if qtype in ggml.QTYPES:
             return qtype
         if qtype not in _FLOAT and qtype not in self._dequantized:
@@ -104,7 +96,7 @@ class GGUFWeights(Mapping):
         if kind == "fp32":
             fmt = resolve_format("auto", torch.device("cpu"), torch.float32)
             return make_linear(torch.cat([self[w] for w in weights]), bias, fmt)
-        parts = [self._tensors[w] for w in weights]
+        parts = [self._index[w] for w in weights]
         n, k = sum(shape[0] for _, shape, _ in parts), parts[0][1][1]
         if _adjacent(parts):
             return MappedLinear(self.file, parts[0][0].data_offset, kind, n, k, bias)

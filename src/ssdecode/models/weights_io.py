@@ -93,7 +93,23 @@ def _mapped(path: Path, offset: int, count: int, dtype: torch.dtype) -> torch.Te
     return torch.frombuffer(view, dtype=dtype, count=count, offset=offset - start)
 
 
-class SafetensorsFolder(Mapping):
+class TensorIndex(Mapping):
+    """Tensors by name over an index read once (``_index``: name -> where the tensor is):
+    ``__getitem__`` reads a tensor; membership, iteration and length only look at the index."""
+
+    _index: dict
+
+    def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
+        return name in self._index
+
+    def __iter__(self):
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+class SafetensorsFolder(TensorIndex):
     """Tensors of an HF folder (``model.safetensors``, or sharded with or without
     ``model.safetensors.index.json``) by name; each access reads that tensor afresh."""
 
@@ -107,32 +123,23 @@ class SafetensorsFolder(Mapping):
             files = sorted(folder.glob("*.safetensors"))
         if not files:
             raise FileNotFoundError(f"no *.safetensors weights in {folder}")
-        self._entries: dict[str, _Entry] = {}
+        self._index: dict[str, _Entry] = {}
         for f in files:
-            self._entries.update(_read_header(f))
+            self._index.update(_read_header(f))
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        e = self._entries[name]
+        e = self._index[name]
         out = torch.empty(e.shape, dtype=e.dtype)
         self.read_into(name, out)
         return out
 
-    def __contains__(self, name) -> bool:  # Mapping's default would read the tensor
-        return name in self._entries
-
-    def __iter__(self):
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._entries[name].shape
+        return self._index[name].shape
 
     def read_into(self, name: str, out: torch.Tensor) -> None:
         """Read ``name`` into ``out`` (its shape; any dtype and device): straight in when ``out``
         is a contiguous CPU tensor of the file's dtype, else converted from a map of the part."""
-        e = self._entries[name]
+        e = self._index[name]
         if tuple(out.shape) != e.shape:
             raise ValueError(f"{name} has shape {e.shape}, not {tuple(out.shape)}")
         if out.device.type == "cpu" and out.dtype == e.dtype and out.is_contiguous():
@@ -143,15 +150,15 @@ class SafetensorsFolder(Mapping):
     def mapped(self, names: Sequence[str]) -> torch.Tensor | None:
         """``names`` concatenated along dim 0 without a copy (``_mapped``), or None unless they
         lie back to back in one file, in one dtype (gate/up do in HF and converted files)."""
-        first = self._entries[names[0]]
+        first = self._index[names[0]]
         end = first.offset
-        for e in map(self._entries.__getitem__, names):
+        for e in map(self._index.__getitem__, names):
             if (e.path, e.dtype, e.shape[1:], e.offset) != (first.path, first.dtype, first.shape[1:], end):
                 return None
             end += e.dtype.itemsize * math.prod(e.shape)
         if end == first.offset:
             return None
-        shape = (sum(self._entries[n].shape[0] for n in names), *first.shape[1:])
+        shape = (sum(self._index[n].shape[0] for n in names), *first.shape[1:])
         return _mapped(first.path, first.offset, math.prod(shape), first.dtype).view(shape)
 
 
