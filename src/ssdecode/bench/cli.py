@@ -188,11 +188,12 @@ def cmd_bench(args) -> int:
     set_prompts = _prompt_sets(args)
     sets = {name: [llm.encode(p.text, chat=p.chat) for p in prompts] for name, prompts in set_prompts.items()}
     systems, configs = build_systems(args, llm, draft_spec)
+    calibrated = predictions(llm, configs)
     rows = []
     for set_name, ids in sets.items():
         results = run_systems(systems, set_name, ids, args.max_tokens)
         set_rows = [r.row(results[0]) for r in results]
-        add_predictions(set_rows, predictions(llm, configs))
+        add_predictions(set_rows, calibrated)
         by_name = {r["system"]: r for r in set_rows}
         if "hf-assisted" in by_name:
             by_name["hf-assisted"]["speedup_vs_hf_generate"] = round(

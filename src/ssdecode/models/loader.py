@@ -197,11 +197,11 @@ def _stored_gguf(spec, folder: Path, weights: str, device: torch.device, dtype: 
         return None
     if str(spec).lower().endswith(".gguf"):
         return Path(spec).expanduser()
-    if weights == "gguf":
-        return gguf_source(folder)
     try:
         return gguf_source(folder)
     except ModelLoadError as e:
+        if weights == "gguf":
+            raise
         logger.info("%s runs its fp32 conversion: %s", folder, e)
         return None
 
