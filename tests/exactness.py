@@ -126,11 +126,13 @@ def exact_target_distribution(model, params, prompt: Sequence[int], n_tokens: in
     request's sampling transforms (``reference_probs``), each prefix run from scratch."""
     import torch
 
+    from ssdecode.runtime.runner import ModelRunner
+
     @lru_cache(maxsize=None)
     def next_probs(tokens: tuple[int, ...]):
-        cache = model.new_cache(1, len(tokens) + 1)
+        runner = ModelRunner(model, 1, len(tokens) + 1)
         ids = torch.tensor([tokens])
-        logits = model.forward(ids, torch.arange(len(tokens))[None], cache, [0], last_only=True)[0, 0]
+        logits = runner.forward(ids, torch.arange(len(tokens))[None], [0], last_only=True)[0, 0]
         return reference_probs(logits.double().tolist(), params.temperature, params.top_k, params.top_p)
 
     return exact_sequence_distribution(next_probs, prompt, n_tokens)

@@ -6,6 +6,7 @@ import torch
 from ssdecode.engine.core import EngineCore
 from ssdecode.params import SamplingParams
 from ssdecode.models.base import CausalLM
+from ssdecode.runtime.runner import ModelRunner
 from tiny import tiny_model as _tiny_model
 from tiny import tiny_tokenizer
 
@@ -23,9 +24,9 @@ def greedy_reference(model, prompt: list[int], n: int) -> list[int]:
     """Forward the whole sequence, take the argmax, append; n times (no cache reuse at all)."""
     seq = list(prompt)
     for _ in range(n):
-        cache = model.new_cache(1, len(seq) + 1)
+        runner = ModelRunner(model, 1, len(seq) + 1)
         ids = torch.tensor([seq])
-        logits = model.forward(ids, torch.arange(len(seq))[None], cache, [0], last_only=True)
+        logits = runner.forward(ids, torch.arange(len(seq))[None], [0], last_only=True)
         seq.append(int(logits[0, -1].argmax()))
     return seq[len(prompt):]
 

@@ -121,10 +121,10 @@ def test_a_switch_that_feeds_the_wrong_token_fails_the_suite(monkeypatch):
     target, draft = tiny_model(0, vocab=VOCAB), tiny_model(1, vocab=VOCAB)
     real = adaptive.ar_step
 
-    def stale(model, cache, seqs):
+    def stale(runner, seqs):
         kept = [s.output_ids.pop() for s in seqs]
         try:
-            return real(model, cache, seqs)
+            return real(runner, seqs)
         finally:
             for s, t in zip(seqs, kept):
                 s.output_ids.append(t)

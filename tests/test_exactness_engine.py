@@ -87,11 +87,11 @@ def test_a_rollback_that_keeps_the_rejected_token_fails(pair8, exact, monkeypatc
 
     verify_proposals = sd.verify_proposals
 
-    def keeps_rejected(target, cache, seqs, tokens, *args, num_draft=None, **kwargs):
-        accepted, nxt = verify_proposals(target, cache, seqs, tokens, *args, num_draft=num_draft, **kwargs)
-        n = [tokens.shape[1]] * len(seqs) if num_draft is None else num_draft.tolist()
+    def keeps_rejected(target, seqs, tokens, *args, num_draft=None, **kwargs):
+        accepted, nxt = verify_proposals(target, seqs, tokens, *args, num_draft=num_draft, **kwargs)
+        n = [tokens.shape[1]] * len(seqs) if num_draft is None else num_draft
         for s, a, m in zip(seqs, accepted, n):
-            cache.lengths[s.slot] += a < m
+            target.cache.lengths[s.slot] += a < m
         return accepted, nxt
 
     monkeypatch.setattr(sd, "verify_proposals", keeps_rejected)

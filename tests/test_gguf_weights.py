@@ -23,6 +23,7 @@ from ssdecode.models.gguf_weights import MappedEmbedding, MappedLinear
 from ssdecode.models.linear import QuantizedLinear, SplitLinear
 from ssdecode.models.loader import ModelLoadError, load_model, load_tokenizer, resolve_model
 from ssdecode.params import SamplingParams
+from ssdecode.runtime.runner import ModelRunner
 from test_loaders import tiny_model, write_gguf
 
 Q = gguf.GGMLQuantizationType
@@ -54,9 +55,9 @@ def both(path):
 
 def logits(model) -> list[torch.Tensor]:
     """A 7-token prefill, then one decode step."""
-    cache = model.new_cache(1, 16)
-    return [model.forward(torch.tensor([[5, 17, 42, 3, 77, 9, 60]]), torch.arange(7)[None], cache, [0]),
-            model.forward(torch.tensor([[11]]), torch.tensor([[7]]), cache, [0])]
+    runner = ModelRunner(model, 1, 16)
+    return [runner.forward(torch.tensor([[5, 17, 42, 3, 77, 9, 60]]), torch.arange(7)[None], [0]),
+            runner.forward(torch.tensor([[11]]), torch.tensor([[7]]), [0])]
 
 
 def assert_same_logits(stored, dense):
@@ -157,9 +158,9 @@ def test_real_demo_draft_as_stored():
     ids = torch.tensor([[151644, 872, 198, 7985, 264, 10135, 729, 13, 151645, 198, 151644, 77091, 198]])
     stored = load_model("demo-draft", weights="gguf")
     assert isinstance(stored.embed, MappedEmbedding) and stored.embed.qtype == "Q5_0"
-    got, rows = stored.forward(ids, torch.arange(ids.shape[1])[None], stored.new_cache(1, 16), [0]), stored.embed(ids)
+    got, rows = ModelRunner(stored, 1, 16).forward(ids, torch.arange(ids.shape[1])[None], [0]), stored.embed(ids)
     del stored
     dense = load_model("demo-draft", weights="dense")
-    want = dense.forward(ids, torch.arange(ids.shape[1])[None], dense.new_cache(1, 16), [0])
+    want = ModelRunner(dense, 1, 16).forward(ids, torch.arange(ids.shape[1])[None], [0])
     assert torch.equal(rows, F.embedding(ids, dense.embed.weight))
     assert (got - want).abs().max() <= 1e-4 * want.abs().max()

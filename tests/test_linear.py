@@ -12,6 +12,7 @@ import torch
 from ssdecode.bench.kernels import random_blocks
 from ssdecode.kernels import ggml
 from ssdecode.models.linear import QuantizedLinear, SplitLinear, make_linear, resolve_format
+from ssdecode.runtime.runner import ModelRunner
 from tiny import tiny_model
 
 CPU = torch.device("cpu")
@@ -69,8 +70,8 @@ def test_packed_model_matches_dense_model():
     dense, packed = tiny_model(0, weights="dense"), tiny_model(0, weights="packed")
     ids = torch.tensor([[1, 5, 2, 9, 3]])
     pos = torch.arange(5)[None]
-    a = dense.forward(ids, pos, dense.new_cache(1, 16), [0])
-    b = packed.forward(ids, pos, packed.new_cache(1, 16), [0])
+    a = ModelRunner(dense, 1, 16).forward(ids, pos, [0])
+    b = ModelRunner(packed, 1, 16).forward(ids, pos, [0])
     assert (a - b).abs().max() < 1e-5
 
 

@@ -26,6 +26,7 @@ from ssdecode.models.gguf_convert import MARKER, convert_gguf, read_marker
 from ssdecode.models.llama import LlamaModel
 from ssdecode.models.loader import check_folder, load_model
 from ssdecode.params import SamplingParams
+from ssdecode.runtime.runner import ModelRunner
 
 DEAD_PID = 999999999  # above any pid_max
 
@@ -162,7 +163,7 @@ def test_nan_logits_name_the_model_not_an_index_error():
     draft.norm = torch.full_like(draft.norm, float("nan"))
     ids = torch.tensor([[1, 2, 3]])
     with pytest.raises(NonFiniteLogits, match="nan-draft produced NaN/inf logits at 3 token.*models verify nan-draft"):
-        draft.forward(ids, ids, draft.new_cache(1, 8), [0])
+        ModelRunner(draft, 1, 8).forward(ids, ids, [0])
     llm = LLM.from_models(tiny_tokenizer(), target, draft, mode="sd", k=3)
     with pytest.raises(NonFiniteLogits, match="nan-draft"):
         llm.generate([[1, 2, 3]], SamplingParams(temperature=1.0, seed=0, max_tokens=8))

@@ -12,6 +12,7 @@ import torch
 import transformers as tf
 
 from ssdecode.models.hf_fallback import HFCausalLM
+from ssdecode.runtime.runner import ModelRunner
 from ssdecode.models.llama import LlamaModel
 from ssdecode.runtime.kv_cache import ContextOverflow
 
@@ -59,99 +60,105 @@ def ref_logits(hf, tokens: list[int]) -> torch.Tensor:
         return hf(torch.tensor([tokens])).logits[0].float()
 
 
-def step(model, cache, slot: int, tokens: list[int], start_pos: int, **kw) -> torch.Tensor:
+def step(runner, slot: int, tokens: list[int], start_pos: int, **kw) -> torch.Tensor:
     """One single-row forward; returns logits [T, V] (or [1, V] with last_only)."""
     ids = torch.tensor([tokens])
     pos = torch.arange(start_pos, start_pos + len(tokens))[None]
-    return model.forward(ids, pos, cache, [slot], **kw)[0]
+    return runner.forward(ids, pos, [slot], **kw)[0]
 
 
 def close(a: torch.Tensor, b: torch.Tensor, tol: float = TOL) -> bool:
     return a.shape == b.shape and (a - b).abs().max().item() < tol
 
 
-def linear_decoding(hf, model) -> None:
+def linear_decoding(hf, model, backend: str = "eager") -> None:
     """Prefill 7, three decode steps, a 3-token chunk, rollback to 8 and a different decode."""
     g = torch.Generator().manual_seed(1)
     seq = torch.randint(0, VOCAB, (13,), generator=g).tolist()
     ref = ref_logits(hf, seq)
-    cache = model.new_cache(2)
-    assert close(step(model, cache, 1, seq[:7], 0), ref[:7])
+    runner = ModelRunner(model, 2, backend=backend)
+    assert close(step(runner, 1, seq[:7], 0), ref[:7])
     for i in range(7, 10):
-        assert close(step(model, cache, 1, seq[i:i + 1], i), ref[i:i + 1])
-    assert close(step(model, cache, 1, seq[10:13], 10), ref[10:13])
-    assert cache.lengths == [0, 13]
-    cache.truncate(1, 8)
+        assert close(step(runner, 1, seq[i:i + 1], i), ref[i:i + 1])
+    assert close(step(runner, 1, seq[10:13], 10), ref[10:13])
+    assert runner.cache.lengths == [0, 13]
+    runner.cache.truncate(1, 8)
     other = [(t + 5) % VOCAB for t in seq[8:11]]
     ref2 = ref_logits(hf, seq[:8] + other)
-    assert close(step(model, cache, 1, other[:1], 8), ref2[8:9])
-    assert close(step(model, cache, 1, other[1:], 9, last_only=True), ref2[10:11])
-    assert cache.lengths == [0, 11]
+    assert close(step(runner, 1, other[:1], 8), ref2[8:9])
+    assert close(step(runner, 1, other[1:], 9, last_only=True), ref2[10:11])
+    assert runner.cache.lengths == [0, 11]
 
 
-def test_linear_decoding_matches_hf(pair):
-    linear_decoding(*pair)
+@pytest.fixture(params=["eager", "static"])
+def backend(request):
+    """The runner's attention backend: static is what CUDA graphs capture, run eagerly here."""
+    return request.param
 
 
-def test_ragged_batch_matches_unbatched(pair):
+def test_linear_decoding_matches_hf(pair, backend):
+    linear_decoding(*pair, backend)
+
+
+def test_ragged_batch_matches_unbatched(pair, backend):
     hf, model = pair
     g = torch.Generator().manual_seed(2)
     a, b = (torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in (9, 12))
     ref_a, ref_b = ref_logits(hf, a), ref_logits(hf, b)
-    cache = model.new_cache(3)
+    runner = ModelRunner(model, 3, backend=backend)
     # ragged prefill on empty slots given in non-consecutive order: row 0 has 2 padding tokens
     ids = torch.tensor([a[:5] + [0, 0], b[:7]])
-    out = model.forward(ids, torch.arange(7).expand(2, 7), cache, [2, 0], num_new=[5, 7])
+    out = runner.forward(ids, torch.arange(7).expand(2, 7), [2, 0], num_new=[5, 7])
     assert close(out[0, :5], ref_a[:5]) and close(out[1], ref_b[:7])
-    assert cache.lengths == [7, 0, 5]
+    assert runner.cache.lengths == [7, 0, 5]
     # rows at different lengths, ragged again, last-token logits only
     ids = torch.tensor([a[5:9], b[7:10] + [0]])
     pos = torch.tensor([[5, 6, 7, 8], [7, 8, 9, 10]])
-    out = model.forward(ids, pos, cache, [2, 0], num_new=[4, 3], last_only=True)
+    out = runner.forward(ids, pos, [2, 0], num_new=[4, 3], last_only=True)
     assert close(out[:, 0], torch.stack([ref_a[8], ref_b[9]]))
     # batched single-token decode with unequal lengths, slots in consecutive order
-    out = model.forward(torch.tensor([[b[10]], [0]]), torch.tensor([[10], [0]]), cache, [0, 1])
-    assert close(out[0], ref_b[10:11]) and cache.lengths == [11, 1, 9]
+    out = runner.forward(torch.tensor([[b[10]], [0]]), torch.tensor([[10], [0]]), [0, 1])
+    assert close(out[0], ref_b[10:11]) and runner.cache.lengths == [11, 1, 9]
 
 
-def test_tree_mask_matches_separate_branches(pair):
+def test_tree_mask_matches_separate_branches(pair, backend):
     hf, model = pair
     g = torch.Generator().manual_seed(3)
     prefix = torch.randint(0, VOCAB, (5,), generator=g).tolist()
     br_a, br_b = [11, 12], [21, 22]
-    cache = model.new_cache(1)
-    step(model, cache, 0, prefix, 0)
+    runner = ModelRunner(model, 1, backend=backend)
+    step(runner, 0, prefix, 0)
     # rows 0-4 prefix; a1,a2 at rows 5,6; b1,b2 at rows 7,8; branch-local positions 5,6
     mask = torch.zeros(1, 4, 9, dtype=torch.bool)
     mask[0, :, :5] = True
     for q, visible in enumerate([[5], [5, 6], [7], [7, 8]]):
         mask[0, q, visible] = True
-    out = model.forward(torch.tensor([br_a + br_b]), torch.tensor([[5, 6, 5, 6]]), cache, [0],
+    out = runner.forward(torch.tensor([br_a + br_b]), torch.tensor([[5, 6, 5, 6]]), [0],
                         attn_mask=mask)[0]
     assert close(out[:2], ref_logits(hf, prefix + br_a)[5:])
     assert close(out[2:], ref_logits(hf, prefix + br_b)[5:])
     # drop the tree, then decode branch b linearly: the scratch rows must not leak
-    cache.truncate(0, 5)
-    assert close(step(model, cache, 0, br_b, 5), ref_logits(hf, prefix + br_b)[5:])
+    runner.cache.truncate(0, 5)
+    assert close(step(runner, 0, br_b, 5), ref_logits(hf, prefix + br_b)[5:])
 
 
-def test_context_overflow(pair):
+def test_context_overflow(pair, backend):
     _, model = pair
-    cache = model.new_cache(1, max_len=8)
-    step(model, cache, 0, list(range(7)), 0)
+    runner = ModelRunner(model, 1, 8, backend=backend)
+    step(runner, 0, list(range(7)), 0)
     with pytest.raises(ContextOverflow):
-        step(model, cache, 0, [1, 2], 7)
-    assert cache.lengths == [7]
-    step(model, cache, 0, [1], 7)
+        step(runner, 0, [1, 2], 7)
+    assert runner.cache.lengths == [7]
+    step(runner, 0, [1], 7)
     with pytest.raises(ContextOverflow):
-        step(model, cache, 0, [1], 8)
+        step(runner, 0, [1], 8)
 
 
-def test_bad_mask_shape_rejected(pair):
+def test_bad_mask_shape_rejected(pair, backend):
     _, model = pair
-    cache = model.new_cache(1)
+    runner = ModelRunner(model, 1, backend=backend)
     with pytest.raises(ValueError):
-        model.forward(torch.tensor([[1, 2]]), torch.tensor([[0, 1]]), cache, [0],
+        runner.forward(torch.tensor([[1, 2]]), torch.tensor([[0, 1]]), [0],
                       attn_mask=torch.ones(1, 2, 3, dtype=torch.bool))
 
 
@@ -176,15 +183,15 @@ def test_fallback_linear_decoding_matches_hf(fallback_pair):
 def test_fallback_ragged_batch_and_tree_refusal(fallback_pair):
     hf, model = fallback_pair
     a, b = [3, 1, 4, 1, 5, 9], [2, 7, 1, 8]
-    cache = model.new_cache(2)
+    runner = ModelRunner(model, 2)
     ids = torch.tensor([a[:3] + [0], b])
-    out = model.forward(ids, torch.arange(4).expand(2, 4), cache, [1, 0], num_new=[3, 4])
+    out = runner.forward(ids, torch.arange(4).expand(2, 4), [1, 0], num_new=[3, 4])
     assert close(out[0, :3], ref_logits(hf, a)[:3]) and close(out[1], ref_logits(hf, b))
-    out = model.forward(torch.tensor([a[3:6], [6, 0, 0]]), torch.tensor([[3, 4, 5], [4, 5, 6]]),
-                        cache, [1, 0], num_new=[3, 1], last_only=True)
+    out = runner.forward(torch.tensor([a[3:6], [6, 0, 0]]), torch.tensor([[3, 4, 5], [4, 5, 6]]),
+                         [1, 0], num_new=[3, 1], last_only=True)
     assert close(out[:, 0], torch.stack([ref_logits(hf, a)[5], ref_logits(hf, b + [6])[4]]))
-    cache.reset(1)
-    assert close(step(model, cache, 1, b, 0), ref_logits(hf, b))
+    runner.cache.reset(1)
+    assert close(step(runner, 1, b, 0), ref_logits(hf, b))
     with pytest.raises(ValueError, match="native model"):
-        model.forward(torch.tensor([[1]]), torch.tensor([[4]]), cache, [1],
+        runner.forward(torch.tensor([[1]]), torch.tensor([[4]]), [1],
                       attn_mask=torch.ones(1, 1, 5, dtype=torch.bool))

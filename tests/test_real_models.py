@@ -17,6 +17,7 @@ from ssdecode.bench.prompts import humaneval_prompts
 from ssdecode.engine.llm import LLM
 from ssdecode.models.demo import pull_demo
 from ssdecode.params import SamplingParams
+from ssdecode.runtime.runner import ModelRunner
 
 pytestmark = pytest.mark.real
 NEW_TOKENS = 64
@@ -56,15 +57,15 @@ def test_native_logits_match_transformers(demo, llm, which):
     ours = getattr(llm, which)
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     ids = torch.tensor([llm.encode("def quicksort(xs):", chat=True)])
-    cache = ours.new_cache(1, 128)
+    runner = ModelRunner(ours, 1, 128)
     with torch.inference_mode():
         ref = hf(ids).logits[0]
-        got = ours.forward(ids, torch.arange(ids.shape[1])[None], cache, [0])[0]
+        got = runner.forward(ids, torch.arange(ids.shape[1])[None], [0])[0]
         assert (got - ref).abs().max().item() < 1e-4, "prefill logits differ"
         # rollback the last 3 tokens and decode them again one by one
-        cache.truncate(0, ids.shape[1] - 3)
+        runner.cache.truncate(0, ids.shape[1] - 3)
         for pos in range(ids.shape[1] - 3, ids.shape[1]):
-            step = ours.forward(ids[:, pos:pos + 1], torch.tensor([[pos]]), cache, [0])[0, 0]
+            step = runner.forward(ids[:, pos:pos + 1], torch.tensor([[pos]]), [0])[0, 0]
             assert (step - ref[pos]).abs().max().item() < 1e-4, f"decode logits differ at {pos}"
     del hf
 

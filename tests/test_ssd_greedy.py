@@ -6,6 +6,7 @@ import torch
 from ssd_support import greedy_reference, prompts_for, run, tiny_model
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.strategy import SSDStrategy, build_ssd_strategy
+from ssdecode.models.base import CausalLM
 from ssdecode.params import SamplingParams
 
 MAX_TOKENS = 16
@@ -118,7 +119,7 @@ def test_build_from_cli_options(target, draft, references):
     _check(s, prompts_for(1), references)
 
 
-class _Exploding:
+class _Exploding(CausalLM):
     """A target whose n-th forward raises ``error``."""
 
     def __init__(self, model, n, error):
@@ -148,7 +149,7 @@ def test_interrupt_shuts_the_worker_down(target, draft, transport):
 def test_a_draft_that_fails_everywhere_fails_the_request_clearly(target):
     """The worker fails, the in-process SD fallback runs the same broken draft: the error is the
     draft's own (a worker that fails alone is survived: test_ssd_failover.py)."""
-    class Broken:
+    class Broken(CausalLM):
         vocab_size, max_context, device, dtype, supports_tree_mask = 24, 1024, torch.device("cpu"), torch.float32, True
 
         def new_cache(self, *a):

@@ -27,6 +27,7 @@ def _roundtrip(msg):
 def test_codec_roundtrips_every_message():
     cfg = SSDConfig(k=3, fanout=(1, 2, 0, 4), saguaro_c=0.25, backup="adaptive")
     assert _roundtrip(Setup(cfg.to_dict(), 5, 300, 151_936)) == Setup(cfg.to_dict(), 5, 300, 151_936)
+    assert _roundtrip(Setup(cfg.to_dict(), 5, 300, 9, "static")).backend == "static"
     assert _roundtrip(Ready(24, 999)) == Ready(24, 999)
     start = Start([NewSequence(7, 2, [5, 6, 7], 9, SamplingParams(temperature=0.7, top_k=5, top_p=0.9, seed=42)),
                    NewSequence(8, 0, list(range(3000)), 1, SamplingParams())], released=[1, 3])

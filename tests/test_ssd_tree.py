@@ -14,6 +14,7 @@ from ssdecode.plan.theory import outcome_probs
 from ssdecode.decoding.ssd.tree import TreeRow, build_branches, fork
 from ssdecode.params import InvalidParams, SamplingParams
 from ssdecode.sampling import SamplingTensors, probs_from_logits, saguaro_reweight
+from ssdecode.runtime.runner import ModelRunner
 
 V, K = 24, 3
 
@@ -23,15 +24,15 @@ def draft():
     return tiny_model(1, vocab=V)
 
 
-def _prefill(model, cache, slot, tokens):
-    cache.reset(slot)
-    model.forward(torch.tensor([tokens]), torch.arange(len(tokens))[None], cache, [slot])
+def _prefill(runner, slot, tokens):
+    runner.cache.reset(slot)
+    runner.forward(torch.tensor([tokens]), torch.arange(len(tokens))[None], [slot])
 
 
 def _q_alone(model, tokens, params, c, fan_out):
     """The draft's distribution after ``tokens``, computed on its own (fresh cache, causal)."""
-    cache = model.new_cache(1, len(tokens) + 1)
-    logits = model.forward(torch.tensor([tokens]), torch.arange(len(tokens))[None], cache, [0], last_only=True)[:, 0]
+    runner = ModelRunner(model, 1, len(tokens) + 1)
+    logits = runner.forward(torch.tensor([tokens]), torch.arange(len(tokens))[None], [0], last_only=True)[:, 0]
     q = probs_from_logits(logits, SamplingTensors.from_params([params]))
     return saguaro_reweight(q, c, fan_out)[0] if c < 1 else q[0]
 
@@ -41,7 +42,7 @@ def test_tree_equals_decoding_each_branch_alone(draft, saguaro_c):
     """Two sequences of different lengths (one greedy, one sampling, one with a short
     speculation): every branch's tokens are the argmax / a sample of q given exactly its own
     context, and the stored q's equal those computed branch by branch."""
-    cache = draft.new_cache(3, 400)
+    runner = ModelRunner(draft, 3, 400)
     histories = [[3, 5, 7, 11, 2], [1, 4, 9], [6, 6, 2, 8, 1, 0, 5]]  # committed tokens (last = t_prev)
     specs = [[4, 17, 9], [2, 3, 5], [13]]
     params = [SamplingParams(), SamplingParams(temperature=1.0, top_k=6, seed=3), SamplingParams(temperature=0.7)]
@@ -49,10 +50,10 @@ def test_tree_equals_decoding_each_branch_alone(draft, saguaro_c):
     fanout_next = [3, 2, 1, 2]
     rows = []
     for slot, (hist, spec, p) in enumerate(zip(histories, specs, params)):
-        _prefill(draft, cache, slot, hist[:-1])
+        _prefill(runner, slot, hist[:-1])
         gen = None if p.greedy else torch.Generator().manual_seed(slot)
         rows.append(TreeRow(slot, len(hist) - 1, hist[-1], spec, fanout, SamplingTensors.from_params([p]), gen))
-    branches = build_branches(draft, cache, rows, K, saguaro_c, fanout_next)
+    branches = build_branches(runner, rows, K, saguaro_c, fanout_next)
     for hist, spec, p, br in zip(histories, specs, params, branches):
         n = len(spec)
         assert br.widths == [min(fanout[j], V - 1) for j in range(n)] + [fanout[K]]

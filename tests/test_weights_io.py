@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.llama import LlamaModel
 from ssdecode.models.weights_io import SafetensorsFolder, WeightLoader
+from ssdecode.runtime.runner import ModelRunner
 from tiny import tiny_hf_config
 
 
@@ -77,8 +78,7 @@ def test_model_from_bf16_sharded_folder_matches_state_dict(tmp_path, fmt):
     ref = LlamaModel.from_state_dict(ModelConfig.from_hf(hf.config), state, weights=fmt)
     got = LlamaModel.from_folder(tmp_path, weights=fmt)
     ids, pos = torch.tensor([[1, 5, 7]]), torch.arange(3)[None]
-    assert torch.equal(got.forward(ids, pos, got.new_cache(1, 8), [0]),
-                       ref.forward(ids, pos, ref.new_cache(1, 8), [0]))
+    assert torch.equal(ModelRunner(got, 1, 8).forward(ids, pos, [0]), ModelRunner(ref, 1, 8).forward(ids, pos, [0]))
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/self/maps")

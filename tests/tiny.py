@@ -17,14 +17,15 @@ def tiny_hf_config(vocab: int = 24, layers: int = 2, hidden: int = 32, context: 
 
 
 def tiny_model(seed: int, vocab: int = 24, layers: int = 2, hidden: int = 32,
-               sharpness: float = 4.0, context: int = 256, weights: str = "auto") -> LlamaModel:
+               sharpness: float = 4.0, context: int = 256, weights: str = "auto", device: str = "cpu",
+               dtype: torch.dtype = torch.float32) -> LlamaModel:
     """A random Qwen2-family model whose next-token distributions are far from uniform
     (``sharpness`` scales the output head), so exactness tests see real structure."""
     torch.manual_seed(seed)
     hf = Qwen2ForCausalLM(tiny_hf_config(vocab, layers, hidden, context)).eval()
     state = {k: v.detach().clone() for k, v in hf.state_dict().items()}
     state["lm_head.weight"] = state["lm_head.weight"] * sharpness / state["lm_head.weight"].std() * 0.1
-    return LlamaModel.from_state_dict(ModelConfig.from_hf(hf.config), state, weights=weights)
+    return LlamaModel.from_state_dict(ModelConfig.from_hf(hf.config), state, device, dtype, weights=weights)
 
 
 def tiny_tokenizer(vocab: int = 24) -> PreTrainedTokenizerFast:

@@ -30,6 +30,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft", default=None, help="draft model for sd/ssd (default: demo-draft)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda if present)")
     p.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads for the target")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="static shapes captured as CUDA graphs for decode, verification and the "
+                        "draft's steps (default: on for CUDA devices)")
     p.add_argument("--k", type=int, default=None,
                    help="draft tokens per round (sd/ssd; default 5), the most auto may pick (default 8)")
     p.add_argument("--weights", default="auto", choices=FORMATS,
@@ -130,7 +133,7 @@ def cmd_generate(args) -> int:
                             max_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop))
     with LLM(target=args.target, draft=args.draft, mode=args.mode, k=args.k, device=args.device,
              ssd=ssd_options(args), min_confidence=args.draft_confidence,
-             weights=args.weights, draft_weights=args.draft_weights) as llm:
+             weights=args.weights, draft_weights=args.draft_weights, cuda_graphs=args.cuda_graphs) as llm:
         if llm.choice:
             print(f"mode auto: {llm.choice}", file=sys.stderr, flush=True)
         if args.json:
@@ -156,7 +159,8 @@ def cmd_serve(args) -> int:
 
     llm = LLM(target=args.target, draft=args.draft, mode=args.mode, k=args.k, device=args.device,
               ssd=ssd_options(args), min_confidence=args.draft_confidence, weights=args.weights,
-              draft_weights=args.draft_weights, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len)
+              draft_weights=args.draft_weights, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
+              cuda_graphs=args.cuda_graphs)
     name = args.served_model_name or args.target
     if llm.choice:
         print(f"mode auto: {llm.choice}", file=sys.stderr, flush=True)

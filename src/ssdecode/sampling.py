@@ -237,7 +237,9 @@ def sample_from_uniform(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     # u*total can round up to the total itself; then no CDF entry exceeds it: take the last
     # positive token.
     last = torch.where(positive, torch.arange(probs.shape[-1], device=probs.device), -1).amax(-1)
-    return torch.where(hit.any(-1), first, last)
+    # NaN weights (damaged model: the runner reports it) have no positive token: 0, not -1, so
+    # the id stays a valid index until then.
+    return torch.where(hit.any(-1), first, last).clamp_(min=0)
 
 
 def sample(probs: torch.Tensor, generators: Generators) -> torch.Tensor:

@@ -184,7 +184,7 @@ def cmd_bench(args) -> int:
         return cmd_bench_serve(args)
     draft_spec = args.draft or "demo-draft"
     llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device,
-              weights=args.weights, draft_weights=args.draft_weights)
+              weights=args.weights, draft_weights=args.draft_weights, cuda_graphs=args.cuda_graphs)
     set_prompts = _prompt_sets(args)
     sets = {name: [llm.encode(p.text, chat=p.chat) for p in prompts] for name, prompts in set_prompts.items()}
     systems, configs = build_systems(args, llm, draft_spec)

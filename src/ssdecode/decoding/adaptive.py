@@ -96,7 +96,7 @@ class AutoStrategy(SDStrategy):
         k = self.policy.choose(slots)
         t0 = time.perf_counter()
         if k == 0:
-            out = ar_step(self.target, self.tcache, seqs)
+            out = ar_step(self.trunner, seqs)
             for s in slots:
                 self.uncached[s] += 1
         else:

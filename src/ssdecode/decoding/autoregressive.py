@@ -7,6 +7,7 @@ from ssdecode.decoding.base import StepOutput, Strategy
 from ssdecode.decoding.drafting import autoregress
 from ssdecode.decoding.sequence import Sequence
 from ssdecode.models.base import CausalLM
+from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors
 
 
@@ -15,34 +16,37 @@ class ARStrategy(Strategy):
 
     def __init__(self, target: CausalLM):
         self.target = target
-        self.cache = None
+        self.runner = None
 
-    def setup(self, num_slots: int, max_len: int, tcache=None) -> None:
-        """``tcache``: a target cache to share (see SDStrategy.setup), else a new one."""
-        self.cache = tcache if tcache is not None else self.target.new_cache(num_slots, max_len)
+    def setup(self, num_slots: int, max_len: int, trunner: ModelRunner | None = None) -> None:
+        """``trunner``: a target runner to share (see SDStrategy.setup), else a new one."""
+        self.runner = trunner or ModelRunner(self.target, num_slots, max_len, self.backend)
 
     def prefill(self, seqs: list[Sequence]) -> list[int]:
-        return prefill_target(self.target, self.cache, seqs)
+        return prefill_target(self.runner, seqs)
 
     def step(self, seqs: list[Sequence]) -> StepOutput:
-        return ar_step(self.target, self.cache, seqs)
+        return ar_step(self.runner, seqs)
 
 
-def ar_step(target: CausalLM, cache, seqs: list[Sequence]) -> StepOutput:
+def ar_step(target: ModelRunner, seqs: list[Sequence]) -> StepOutput:
     """One target forward of each sequence's last token; samples the next."""
     t0 = time.perf_counter()
-    out = autoregress(target, cache, [s.slot for s in seqs], [[s.last_token] for s in seqs],
+    out = autoregress(target, [s.slot for s in seqs], [[s.last_token] for s in seqs],
                       1, SamplingTensors.from_params([s.params for s in seqs], target.device),
                       [s.generator for s in seqs], keep_probs=False)
     tokens = [[t] for t in out.tokens[:, 0].tolist()]
+    target.check()
     return StepOutput(tokens=tokens, time_verify=time.perf_counter() - t0)
 
 
-def prefill_target(target: CausalLM, cache, seqs: list[Sequence]) -> list[int]:
+def prefill_target(target: ModelRunner, seqs: list[Sequence]) -> list[int]:
     """Run the prompts through the target and sample each sequence's first token."""
     for s in seqs:
-        cache.reset(s.slot)
-    out = autoregress(target, cache, [s.slot for s in seqs], [s.prompt_ids for s in seqs], 1,
+        target.cache.reset(s.slot)
+    out = autoregress(target, [s.slot for s in seqs], [s.prompt_ids for s in seqs], 1,
                       SamplingTensors.from_params([s.params for s in seqs], target.device),
                       [s.generator for s in seqs], keep_probs=False)
-    return out.tokens[:, 0].tolist()
+    first = out.tokens[:, 0].tolist()
+    target.check()
+    return first

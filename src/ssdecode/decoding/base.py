@@ -1,6 +1,6 @@
 """The strategy seam: the engine loop never branches on AR / SD / SSD.
 
-A strategy owns the models' KV caches for the sequences it is given. ``prefill`` commits the
+A strategy owns the models' runners (and their KV caches) for the sequences it is given. ``prefill`` commits the
 first token of each new sequence; ``step`` runs one round (one target forward) for the active
 sequences and returns what each committed, in order. The engine trims at EOS / stop strings /
 max_tokens, so a strategy may return tokens past a stop; they are never emitted.
@@ -25,6 +25,7 @@ class StepOutput:
 
 class Strategy(ABC):
     name: str
+    backend: str | None = None  # the model runners' attention backend (runtime/runner.py); None: by device
 
     @abstractmethod
     def setup(self, num_slots: int, max_len: int) -> None:

@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from ssdecode.models.base import CausalLM
 from ssdecode.runtime.kv_cache import KVCache
+from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors, probs_from_logits, sample
 
 
@@ -37,7 +37,7 @@ def feed_batch(cache: KVCache, slots: list[int], feed: list[list[int]], device) 
     return ids.to(device), positions.to(device), [len(f) for f in feed]
 
 
-def autoregress(model: CausalLM, cache: KVCache, slots: list[int], feed: list[list[int]], k: int,
+def autoregress(runner: ModelRunner, slots: list[int], feed: list[list[int]], k: int,
                  st: SamplingTensors, generators: list[torch.Generator], keep_probs: bool,
                  reweight: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
                  min_confidence: float | None = None) -> Draft:
@@ -47,11 +47,11 @@ def autoregress(model: CausalLM, cache: KVCache, slots: list[int], feed: list[li
     ``min_confidence``: a row stops proposing after a token its draft gave (untransformed)
     probability below this, and drafting ends when every row has stopped. The length depends on
     the draft alone, so verification stays exact; it saves the steps most likely rejected."""
-    ids, positions, num_new = feed_batch(cache, slots, feed, model.device)
+    ids, positions, num_new = feed_batch(runner.cache, slots, feed, runner.device)
     tokens, probs = [], []
     lengths = [k] * len(slots)
     for i in range(k):
-        logits = model.forward(ids, positions, cache, slots, num_new=num_new, last_only=True)[:, 0]
+        logits = runner.forward(ids, positions, slots, num_new=num_new, last_only=True)[:, 0]
         q = probs_from_logits(logits, st)
         if reweight is not None:
             q = reweight(q, i)

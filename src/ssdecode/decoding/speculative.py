@@ -19,6 +19,7 @@ from ssdecode.decoding.drafting import autoregress, feed_batch
 from ssdecode.decoding.verify import verify
 from ssdecode.decoding.sequence import Sequence
 from ssdecode.models.base import CausalLM
+from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors
 
 
@@ -30,27 +31,27 @@ class SDStrategy(Strategy):
         if k < 1:
             raise ValueError(f"K (draft tokens per round) must be >= 1, got {k}")
         self.target, self.draft, self.k, self.min_confidence = target, draft, k, min_confidence
-        self.tcache = self.dcache = None
+        self.trunner = self.drunner = None
         self.uncached: dict[int, int] = {}  # slot -> trailing committed tokens the draft cache lacks
 
-    def setup(self, num_slots: int, max_len: int, tcache=None) -> None:
-        """``tcache``: a target cache to share (an SSD strategy whose draft worker failed hands
-        its sequences over to SD this way), else a new one."""
-        self.tcache = tcache if tcache is not None else self.target.new_cache(num_slots, max_len)
-        self.dcache = self.draft.new_cache(num_slots, min(max_len, self.draft.max_context))
+    def setup(self, num_slots: int, max_len: int, trunner: ModelRunner | None = None) -> None:
+        """``trunner``: a target runner (and its cache) to share (an SSD strategy whose draft
+        worker failed hands its sequences over to SD this way), else a new one."""
+        self.trunner = trunner or ModelRunner(self.target, num_slots, max_len, self.backend)
+        self.drunner = ModelRunner(self.draft, num_slots, min(max_len, self.draft.max_context), self.backend)
 
     def cache_tokens_needed(self) -> int:
         return self.k + 1
 
     def prefill(self, seqs: list[Sequence]) -> list[int]:
-        first = prefill_target(self.target, self.tcache, seqs)
+        first = prefill_target(self.trunner, seqs)
         self.adopt(seqs)
         return first
 
     def adopt(self, seqs: list[Sequence]) -> None:
         """Take over sequences whose target cache holds every committed token but the last: fill
         the draft cache likewise (at prefill, before the first token is committed: the prompt)."""
-        prefill_draft(self.draft, self.dcache, seqs)
+        prefill_draft(self.drunner, seqs)
         for s in seqs:
             self.uncached[s.slot] = 1
 
@@ -59,56 +60,61 @@ class SDStrategy(Strategy):
         st = SamplingTensors.from_params([s.params for s in seqs], self.target.device)
         gens = [s.generator for s in seqs]
         feed = [(s.prompt_ids + s.output_ids)[-self.uncached[s.slot]:] for s in seqs]
-        dstart = [self.dcache.lengths[x] for x in slots]
+        dstart = [self.drunner.cache.lengths[x] for x in slots]
         t0 = time.perf_counter()
-        draft = autoregress(self.draft, self.dcache, slots, feed, k, st, gens,
+        draft = autoregress(self.drunner, slots, feed, k, st, gens,
                             keep_probs=not all(s.params.greedy for s in seqs),
                             min_confidence=self.min_confidence)
         t1 = time.perf_counter()
         n = draft.num_draft
-        num_draft = None if min(n) == draft.tokens.shape[1] else torch.tensor(n, device=self.target.device)
-        accepted, nxt = verify_proposals(self.target, self.tcache, seqs, draft.tokens, draft.probs, st,
+        num_draft = None if min(n) == draft.tokens.shape[1] else n
+        accepted, nxt = verify_proposals(self.trunner, seqs, draft.tokens, draft.probs, st,
                                          num_draft=num_draft)
         t2 = time.perf_counter()
         tokens, steps = draft.tokens.tolist(), draft.tokens.shape[1]
+        self.drunner.check()
         for b, s in enumerate(seqs):
             # the draft cache holds feed + s_1..s_{steps-1}; keep the accepted ones
-            self.dcache.truncate(s.slot, dstart[b] + len(feed[b]) + min(accepted[b], steps - 1))
+            self.drunner.cache.truncate(s.slot, dstart[b] + len(feed[b]) + min(accepted[b], steps - 1))
             self.uncached[s.slot] = 2 if accepted[b] == steps else 1
         return StepOutput(
             tokens=[tokens[b][: accepted[b]] + [nxt[b]] for b in range(len(seqs))],
             proposed=n, accepted=accepted, time_draft=t1 - t0, time_verify=t2 - t1)
 
 
-def prefill_draft(draft: CausalLM, cache, seqs: list[Sequence]) -> None:
+def prefill_draft(draft: ModelRunner, seqs: list[Sequence]) -> None:
     """Fill the draft cache with each sequence's prompt and output but its last token (no
     sampling: the target samples every committed token)."""
     for s in seqs:
-        cache.reset(s.slot)
+        draft.cache.reset(s.slot)
     slots = [s.slot for s in seqs]
-    ids, positions, num_new = feed_batch(cache, slots, [s.prompt_ids + s.output_ids[:-1] for s in seqs],
+    ids, positions, num_new = feed_batch(draft.cache, slots, [s.prompt_ids + s.output_ids[:-1] for s in seqs],
                                          draft.device)
-    draft.forward(ids, positions, cache, slots, num_new=num_new, last_only=True)
+    draft.forward(ids, positions, slots, num_new=num_new, last_only=True)
 
 
-def verify_proposals(target: CausalLM, cache, seqs: list[Sequence], tokens: torch.Tensor,
+def verify_proposals(target: ModelRunner, seqs: list[Sequence], tokens: torch.Tensor,
                      probs: torch.Tensor | None, st: SamplingTensors, point_mass: torch.Tensor | None = None,
-                     num_draft: torch.Tensor | None = None) -> tuple[list[int], list[int]]:
+                     num_draft: list[int] | None = None) -> tuple[list[int], list[int]]:
     """One verification round, for SD and SSD alike: ONE target forward over [t_prev, s_1..s_n]
     per row, exact verification (verify.py), target cache rollback to the committed tokens.
 
     ``num_draft`` [B]: real draft tokens per row (default: all of ``tokens``' width); a shorter
     row is ragged and writes no padding into its cache. Returns (accepted count, next token) per
     row; the target cache then holds the committed tokens except the new last one."""
-    slots = [s.slot for s in seqs]
+    slots, cache, device = [s.slot for s in seqs], target.cache, target.device
     start = [cache.lengths[x] for x in slots]
-    ids = torch.cat([torch.tensor([[s.last_token] for s in seqs], dtype=torch.long), tokens.cpu()], 1)
+    # built on the device: the draft tokens stay where they are (no host round trip)
+    last = torch.tensor([[s.last_token] for s in seqs], dtype=torch.long).to(device)
+    ids = torch.cat([last, tokens.to(device)], 1)
     # Padding positions of short rows are clamped into the RoPE table; their outputs are unused.
     positions = (torch.tensor(start)[:, None] + torch.arange(ids.shape[1])[None, :]).clamp(max=target.max_context - 1)
-    num_new = None if num_draft is None else (num_draft.cpu() + 1).tolist()
-    logits = target.forward(ids.to(target.device), positions.to(target.device), cache, slots, num_new=num_new)
-    res = verify(logits, tokens, probs, st, [s.generator for s in seqs], point_mass=point_mass, num_draft=num_draft)
+    num_new = None if num_draft is None else [n + 1 for n in num_draft]
+    logits = target.forward(ids, positions.to(device), slots, num_new=num_new)
+    res = verify(logits, tokens, probs, st, [s.generator for s in seqs], point_mass=point_mass,
+                 num_draft=None if num_draft is None else torch.tensor(num_draft).to(device))
     accepted, nxt = res.accepted.tolist(), res.next_token.tolist()
+    target.check()
     for b, x in enumerate(slots):
         cache.truncate(x, start[b] + 1 + accepted[b])
     return accepted, nxt

@@ -52,13 +52,13 @@ class AlignedVocab(CausalLM):
     def __init__(self, model: CausalLM, vocab_size: int):
         self.model, self.vocab_size = model, vocab_size
         self.max_context, self.device, self.dtype = model.max_context, model.device, model.dtype
-        self.supports_tree_mask = model.supports_tree_mask
+        self.supports_tree_mask, self.supports_static = model.supports_tree_mask, model.supports_static
 
     def new_cache(self, num_slots, max_len=None):
         return self.model.new_cache(num_slots, max_len)
 
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        logits = self.model.forward(*args, **kwargs)
+    def forward(self, input_ids, positions, meta) -> torch.Tensor:
+        logits = self.model.forward(input_ids, positions, meta)
         extra = self.vocab_size - logits.shape[-1]
         if extra <= 0:
             return logits[..., : self.vocab_size]

@@ -65,13 +65,15 @@ class LLM:
                  k: int | None = None, device: str | None = None, dtype: torch.dtype | None = None,
                  ssd=None, min_confidence: float | None = None, draft_weights: str = "auto",
                  max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None,
-                 weights: str = "auto"):
+                 weights: str = "auto", cuda_graphs: bool | None = None):
         """Load ``target`` (and ``draft`` for sd/ssd, default the demo draft) by spec: an alias
         (demo-target, demo-draft), an HF folder, a .gguf file or a hub id. ``weights`` and
         ``draft_weights``: the matmul weight formats (``models/linear.py``; auto runs a GGUF
         model's tensors as stored; a draft's ``int8`` keeps decoding exact, since the verifier
         uses the q the draft sampled from).
-        ``max_num_seqs`` requests run at once (more wait), each up to ``max_model_len`` tokens."""
+        ``max_num_seqs`` requests run at once (more wait), each up to ``max_model_len`` tokens.
+        ``cuda_graphs``: run decode, verification and the draft's steps with static shapes, as
+        CUDA graphs on CUDA (runtime/graphs.py); None = on CUDA only; False = eager addressing."""
         from ssdecode.models.loader import load_model, load_tokenizer
 
         check_settings(mode, k, ssd, min_confidence)  # bad options fail before the slow load
@@ -91,24 +93,25 @@ class LLM:
 
                 draft_model, draft_weights = pick_draft(target_model, draft_model, draft)
         self._attach(tokenizer, target_model, draft_model, draft_tokenizer, draft, draft_weights,
-                     max_num_seqs, max_model_len)
+                     max_num_seqs, max_model_len, cuda_graphs)
         self.configure(mode, k, ssd, min_confidence)
 
     @classmethod
     def from_models(cls, tokenizer, target: CausalLM, draft: CausalLM | None = None, mode: str = "ar",
                     k: int | None = None, ssd=None, draft_tokenizer=None, draft_spec: str | None = None,
                     min_confidence: float | None = None, draft_weights: str = "auto",
-                    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None) -> "LLM":
+                    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None,
+                    cuda_graphs: bool | None = None) -> "LLM":
         """An LLM over already-built models (tests, embedding in another program)."""
         llm = cls.__new__(cls)
         llm._attach(tokenizer, target, draft, draft_tokenizer or tokenizer, draft_spec, draft_weights,
-                    max_num_seqs, max_model_len)
+                    max_num_seqs, max_model_len, cuda_graphs)
         llm.configure(mode, k, ssd, min_confidence)
         return llm
 
     def _attach(self, tokenizer, target: CausalLM, draft: CausalLM | None, draft_tokenizer,
                 draft_spec: str | None, draft_weights: str, max_num_seqs: int,
-                max_model_len: int | None) -> None:
+                max_model_len: int | None, cuda_graphs: bool | None) -> None:
         from ssdecode.decoding.vocab import check_compatible
 
         if draft is not None:
@@ -117,6 +120,7 @@ class LLM:
         self.draft_weights = draft_weights  # what a worker process loading ``draft_spec`` uses
         self.device = target.device
         self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
+        self.backend = None if cuda_graphs is None else "static" if cuda_graphs else "eager"
         self.strategy = self.core = None
 
     def configure(self, mode: str, k: int | None = None, ssd=None, min_confidence: float | None = None) -> None:
@@ -155,6 +159,7 @@ class LLM:
 
             self.strategy = build_ssd_strategy(self.target, align_draft(self.draft, self.target),
                                                self.draft_spec, k or DEFAULT_K, ssd)
+        self.strategy.backend = self.backend
         self.mode = mode
         try:
             self.core = EngineCore(self.strategy, self.tokenizer, self._eos_ids(), self.target.max_context,

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from ssdecode.models.base import CausalLM, new_token_counts
+from ssdecode.models.base import CausalLM
+from ssdecode.runtime.attention import ForwardMeta
 from ssdecode.runtime.kv_cache import KVCache
 
 DEFAULT_MAX_LEN = 4096
@@ -61,20 +62,17 @@ class HFCausalLM(CausalLM):
         return HFSlotCache(num_slots, max_len)
 
     @torch.inference_mode()
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                slots: list[int], num_new: list[int] | None = None,
-                attn_mask: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
-        if attn_mask is not None:
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
+        cache, last_only = meta.cache, meta.last_only
+        if meta.tree_mask is not None:
             raise ValueError("tree attention needs a native model: the Transformers fallback "
                              "only supports causal (linear) decoding")
         if not isinstance(cache, HFSlotCache):
             raise TypeError("HFCausalLM needs the cache made by its own new_cache()")
         b, t = input_ids.shape
-        counts = new_token_counts(input_ids, positions, slots, num_new)
-        starts = cache.reserve(slots, counts)
         out = torch.zeros(b, 1 if last_only else t, self.vocab_size, dtype=torch.float32,
                           device=self.device)
-        for row, (slot, start, n) in enumerate(zip(slots, starts, counts)):
+        for row, (slot, start, n) in enumerate(zip(meta.slots, meta.starts, meta.counts)):
             past = self._past(cache, slot, start)
             result = self.model(input_ids=input_ids[row:row + 1, :n],
                                 position_ids=positions[row:row + 1, :n],
@@ -85,8 +83,6 @@ class HFCausalLM(CausalLM):
                 out[row, 0] = logits[n - 1]
             else:
                 out[row, :n] = logits
-        cache.advance(slots, counts)
-        self.check_finite(out, counts)
         return out
 
     @staticmethod

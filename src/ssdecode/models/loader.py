@@ -29,6 +29,7 @@ from ssdecode.models.errors import ModelLoadError, NonFiniteLogits
 from ssdecode.models.gguf_convert import add_manifest, convert_gguf, discard, fingerprint, read_marker
 from ssdecode.models.gguf_weights import gguf_source
 from ssdecode.models.linear import resolve_format, runs_gguf
+from ssdecode.runtime.runner import ModelRunner
 
 __all__ = ["ModelLoadError", "resolve_model", "load_model", "load_tokenizer", "verify_model"]
 
@@ -217,7 +218,7 @@ def _probe(model: CausalLM) -> None:
     """One forward of one token, so weights that compute NaN/inf fail the load (and get the
     folder checked) instead of printing '!!!!' later; a single NaN weight spoils every token."""
     ids = torch.zeros((1, 1), dtype=torch.long, device=model.device)
-    model.forward(ids, ids, model.new_cache(1, 1), [0])
+    ModelRunner(model, 1, 1, backend="eager").forward(ids, ids, [0])
 
 
 def _load_checked(folder: Path, load: Callable[[Path], T], what: str) -> T:

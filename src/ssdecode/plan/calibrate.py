@@ -24,6 +24,7 @@ import torch
 
 from ssdecode import envs
 from ssdecode.models.base import CausalLM
+from ssdecode.runtime.runner import ModelRunner
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +106,12 @@ def widths_seconds(model: CausalLM, widths: list[int], repeats: int, rows: int =
     row. One prefill serves every width (each forward is rolled back). The fastest, not the
     median: on a shared machine other processes only ever add time."""
     slots = list(range(max(widths) if row_widths else rows))
-    cache = model.new_cache(len(slots), CONTEXT + (1 if row_widths else max(widths)))
+    runner = ModelRunner(model, len(slots), CONTEXT + (1 if row_widths else max(widths)))
     gen = torch.Generator().manual_seed(0)
     span = min(1000, model.vocab_size)
     prompt = torch.randint(0, span, (len(slots), CONTEXT), generator=gen)
-    model.forward(prompt.to(model.device), torch.arange(CONTEXT).repeat(len(slots), 1).to(model.device), cache,
-                  slots, last_only=True)
+    runner.forward(prompt.to(model.device), torch.arange(CONTEXT).repeat(len(slots), 1).to(model.device),
+                   slots, last_only=True)
     out = {}
     for w in widths:
         used, n = (slots[:w], 1) if row_widths else (slots, w)
@@ -119,12 +120,12 @@ def widths_seconds(model: CausalLM, widths: list[int], repeats: int, rows: int =
             ids = torch.randint(0, span, (len(used), n), generator=gen).to(model.device)
             _sync(model)
             t0 = time.perf_counter()
-            model.forward(ids, (CONTEXT + torch.arange(n)).repeat(len(used), 1).to(model.device), cache, used)
+            runner.forward(ids, (CONTEXT + torch.arange(n)).repeat(len(used), 1).to(model.device), used)
             _sync(model)
             if i:  # the first is a warm-up
                 times.append(time.perf_counter() - t0)
             for s in used:
-                cache.truncate(s, CONTEXT)
+                runner.cache.truncate(s, CONTEXT)
         out[w] = min(times)
     return out
 
@@ -163,11 +164,11 @@ def _beside(draft: CausalLM, measure) -> float:
     stop = threading.Event()
 
     def loop() -> None:
-        cache = draft.new_cache(1, 2)
+        runner = ModelRunner(draft, 1, 2)
         ids = torch.zeros((1, 1), dtype=torch.long, device=draft.device)
         while not stop.is_set():
-            draft.forward(ids, ids, cache, [0])
-            cache.truncate(0, 0)
+            runner.forward(ids, ids, [0])
+            runner.cache.truncate(0, 0)
 
     worker = threading.Thread(target=loop, daemon=True)
     worker.start()

@@ -43,7 +43,8 @@ class _Writer:
         data = s.encode()
         self.int(len(data))
         self._flush()
-        self.parts.append(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64))
+        if data:  # frombuffer refuses an empty buffer
+            self.parts.append(torch.frombuffer(bytearray(data), dtype=torch.uint8).to(torch.int64))
 
     def _flush(self) -> None:
         if self.small:
@@ -95,6 +96,7 @@ def encode(msg) -> tuple[torch.Tensor, torch.Tensor | None]:
         w.text(json.dumps(msg.config))
         for x in (msg.num_slots, msg.max_len, msg.vocab_size):
             w.int(x)
+        w.text(msg.backend)
     elif isinstance(msg, Ready):
         w.int(msg.vocab_size)
         w.int(msg.cache_len)
@@ -137,7 +139,7 @@ def decode(ints: torch.Tensor, floats: torch.Tensor | None = None):
     r = _Reader(ints)
     kind = TYPES[r.host[0]]
     if kind is Setup:
-        return Setup(json.loads(r.text()), r.int(), r.int(), r.int())
+        return Setup(json.loads(r.text()), r.int(), r.int(), r.int(), r.text())
     if kind is Ready:
         return Ready(r.int(), r.int())
     if kind is Start:

@@ -25,6 +25,7 @@ class Setup:
     num_slots: int  # cache slots (sequence slots are < num_slots)
     max_len: int  # committed tokens + verification room per sequence (the target cache's length)
     vocab_size: int  # the target's vocabulary: draft logits are cut / padded to it
+    backend: str = ""  # the draft runner's attention backend (runtime/runner.py); "": by device
 
 
 @dataclass

@@ -30,14 +30,14 @@ class Backup(ABC):
     @abstractmethod
     def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
         """Speculations for ``seqs``, whose draft caches hold exactly their committed tokens but
-        the last (``worker`` gives model, cache, config and the current fan-out)."""
+        the last (``worker`` gives model, runner, config and the current fan-out)."""
 
 
 class NeuralBackup(Backup):
     name = "neural"
 
     def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
-        model, cache, cfg = worker.model, worker.cache, worker.config
+        model, cfg = worker.model, worker.config
         fanout = list(worker.fanout.fanout)
         # Near the end of the context, draft only what fits (positions stay < max_context).
         k = max(1, min([cfg.k] + [model.max_context - s.prefix_len for s in seqs]))
@@ -47,7 +47,7 @@ class NeuralBackup(Backup):
         reweight = None
         if keep and cfg.saguaro_c < 1.0:
             reweight = lambda q, i: saguaro_reweight(q, cfg.saguaro_c, fanout[i])
-        draft = autoregress(model, cache, [s.slot for s in seqs], [[s.history[-1]] for s in seqs], k,
+        draft = autoregress(worker.runner, [s.slot for s in seqs], [[s.history[-1]] for s in seqs], k,
                             st, gens, keep_probs=keep, reweight=reweight)
         tokens = draft.tokens.tolist()
         return [Spec(tokens[b], draft.probs[b] if s.samples else None, not s.samples, fanout, "neural")

@@ -35,6 +35,7 @@ from ssdecode.decoding.sequence import Sequence
 from ssdecode.decoding.speculative import SDStrategy, verify_proposals
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.supervisor import WorkerSupervisor
+from ssdecode.runtime.runner import ModelRunner
 from ssdecode.models.base import CausalLM
 from ssdecode.params import InvalidParams
 from ssdecode.sampling import SamplingTensors
@@ -71,7 +72,7 @@ class SSDStrategy(Strategy):
         self.target, self.config, self.deploy = target, config, deploy
         self.draft, self.draft_spec = draft, draft_spec
         self.worker: WorkerSupervisor | None = None
-        self.tcache = None
+        self.trunner = None
         self.specs: dict[int, PendingSpeculation] = {}  # seq id -> its next speculation
         self.released: list[int] = []
         self.rounds = 0
@@ -98,9 +99,9 @@ class SSDStrategy(Strategy):
         with self._closing_on_error():
             self.close()
             # Verification never writes past the context: step() trims speculations near its end.
-            self.tcache = self.target.new_cache(num_slots, min(max_len, self.target.max_context))
+            self.trunner = ModelRunner(self.target, num_slots, min(max_len, self.target.max_context), self.backend)
             self.sizes = (num_slots, max_len)
-            setup = Setup(self.config.to_dict(), num_slots, max_len, self.target.vocab_size)
+            setup = Setup(self.config.to_dict(), num_slots, max_len, self.target.vocab_size, self.backend or "")
             self.worker = WorkerSupervisor(self._new_client, setup, self.deploy)
             self.worker.start()
             self.specs, self.released, self.degraded, self.fallback = {}, [], False, None
@@ -127,7 +128,7 @@ class SSDStrategy(Strategy):
     # -- decoding ----------------------------------------------------------------------------
     def prefill(self, seqs: list[Sequence]) -> list[int]:
         with self._closing_on_error():
-            first = prefill_target(self.target, self.tcache, seqs)
+            first = prefill_target(self.trunner, seqs)
             if not self.degraded:
                 self._ask(Start([NewSequence(s.seq_id, s.slot, list(s.prompt_ids), t, s.params, self._stream())
                                  for s, t in zip(seqs, first)], self._take_released()))
@@ -143,7 +144,7 @@ class SSDStrategy(Strategy):
             tokens, num_draft, point_mass, probs = self._batch(seqs, specs)
             st = SamplingTensors.from_params([s.params for s in seqs], self.target.device)
             t0 = time.perf_counter()
-            accepted, nxt = verify_proposals(self.target, self.tcache, seqs, tokens, probs, st,
+            accepted, nxt = verify_proposals(self.trunner, seqs, tokens, probs, st,
                                              point_mass=point_mass, num_draft=num_draft)
             t1 = time.perf_counter()
             # the round is verified: its tokens are committed even if the worker fails now
@@ -153,7 +154,7 @@ class SSDStrategy(Strategy):
             self.time_verify += t1 - t0
             self.time_wait += t2 - t1
             committed = [spec.tokens[:a] + [t] for spec, a, t in zip(specs, accepted, nxt)]
-            return StepOutput(tokens=committed, proposed=num_draft.tolist(), accepted=accepted,
+            return StepOutput(tokens=committed, proposed=num_draft, accepted=accepted,
                               hit=[spec.hit for spec in specs], time_draft=t2 - t1, time_verify=t1 - t0)
 
     def _ask(self, request) -> None:
@@ -172,7 +173,8 @@ class SSDStrategy(Strategy):
         if self.fallback is None:
             self.fallback = (SDStrategy(self.target, self.draft, self.config.k) if self.draft is not None
                              else ARStrategy(self.target))
-            self.fallback.setup(*self.sizes, tcache=self.tcache)
+            self.fallback.backend = self.backend
+            self.fallback.setup(*self.sizes, trunner=self.trunner)
         self.degraded, self.specs, self.released = True, {}, []
         log.warning("the draft worker failed (%s); running sequences continue with %s, exactly",
                     reason, self.fallback.name.upper())
@@ -204,15 +206,15 @@ class SSDStrategy(Strategy):
         return self.fallback.step(seqs)
 
     def _batch(self, seqs: list[Sequence], specs: list[PendingSpeculation]):
-        """Speculations as the verifier takes them: [B, W] tokens (W = longest), num_draft [B]
+        """Speculations as the verifier takes them: [B, W] tokens (W = longest), num_draft [B] (host)
         (trimmed so verification positions stay inside the context), point_mass [B], q [B, W, V]."""
         device = self.target.device
-        room = [self.target.max_context - 1 - self.tcache.lengths[s.slot] for s in seqs]
-        num_draft = torch.tensor([max(0, min(len(spec.tokens), r)) for spec, r in zip(specs, room)], dtype=torch.long)
-        width = int(num_draft.max()) if len(seqs) else 0
+        room = [self.target.max_context - 1 - self.trunner.cache.lengths[s.slot] for s in seqs]
+        num_draft = [max(0, min(len(spec.tokens), r)) for spec, r in zip(specs, room)]
+        width = max(num_draft, default=0)
         tokens = torch.zeros(len(seqs), width, dtype=torch.long)
         for b, spec in enumerate(specs):
-            n = int(num_draft[b])
+            n = num_draft[b]
             tokens[b, :n] = torch.tensor(spec.tokens[:n], dtype=torch.long)
         point_mass = torch.tensor([spec.point_mass for spec in specs], dtype=torch.bool)
         probs = None
@@ -221,7 +223,7 @@ class SSDStrategy(Strategy):
             for b, spec in enumerate(specs):
                 if spec.probs is not None:
                     probs[b] = spec.probs[:width].to(device)
-        return tokens.to(device), num_draft.to(device), point_mass.to(device), probs
+        return tokens.to(device), num_draft, point_mass.to(device), probs
 
     def _store(self, reply: Speculation) -> None:
         if reply.probs is not None and reply.probs.is_cuda:

@@ -24,8 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ssdecode.decoding.drafting import feed_batch
-from ssdecode.models.base import CausalLM
-from ssdecode.runtime.kv_cache import KVCache
+from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors, probs_from_logits, saguaro_reweight, sample_from_uniform
 
 
@@ -56,16 +55,16 @@ class Branches:
         return self.keys.get((k, t))
 
 
-def glue_decode(model: CausalLM, cache: KVCache, rows: list[TreeRow]) -> torch.Tensor:
+def glue_decode(runner: ModelRunner, rows: list[TreeRow]) -> torch.Tensor:
     """Roll each slot back to P and feed [t_prev, s_1..s_n]: [B, max n + 1, V] logits."""
     for r in rows:
-        cache.truncate(r.slot, r.prefix_len)
+        runner.cache.truncate(r.slot, r.prefix_len)
     slots = [r.slot for r in rows]
-    ids, positions, num_new = feed_batch(cache, slots, [[r.t_prev] + r.spec for r in rows], model.device)
+    ids, positions, num_new = feed_batch(runner.cache, slots, [[r.t_prev] + r.spec for r in rows], runner.device)
     # Positions past the context only score tokens that can never be committed; clamp them so
     # the RoPE tables stay in range.
-    positions = positions.clamp(max=model.max_context - 1)
-    return model.forward(ids, positions, cache, slots, num_new=num_new)
+    positions = positions.clamp(max=runner.max_context - 1)
+    return runner.forward(ids, positions, slots, num_new=num_new)
 
 
 def fork(logits: torch.Tensor, rows: list[TreeRow], vocab: int, k: int) -> tuple[torch.Tensor, ...]:
@@ -119,7 +118,7 @@ class _TreeMask:
         return self.base[..., :span] | (self.own[..., :span] & (self.step[..., :span] <= m))
 
 
-def tree_decode(model: CausalLM, cache: KVCache, rows: list[TreeRow], forks: tuple[torch.Tensor, ...],
+def tree_decode(runner: ModelRunner, rows: list[TreeRow], forks: tuple[torch.Tensor, ...],
                 k: int, saguaro_c: float, fanout_next: list[int]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """K batched draft forwards over every fork; per row (tokens [W_b, K], probs [W_b, K, V] or None).
 
@@ -132,7 +131,7 @@ def tree_decode(model: CausalLM, cache: KVCache, rows: list[TreeRow], forks: tup
     part = [i for i in range(len(rows)) if num[i] > 0]
     if not part:
         return out
-    device, vocab = model.device, model.vocab_size
+    device, vocab = runner.device, runner.vocab_size
     w_b = [num[i] for i in part]
     w_max, total = max(w_b), sum(w_b)
     # The flat fork list is row-major; place fork f of row `row` at column `col` of [B', W_max].
@@ -163,8 +162,8 @@ def tree_decode(model: CausalLM, cache: KVCache, rows: list[TreeRow], forks: tup
 
     ids = ids.to(device)
     for m in range(k):
-        pos = (positions + m).clamp(max=model.max_context - 1)
-        logits = model.forward(ids.view(len(part), w_max), pos, cache, slots, num_new=w_b, attn_mask=mask.at(m))
+        pos = (positions + m).clamp(max=runner.max_context - 1)
+        logits = runner.forward(ids.view(len(part), w_max), pos, slots, num_new=w_b, attn_mask=mask.at(m))
         flat = logits.flatten(0, 1).index_select(0, flat_idx)  # [N, V] in fork order
         if st is None:
             tok = flat.argmax(-1)  # greedy: one-hot q, lowest index on ties, like the sampler
@@ -195,17 +194,17 @@ def _repeat_rows(part: list[int], rows: list[TreeRow], reps: list[int]) -> Sampl
                            tuple(f for i, n in zip(part, reps) for f in rows[i].st.filtered * n))
 
 
-def build_branches(model: CausalLM, cache: KVCache, rows: list[TreeRow], k: int, saguaro_c: float,
+def build_branches(runner: ModelRunner, rows: list[TreeRow], k: int, saguaro_c: float,
                    fanout_next: list[int]) -> list[Branches]:
     """Glue + fork + tree decode for ``rows``: each row's speculation cache."""
     if not rows:
         return []
-    vocab = model.vocab_size
+    vocab, cache = runner.vocab_size, runner.cache
     # A cache capped at the context: near its end feed only the glue rows that fit (positions
     # past them can't be committed) and make no forks for that row.
     rows = [r if len(r.spec) < cache.max_len - r.prefix_len else
             replace(r, spec=r.spec[:cache.max_len - r.prefix_len - 1], fanout=[0] * (k + 1)) for r in rows]
-    logits = glue_decode(model, cache, rows)
+    logits = glue_decode(runner, rows)
     forks = fork(logits, rows, vocab, k)
     # Rows whose tree would not fit in the cache (a cache capped at the model context) get no forks.
     bi, ji, ci, widths = forks
@@ -215,7 +214,7 @@ def build_branches(model: CausalLM, cache: KVCache, rows: list[TreeRow], k: int,
             bi, ji, ci = bi[keep], ji[keep], ci[keep]
             widths[i] = 0
     forks = (bi, ji, ci, widths)
-    decoded = tree_decode(model, cache, rows, forks, k, saguaro_c, fanout_next)
+    decoded = tree_decode(runner, rows, forks, k, saguaro_c, fanout_next)
     out, start = [], 0
     fork_j, fork_c = ji.tolist(), ci.tolist()
     counts = widths.sum(-1).tolist()

@@ -20,6 +20,7 @@ from dataclasses import replace
 import torch
 
 from ssdecode.decoding.drafting import feed_batch
+from ssdecode.runtime.runner import ModelRunner
 from ssdecode.decoding.ssd.backup import AdaptiveBackup, FastBackup, NeuralBackup, make_backup
 from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.fanout import FanoutPolicy, position_caps
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 class DraftWorker:
     def __init__(self, model: CausalLM):
         self.base_model = self.model = model
-        self.config = self.cache = self.fanout = self.backup = None
+        self.config = self.runner = self.fanout = self.backup = None
         self.seqs: dict[int, SeqState] = {}
         self.pending: list[int] = []  # seq ids whose speculation was just sent, cache not built yet
         self.stats = WorkerStats()
@@ -45,6 +46,11 @@ class DraftWorker:
         # share a GPU); replies are complete (synchronized) before they leave handle().
         self.stream = torch.cuda.Stream(model.device) if model.device.type == "cuda" else None
 
+    @property
+    def cache(self):
+        """The draft runner's KV cache."""
+        return self.runner.cache
+
     # -- requests --------------------------------------------------------------------------
     def handle(self, msg):
         if self.stream is None:
@@ -52,6 +58,8 @@ class DraftWorker:
         with torch.cuda.stream(self.stream):
             reply = self._handle(msg)
         self.stream.synchronize()
+        if self.runner is not None:
+            self.runner.check()
         return reply
 
     def _handle(self, msg):
@@ -76,10 +84,11 @@ class DraftWorker:
         vocab = self.model.vocab_size
         widest = min(cfg.total_budget, sum(position_caps(cfg.k, vocab, cfg.fanout_cap)))
         want = msg.max_len + cfg.k + 2 + cfg.k * widest  # glue + tree scratch past the committed tokens
+        backend = msg.backend or None
         try:
-            self.cache = self.model.new_cache(msg.num_slots, want)
+            self.runner = ModelRunner(self.model, msg.num_slots, want, backend)
         except ValueError:  # a model that caps its cache at its context: trees near the end get skipped
-            self.cache = self.model.new_cache(msg.num_slots, min(want, self.model.max_context))
+            self.runner = ModelRunner(self.model, msg.num_slots, min(want, self.model.max_context), backend)
             log.warning("draft cache capped at %d rows (wanted %d): rows near the context end get no forks",
                         self.cache.max_len, want)
         if not self.model.supports_tree_mask and cfg.fanout_cap != 0:
@@ -104,7 +113,7 @@ class DraftWorker:
             return self._reply([], [], 0.0)
         slots = [s.slot for s in states]
         ids, positions, num_new = feed_batch(self.cache, slots, [s.history[:-1] for s in states], device)
-        self.model.forward(ids, positions, self.cache, slots, num_new=num_new, last_only=True)
+        self.runner.forward(ids, positions, slots, num_new=num_new, last_only=True)
         first = FastBackup() if self.config.backup == "fast" else NeuralBackup()
         t0 = time.perf_counter()
         for s, spec in zip(states, first.propose(self, states)):
@@ -188,7 +197,7 @@ class DraftWorker:
         t0 = time.perf_counter()
         tree_rows = [TreeRow(s.slot, s.prefix_len, s.history[-1], s.spec.tokens, s.spec.fanout, s.st, s.generator)
                      for s in rows]
-        branches = build_branches(self.model, self.cache, tree_rows, self.config.k, self.config.saguaro_c,
+        branches = build_branches(self.runner, tree_rows, self.config.k, self.config.saguaro_c,
                                   list(self.fanout.fanout))
         for s, br in zip(rows, branches):
             s.branches = br
