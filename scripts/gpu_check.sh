@@ -21,12 +21,11 @@ section() { echo "=== [$((SECONDS - start))s] $*"; }
 
 "$PY" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'transformers', transformers.__version__)"
 section "GPU-marked tests"
-rc=0
-"$PY" -m pytest -q -p no:cacheprovider -m gpu tests || rc=$?
-if [ "$rc" -ne 0 ] && [ "$rc" -ne 5 ]; then  # 5: no test selected
-  echo "GPU tests failed (pytest exit $rc)"; exit "$rc"
-fi
 status=0
+"$PY" -m pytest -q -p no:cacheprovider -m gpu tests || status=$?
+if [ "$status" -eq 5 ]; then status=0; fi  # 5: no test selected
+# a failing test fails the check but the probes still run: the device time is scarce
+if [ "$status" -ne 0 ]; then echo "GPU tests FAILED (pytest exit $status)"; fi
 for spec in $SHAPES; do
   IFS=: read -r target draft tokens <<< "$spec"
   section "probe $target with draft $draft"

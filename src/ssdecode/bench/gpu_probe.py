@@ -66,14 +66,16 @@ def hf_row(weights: RandomWeights, config, args, prompt) -> dict:
             "ids": out[0, len(prompt):].tolist()}
 
 
+def _name(row: dict) -> str:
+    eager = " (eager, cuda_graphs=False)" if row["cuda_graphs"] is False else ""
+    return row["mode"] + eager + (f" @agree {row['agree']}" if "agree" in row else "")
+
+
 def _describe(row: dict, ar: dict) -> str:
     """One readable line per engine row."""
-    name = row["mode"] + (" (eager, cuda_graphs=False)" if row["cuda_graphs"] is False else "")
-    line = f"{name:<32} {row['tokens_per_s']:>9.2f} tok/s  {row['tokens_per_s'] / ar['tokens_per_s']:.2f}x AR"
-    if "over_transformers" in row:
-        line += f"  {row['over_transformers']:.2f}x transformers"
+    line = f"{_name(row):<32} {row['tokens_per_s']:>9.2f} tok/s  {row['tokens_per_s'] / ar['tokens_per_s']:.2f}x AR"
     if "agree" in row:
-        line += (f"  agree {row['agree']} (measured {row.get('acceptance_measured')}, accepted len "
+        line += (f"  measured acceptance {row.get('acceptance_measured')} (accepted len "
                  f"{row['mean_accepted_len']})  [{LABEL}]")
     if "hit_rate" in row:
         line += f"  hit rate {row['hit_rate']}"
@@ -119,12 +121,15 @@ def main(argv=None) -> int:
     tok = IdTokenizer(vocab)
     graphs = "cuda_graphs" in inspect.signature(LLM.from_models).parameters
     rows = [engine_row(tok, target, None, "ar", args, prompt)]
+    print(_describe(rows[0], rows[0]), flush=True)
     if graphs:
         rows.append(engine_row(tok, target, None, "ar", args, prompt, cuda_graphs=False))
+        print(_describe(rows[-1], rows[0]), flush=True)
     for agree in args.agree:
         draft = random_model(RandomWeights(dcfg, args.device, dtype, 1, agree), dcfg)
         for mode in ("sd", "ssd"):
             rows.append({**engine_row(tok, target, draft, mode, args, prompt), "agree": agree, "label": LABEL})
+            print(_describe(rows[-1], rows[0]), flush=True)
         del draft
         free(args.device)
     _log(t0, "engine rows")
@@ -135,21 +140,23 @@ def main(argv=None) -> int:
     free(args.device)
     hf = None
     if args.hf_attn != "none":
-        hf = hf_row(tweights, tcfg, args, prompt)
+        try:  # a Transformers failure (version, memory) must not cost the rows above
+            hf = hf_row(tweights, tcfg, args, prompt)
+            hf["matches_ar"] = hf["ids"] == rows[0]["ids"]
+            hf["ids"] = hf["ids"][:8]
+            for r in rows:
+                r["over_transformers"] = round(r["tokens_per_s"] / hf["tokens_per_s"], 2)
+            print(f"transformers generate ({args.hf_attn}): {hf['tokens_per_s']} tok/s; greedy output "
+                  f"{'matches' if hf['matches_ar'] else 'DIFFERS FROM'} ours; ours over it: "
+                  + ", ".join(f"{_name(r)} {r['over_transformers']}x" for r in rows))
+        except Exception as e:
+            hf = {"error": repr(e)}
+            print(f"transformers generate FAILED: {e!r}")
         free(args.device)
         _log(t0, "transformers generate")
     same = all(r["ids"] == rows[0]["ids"] for r in rows)
-    if hf:
-        hf["matches_ar"] = hf["ids"] == rows[0]["ids"]
-        hf["ids"] = hf["ids"][:8]
     for r in rows:
-        if hf:
-            r["over_transformers"] = round(r["tokens_per_s"] / hf["tokens_per_s"], 2)
         r["ids"] = r["ids"][:8]
-        print(_describe(r, rows[0]), flush=True)
-    if hf:
-        print(f"transformers generate ({args.hf_attn}): {hf['tokens_per_s']} tok/s; greedy output "
-              f"{'matches' if hf['matches_ar'] else 'DIFFERS FROM'} ours")
     result = {"target": args.target, "draft": args.draft, "device": args.device, "dtype": str(dtype),
               "prompt_tokens": args.prompt, "new_tokens": args.tokens, "k": args.k,
               "weight_bytes": tweights.nbytes(), "floor_ms": round(floor * 1e3, 3),
