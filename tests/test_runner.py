@@ -68,6 +68,8 @@ def test_static_buckets_and_scratch_slot(target):
     for layer in range(len(runner.cache.k)):  # slot 1 never used: only zeros
         assert not runner.cache.k[layer][1].any()
     assert bucket(BATCH_BUCKETS, 3) == 4 and bucket(TOKEN_BUCKETS, 10) == 12 and bucket(TOKEN_BUCKETS, 65) is None
+    runner.graphs.prepare(3, [1, 10, 100], tree=True, last_only=False)  # what start-up capture makes
+    assert {k for k in runner.graphs.entries if k[2]} == {(b, t, True, False) for b in (1, 2, 4) for t in (1, 12)}
 
 
 VOCAB8, N = 8, 2000

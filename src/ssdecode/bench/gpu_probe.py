@@ -11,7 +11,6 @@ final JSON line.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import time
 
@@ -27,11 +26,10 @@ LABEL = "acceptance replayed, random weights"
 
 
 def engine_row(tok, target, draft, mode: str, args, prompt, cuda_graphs=None) -> dict:
-    """One mode through ``LLM.generate``; ``cuda_graphs`` is passed only when the engine has it."""
-    kw = {} if cuda_graphs is None else {"cuda_graphs": cuda_graphs}
+    """One mode through ``LLM.generate``; ``cuda_graphs`` None: the engine's default."""
     ssd = {"transport": "thread", "budget": args.budget} if mode == "ssd" else None
     llm = LLM.from_models(tok, target, draft, mode=mode, k=args.k, ssd=ssd, max_num_seqs=1,
-                          max_model_len=len(prompt) + args.tokens + 8, **kw)
+                          max_model_len=len(prompt) + args.tokens + 8, cuda_graphs=cuda_graphs)
     try:
         llm.generate([prompt[:16]], SamplingParams(max_tokens=4, ignore_eos=True))  # warm-up
         out, wall = timed(args.device, lambda: llm.generate([prompt], SamplingParams(
@@ -112,19 +110,19 @@ def main(argv=None) -> int:
     prompt = torch.randint(0, vocab, (args.prompt,), generator=torch.Generator().manual_seed(0)).tolist()
     floor = tweights.nbytes() / FLOOR_BPS
     step = time_forward(target, 1, args.prompt, args.reps)
+    step_eager = time_forward(target, 1, args.prompt, args.reps, graphs=False)
     verify = {k: round(time_forward(target, k + 1, args.prompt, args.reps) * 1e3, 3)
               for k in range(1, args.max_verify_k + 1)}
     print(f"decode step (raw forward, {args.prompt} cached): {step * 1e3:.3f} ms; weights-read floor "
-          f"{floor * 1e3:.3f} ms ({tweights.nbytes() / 1e9:.2f} GB / 4.3 TB/s); ratio {step / floor:.2f}")
+          f"{floor * 1e3:.3f} ms ({tweights.nbytes() / 1e9:.2f} GB / 4.3 TB/s); ratio {step / floor:.2f}; "
+          f"eager (no graphs) {step_eager * 1e3:.3f} ms")
     print(f"verify ms by K (forward of K+1 tokens): {verify}")
     _log(t0, "forward timings")
     tok = IdTokenizer(vocab)
-    graphs = "cuda_graphs" in inspect.signature(LLM.from_models).parameters
     rows = [engine_row(tok, target, None, "ar", args, prompt)]
     print(_describe(rows[0], rows[0]), flush=True)
-    if graphs:
-        rows.append(engine_row(tok, target, None, "ar", args, prompt, cuda_graphs=False))
-        print(_describe(rows[-1], rows[0]), flush=True)
+    rows.append(engine_row(tok, target, None, "ar", args, prompt, cuda_graphs=False))
+    print(_describe(rows[-1], rows[0]), flush=True)
     for agree in args.agree:
         draft = random_model(RandomWeights(dcfg, args.device, dtype, 1, agree), dcfg)
         for mode in ("sd", "ssd"):
@@ -164,7 +162,7 @@ def main(argv=None) -> int:
               "decode_step_ms": round(step * 1e3, 3), "decode_step_over_floor": round(step / floor, 2),
               "engine_decode_step_ms": engine_step and round(engine_step * 1e3, 3),
               "engine_decode_step_over_floor": engine_step and round(engine_step / floor, 2),
-              "verify_ms_by_k": verify, "cuda_graphs_option": graphs, "rows": rows, "transformers": hf,
+              "decode_step_eager_ms": round(step_eager * 1e3, 3), "verify_ms_by_k": verify, "rows": rows, "transformers": hf,
               "greedy_outputs_agree": same, "elapsed_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps({"gpu_probe": result}), flush=True)
     return 0 if same else 1

@@ -21,6 +21,7 @@ class ARStrategy(Strategy):
     def setup(self, num_slots: int, max_len: int, trunner: ModelRunner | None = None) -> None:
         """``trunner``: a target runner to share (see SDStrategy.setup), else a new one."""
         self.runner = trunner or ModelRunner(self.target, num_slots, max_len, self.backend)
+        self.runner.capture(num_slots, [1], last_only=True)  # decode steps (CUDA graphs)
 
     def prefill(self, seqs: list[Sequence]) -> list[int]:
         return prefill_target(self.runner, seqs)

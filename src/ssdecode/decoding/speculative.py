@@ -39,6 +39,12 @@ class SDStrategy(Strategy):
         worker failed hands its sequences over to SD this way), else a new one."""
         self.trunner = trunner or ModelRunner(self.target, num_slots, max_len, self.backend)
         self.drunner = ModelRunner(self.draft, num_slots, min(max_len, self.draft.max_context), self.backend)
+        # CUDA graphs at start-up: verification of 1..K tokens (K may vary: auto, gating), AR
+        # steps (auto), and the draft's steps (feeding 1, or 2 after a fully accepted round)
+        k_max = self.cache_tokens_needed() - 1
+        self.trunner.capture(num_slots, list(range(2, k_max + 2)))
+        self.trunner.capture(num_slots, [1], last_only=True)
+        self.drunner.capture(num_slots, [1, 2], last_only=True)
 
     def cache_tokens_needed(self) -> int:
         return self.k + 1

@@ -4,9 +4,9 @@ A forward of B rows x T tokens runs in the bucket (B', T') with B' and T' the ne
 ``BATCH_BUCKETS`` / ``TOKEN_BUCKETS`` (rows and tokens past the call's own are padding that
 writes only into the scratch slot), separately for causal and tree-masked calls and for
 last-token-only logits. Each bucket owns its input buffers (attention.StaticBuffers); on CUDA its
-forward is captured once, the first time the bucket is used (after a warm-up run on a side
-stream; all graphs share one memory pool), and every later call only refills the buffers and
-replays: AR decode (T = 1), verification (T = K + 1), the draft's glue and tree steps (T = the
+forward is captured once (after a warm-up run on a side stream; all graphs share one memory
+pool), at start-up for the shapes a strategy will run (``prepare``) or else the first time the
+bucket is used, and every later call only refills the buffers and replays: AR decode (T = 1), verification (T = K + 1), the draft's glue and tree steps (T = the
 tree's width) each hit their own bucket. Off CUDA the same buffers and addressing run eagerly,
 which is what the CPU tests exercise. Calls larger than every bucket (prefill) run eagerly with
 per-call addressing.
@@ -48,6 +48,15 @@ class StaticForwards:
         self.entries: dict[tuple[int, int, bool, bool], _Entry] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
         self.replays = 0  # calls served by a captured graph (for tests and stats)
+
+    def prepare(self, rows: int, tokens: list[int], tree: bool, last_only: bool) -> None:
+        """Capture now, at start-up, every bucket that calls of up to ``rows`` rows and these
+        token counts will use (buckets past the largest run eagerly anyway)."""
+        top = bucket(BATCH_BUCKETS, rows) or BATCH_BUCKETS[-1]
+        for bb in BATCH_BUCKETS[:BATCH_BUCKETS.index(top) + 1]:
+            for tb in {bucket(TOKEN_BUCKETS, t) for t in tokens} - {None}:
+                if (bb, tb, tree, last_only) not in self.entries:
+                    self._add((bb, tb, tree, last_only))
 
     def run(self, ids: torch.Tensor, positions: torch.Tensor, base: ForwardMeta) -> torch.Tensor:
         b, t = ids.shape

@@ -121,6 +121,12 @@ class ModelRunner:
             self.nonfinite |= bad.any()
         return logits
 
+    def capture(self, rows: int, tokens: list[int], tree: bool = False, last_only: bool = False) -> None:
+        """Capture the CUDA graphs of forwards of up to ``rows`` rows x each of ``tokens`` now, at
+        start-up, not on first use (a no-op without graphs)."""
+        if self.nonfinite is not None:
+            self.graphs.prepare(rows, tokens, tree, last_only)
+
     def check(self) -> None:
         """Raise ``NonFiniteLogits`` if a forward since the last check gave NaN/inf logits (graphs
         on CUDA; a no-op where each forward checks itself). Call it after the round's sync."""

@@ -100,6 +100,7 @@ class SSDStrategy(Strategy):
             self.close()
             # Verification never writes past the context: step() trims speculations near its end.
             self.trunner = ModelRunner(self.target, num_slots, min(max_len, self.target.max_context), self.backend)
+            self.trunner.capture(num_slots, list(range(1, self.config.k + 2)))  # verification (CUDA graphs)
             self.sizes = (num_slots, max_len)
             setup = Setup(self.config.to_dict(), num_slots, max_len, self.target.vocab_size, self.backend or "")
             self.worker = WorkerSupervisor(self._new_client, setup, self.deploy)

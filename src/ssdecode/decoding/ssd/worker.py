@@ -94,6 +94,11 @@ class DraftWorker:
         if not self.model.supports_tree_mask and cfg.fanout_cap != 0:
             log.warning("the draft model has no tree attention masks: no speculation cache (every round misses)")
             cfg = replace(cfg, fanout_cap=0)
+        # CUDA graphs at start-up: glue (1..K+1 tokens), tree steps (up to the widest fan-out),
+        # the neural backup's draft steps
+        self.runner.capture(msg.num_slots, list(range(1, cfg.k + 2)))
+        self.runner.capture(msg.num_slots, list(range(1, widest + 1)) if cfg.fanout_cap != 0 else [], tree=True)
+        self.runner.capture(msg.num_slots, [1], last_only=True)
         self.fanout = FanoutPolicy(cfg, vocab)
         self.backup = make_backup(cfg.backup)
         self.seqs, self.pending, self.stats = {}, [], WorkerStats()
