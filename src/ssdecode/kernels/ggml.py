@@ -25,7 +25,7 @@ from ssdecode.kernels.build import shared_library
 log = logging.getLogger(__name__)
 
 QTYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_0")  # positions are the C code's qtype codes
-ISAS = ("scalar", "avx2", "avx512")  # and its isa codes
+ISAS = ("scalar", "avx2", "avx512", "amx")  # and its isa codes
 _SIZES = {q: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]] for q in QTYPES}  # weights, bytes per block
 
 

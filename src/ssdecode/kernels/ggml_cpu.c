@@ -30,11 +30,16 @@
 #include <stdlib.h>
 #include <string.h>
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
+#endif
+#if defined(__x86_64__)
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 
 enum { Q4_K, Q6_K, Q8_0, Q5_0, Q4_0 };  /* qtype codes, as in ggml.py */
-enum { SCALAR, AVX2, AVX512 };      /* isa codes, as in ggml.py */
+enum { SCALAR, AVX2, AVX512, AMX }; /* isa codes, as in ggml.py */
 #define SLICE 256                   /* a K-quant super-block, eight Q8_0 blocks */
 #define MCHUNK 16
 #define NR 8
@@ -433,6 +438,282 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
     }
 }
 
+
+#if defined(__x86_64__)
+/* AMX-BF16 with exact activations (rows_amx below): multi-row products on the tile unit, with the
+ * same numbers as the fp32 kernels up to summation order.
+ * - Each fp32 activation is split exactly into three bf16 parts, x = x1 + x2 + x3: x1 is x with
+ *   the low 16 bits cleared, x2 likewise of the rest x - x1 (exact, at most 16 significant bits),
+ *   and x3 = x - x1 - x2 has at most 8 bits, so it is a bf16 (truncation rather than rounding: no
+ *   part can overflow). The tile unit treats bf16 subnormals as zero, so this holds for
+ *   |x| >= 2^-103 (every part then normal); smaller activations lose at most 2^-126 each.
+ * - The weights' integers are bf16 exactly (Q4_K 0..15, Q5_0 and Q4_0 q - 16 and q - 8, Q8_0
+ *   int8, Q6_K q - 32), each bf16 product is exact in fp32 and TDPBF16PS sums in fp32, so one
+ *   block's integer dot product comes out of the tile in fp32; its scale (and Q4_K's min times
+ *   the block's sum of x) is applied per output afterwards, in fp32.
+ * - A = 16 output rows x one block (32 weights; 16 for Q6_K, whose sub-blocks of 16 each have a
+ *   scale), converted to bf16 once per 256-weight slice and reused for every activation tile;
+ *   B = the activations in the tile unit's pair layout, 5 tokens x 3 parts = 15 of its 16
+ *   columns (so a 5-token verification is one tile product per block); C = one block's
+ *   products, which is stored and scaled into fp32 accumulators, 16 outputs x 16 columns. Two
+ *   blocks are in flight at a time (C0, C1) so that a product's latency overlaps the next.
+ * - Each output's sum runs over blocks in order, then its three parts: the same whatever the row
+ *   count or thread count. */
+#define AMX_TOKENS 5                /* tokens per activation tile (x 3 parts = 15 columns) */
+#define AMX_CHUNK 8                 /* activation tiles per pass over the weight (x stays in L2) */
+#define AMX_MIN_ROWS 2              /* fewer rows go to the AVX-512 kernel */
+
+/* The tile unit is off until the process asks Linux for it (arch_prctl ARCH_REQ_XCOMP_PERM). */
+static int amx_usable(void)
+{
+    static int usable = -1;
+    if (usable < 0) {
+        unsigned a, b, c, d;
+        usable = 0;
+        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1) && (d >> 24 & 1))   /* AMX-BF16, AMX-TILE */
+            usable = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    }
+    return usable;
+}
+
+/* Tile instructions as asm with memory clobbers (GCC's _tile_* macros have none, so buffers written
+ * before a load or read after a store could be reordered around them). */
+#define TILE_LOAD(t, p, stride) __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t :: "r"(p), "r"((long)(stride)) : "memory")
+#define TILE_STORE(t, p, stride) __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" :: "r"(p), "r"((long)(stride)) : "memory")
+#define TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
+#define TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+
+/* Tiles 0, 1: C (16 x 16 fp32); 2, 3: A (16 rows x kb bf16); 4, 5: B (kb / 2 rows of 16 pairs). */
+static void amx_config(int kb)
+{
+    struct { uint8_t palette, start, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 6; t++) {
+        cfg.rows[t] = t < 4 ? 16 : kb / 2;
+        cfg.colsb[t] = t == 2 || t == 3 ? 2 * kb : 64;
+    }
+    __asm__ volatile("ldtilecfg %0" :: "m"(cfg));
+}
+
+static inline uint16_t bf16_hi(float v)  /* the bf16 that v is when its low 16 bits are zero */
+{
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return u >> 16;
+}
+
+/* Block j (kb weights) of one weight row as kb bf16 integers, with the scale of the block and,
+ * for Q4_K, its min (dmin * m; the other types' offsets are in the integers). */
+static inline AVX512_TARGET void amx_weights(int qtype, const uint8_t *row, int64_t j, uint16_t *dst, float *sc,
+                                             float *mn)
+{
+    uint16_t tab[32];               /* bf16 of v (Q4_K), v - 16 (Q5_0), v - 8 (Q4_0); constants once inlined */
+    for (int v = 0; v < 32; v++)
+        tab[v] = bf16_hi((float)(qtype == Q4_K ? v : qtype == Q5_0 ? v - 16 : v - 8));
+    const __m512i half = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+                                          31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    __m512i w;
+    if (qtype == Q4_K) {            /* sub-block j % 8: the low or high nibbles of 32 bytes */
+        const uint8_t *b = row + j / 8 * 144;
+        int s = j % 8;
+        uint32_t words[4];
+        uint8_t u[16];
+        q4k_scales(b + 4, words);
+        memcpy(u, words, 16);
+        *sc = f16c(b) * u[s];
+        *mn = f16c(b + 2) * u[8 + s];
+        __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(b + 16 + 32 * (s / 2))));
+        w = _mm512_permutexvar_epi16(_mm512_and_si512(_mm512_srli_epi16(v, 4 * (s % 2)), _mm512_set1_epi16(15)),
+                                     _mm512_loadu_si512(tab));
+    } else if (qtype == Q8_0) {
+        const uint8_t *b = row + j * 34;
+        *sc = f16c(b);
+        __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2)));
+        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(v))),
+               hi = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(v, 1)));
+        w = _mm512_permutex2var_epi16(_mm512_castps_si512(lo), half, _mm512_castps_si512(hi));
+    } else {                        /* Q5_0, Q4_0: weights 0-15 in the low nibbles, 16-31 in the high */
+        int five = qtype == Q5_0;
+        const uint8_t *b = row + j * (five ? 22 : 18);
+        *sc = f16c(b);
+        __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(b + 2 + 4 * five)));
+        __m512i idx = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(v, _mm256_set1_epi16(15))),
+                                         _mm256_srli_epi16(v, 4), 1);
+        if (five) {
+            uint32_t qh;
+            memcpy(&qh, b + 2, 4);
+            idx = _mm512_mask_add_epi16(idx, (__mmask32)qh, idx, _mm512_set1_epi16(16));
+        }
+        w = _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(tab));
+    }
+    if (qtype != Q4_K)
+        *mn = 0;
+    _mm512_storeu_si512(dst, w);
+}
+
+/* Slice [k0, k0 + len) of weight row r of a group: block b to a[b][r] (kb bf16), sc[b][r], mn[b][r]. */
+static inline AVX512_TARGET void amx_slice(int qtype, const uint8_t *row, int64_t k0, int len, int r,
+                                           uint16_t (*a)[16 * 32], float (*sc)[16], float (*mn)[16])
+{
+    if (qtype == Q6_K) {            /* sub-blocks of 16, each (q - 32) * d * scale */
+        int8_t q[SLICE];
+        float scs[16], offs[16];
+        decode_avx2(Q6_K, row, k0, len, q, scs, offs);
+        for (int b = 0; b < 16; b++) {
+            __m512 f = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * b)))),
+                                     _mm512_set1_ps(32));
+            _mm256_storeu_si256((__m256i *)(a[b] + 16 * r), _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16)));
+            sc[b][r] = scs[b];
+            mn[b][r] = 0;
+        }
+    } else {
+        for (int b = 0; b < len / 32; b++)
+            amx_weights(qtype, row, k0 / 32 + b, a[b] + 32 * r, &sc[b][r], &mn[b][r]);
+    }
+}
+
+static inline float trunc16(float v)  /* v with the low 16 bits cleared: its leading 8 significant bits */
+{
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    u &= 0xffff0000u;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+/* Activation tile t, block j (kb values from k0 = j * kb) in the tile unit's pair layout: row i / 2,
+ * column 3 * token + part, element i % 2; unused columns zero. sums[3 * token] = the block's sum of
+ * x, for Q4_K's mins (sums may be NULL). */
+static void amx_pack(const float *x, int m, int64_t k, int kb, int t, int64_t j, uint16_t *dst, float *sums)
+{
+    memset(dst, 0, sizeof(uint16_t) * 16 * kb);
+    if (sums)
+        memset(sums, 0, sizeof(float) * 16);
+    for (int tl = 0; tl < AMX_TOKENS && t * AMX_TOKENS + tl < m; tl++) {
+        const float *src = x + (t * AMX_TOKENS + tl) * k + j * kb;
+        float sum = 0;
+        for (int i = 0; i < kb; i++) {
+            float v = src[i], x1 = trunc16(v), r = v - x1, x2 = trunc16(r);
+            uint16_t *d = dst + i / 2 * 32 + 6 * tl + i % 2;
+            d[0] = bf16_hi(x1);
+            d[2] = bf16_hi(x2);
+            d[4] = bf16_hi(r - x2);
+            sum += v;
+        }
+        if (sums)
+            sums[3 * tl] = sum;
+    }
+}
+
+/* acc[r] += c[r] * sc[r] - mn[r] * sums: one block's products, scaled, into the accumulators. */
+static inline __attribute__((always_inline)) AVX512_TARGET void
+amx_scale(__m512 *acc, const float *c, const float *sc, const float *mn, const float *sums)
+{
+    for (int r = 0; r < 16; r++) {
+        acc[r] = _mm512_fmadd_ps(_mm512_load_ps(c + 16 * r), _mm512_set1_ps(sc[r]), acc[r]);
+        if (sums)
+            acc[r] = _mm512_fnmadd_ps(_mm512_set1_ps(mn[r]), _mm512_load_ps(sums), acc[r]);
+    }
+}
+
+/* Output rows [r0, r1) (at most 16) for activation tiles [t0, t1) (at most AMX_CHUNK) of xb. */
+static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *xs, int t0, int t1, int m, int64_t k,
+                                   const uint8_t *w, int64_t ldw, int64_t n, int64_t r0, int64_t r1,
+                                   const float *bias, float *y)
+{
+    int kb = qtype == Q6_K ? 16 : 32, rows = (int)(r1 - r0);
+    int64_t nb = k / kb, slice_bytes = row_bytes(qtype, SLICE);
+    uint16_t a[SLICE / 16][16 * 32] __attribute__((aligned(64)));
+    float sc[SLICE / 16][16], mn[SLICE / 16][16], c[2][16 * 16] __attribute__((aligned(64)));
+    float acc[AMX_CHUNK][16][16] __attribute__((aligned(64)));
+    memset(acc, 0, sizeof acc);
+    memset(a, 0, sizeof a);         /* rows past the end, and a last odd block, weigh nothing */
+    memset(sc, 0, sizeof sc);
+    memset(mn, 0, sizeof mn);
+    for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
+        int len = k - k0 < SLICE ? (int)(k - k0) : SLICE, blocks = len / kb;
+        for (int r = 0; r < rows; r++) {
+            amx_slice(qtype, w + (r0 + r) * ldw, k0, len, r, a, sc, mn);
+            if (r0 + r + PREFETCH < n)
+                for (int64_t o = k0 / SLICE * slice_bytes; o < (k0 / SLICE + 1) * slice_bytes; o += 64)
+                    __builtin_prefetch(w + (r0 + r + PREFETCH) * ldw + o);
+        }
+        if (blocks % 2) {           /* the pair's second block: zero weights (x: block 0 again) */
+            memset(a[blocks], 0, sizeof a[blocks]);
+            memset(sc[blocks], 0, sizeof sc[blocks]);
+            memset(mn[blocks], 0, sizeof mn[blocks]);
+        }
+        for (int t = t0; t < t1; t++) {
+            __m512 v[16];
+            for (int r = 0; r < 16; r++)
+                v[r] = _mm512_load_ps(acc[t - t0][r]);
+            for (int b = 0; b < blocks; b += 2) {
+                int64_t j = (t * nb + k0 / kb + b), j1 = b + 1 < blocks ? j + 1 : j;
+                TILE_LOAD(2, a[b], 2 * kb);
+                TILE_LOAD(4, xb + j * 16 * kb, 64);
+                TILE_ZERO(0);
+                TILE_DP(0, 2, 4);
+                TILE_LOAD(3, a[b + 1], 2 * kb);
+                TILE_LOAD(5, xb + j1 * 16 * kb, 64);
+                TILE_ZERO(1);
+                TILE_DP(1, 3, 5);
+                TILE_STORE(0, c[0], 64);
+                amx_scale(v, c[0], sc[b], mn[b], xs ? xs + j * 16 : NULL);
+                TILE_STORE(1, c[1], 64);
+                amx_scale(v, c[1], sc[b + 1], mn[b + 1], xs ? xs + j1 * 16 : NULL);
+            }
+            for (int r = 0; r < 16; r++)
+                _mm512_store_ps(acc[t - t0][r], v[r]);
+        }
+    }
+    for (int t = t0; t < t1; t++)
+        for (int tl = 0; tl < AMX_TOKENS && t * AMX_TOKENS + tl < m; tl++)
+            for (int r = 0; r < rows; r++) {
+                const float *p = acc[t - t0][r] + 3 * tl;
+                float s = p[0] + p[1] + p[2];
+                y[(t * AMX_TOKENS + tl) * n + r0 + r] = bias ? s + bias[r0 + r] : s;
+            }
+}
+
+/* ssd_ggml_linear on the tile unit; -2 when out of memory. */
+static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t *w, int64_t ldw, int64_t n,
+                      const float *bias, float *y, int threads)
+{
+    int kb = qtype == Q6_K ? 16 : 32, tiles = (m + AMX_TOKENS - 1) / AMX_TOKENS;
+    int64_t nb = k / kb, groups = (n + 15) / 16;
+    uint16_t *xb = aligned_alloc(64, sizeof(uint16_t) * 16 * kb * nb * tiles);
+    float *xs = qtype == Q4_K ? aligned_alloc(64, sizeof(float) * 16 * nb * tiles) : NULL;
+    if (!xb || (qtype == Q4_K && !xs)) {
+        free(xb);
+        free(xs);
+        return -2;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < nb * tiles; i++)
+            amx_pack(x, m, k, kb, (int)(i / nb), i % nb, xb + i * 16 * kb, xs ? xs + i * 16 : NULL);
+        amx_config(kb);             /* per thread */
+        for (int t0 = 0; t0 < tiles; t0 += AMX_CHUNK) {
+            int t1 = tiles - t0 < AMX_CHUNK ? tiles : t0 + AMX_CHUNK;
+#pragma omp for schedule(static)
+            for (int64_t g = 0; g < groups; g++)
+                rows_amx(qtype, xb, xs, t0, t1, m, k, w, ldw, n, 16 * g, 16 * g + 16 < n ? 16 * g + 16 : n, bias, y);
+        }
+        __asm__ volatile("tilerelease" ::);
+    }
+    free(xb);
+    free(xs);
+    return 0;
+}
+#else
+static int amx_usable(void)
+{
+    return 0;
+}
+#endif
+
 #define SFX avx512
 #define VL 16
 #define LUT
@@ -453,7 +734,7 @@ int ssd_ggml_best_isa(void)
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-        return AVX512;
+        return amx_usable() ? AMX : AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         return AVX2;
 #endif
@@ -488,7 +769,7 @@ static int pick(int isa, rows_fn **rows, dequant_fn **dequant)
     if (isa > ssd_ggml_best_isa())
         return 0;
 #if defined(__x86_64__) || defined(__i386__)
-    if (isa == AVX512) {
+    if (isa >= AVX512) {            /* AMX: the AVX-512 kernels where it is not used */
         *rows = rows_avx512;
         *dequant = dequant_avx512;
     } else if (isa == AVX2) {
@@ -526,10 +807,14 @@ int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, co
         return -1;
     int64_t ldw = row_bytes(qtype, k);
     int64_t groups = (n + NR - 1) / NR;
+#if defined(__x86_64__)
+    if (isa == AMX && m >= AMX_MIN_ROWS)
+        return linear_amx(qtype, x, (int)m, k, w, ldw, n, bias, y, threads);
+#endif
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
         int mc = m - m0 < MCHUNK ? (int)(m - m0) : MCHUNK;
         float *buf;
-        const float *xp = pack_x(x + m0 * k, mc, k, isa == AVX512 && lut_type(qtype), qtype, &buf);
+        const float *xp = pack_x(x + m0 * k, mc, k, isa >= AVX512 && lut_type(qtype), qtype, &buf);
         if (!xp)
             return -2;
 #pragma omp parallel for schedule(static) num_threads(threads)
