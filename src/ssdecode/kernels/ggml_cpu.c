@@ -459,8 +459,7 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
  *   blocks are in flight at a time (C0, C1) so that a product's latency overlaps the next.
  * - Each output's sum runs over blocks in order, then its three parts: the same whatever the row
  *   count or thread count. */
-#define AMX_TOKENS 5                /* tokens per activation tile (x 3 parts = 15 columns) */
-#define AMX_CHUNK 8                 /* activation tiles per pass over the weight (x stays in L2) */
+#define AMX_CHUNK 4                 /* activation tiles per pass over the weight (x stays in L2) */
 #define AMX_MIN_ROWS 2              /* fewer rows go to the AVX-512 kernel */
 
 /* The tile unit is off until the process asks Linux for it (arch_prctl ARCH_REQ_XCOMP_PERM). */
@@ -489,7 +488,7 @@ static void amx_config(int kb)
     struct { uint8_t palette, start, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
-    for (int t = 0; t < 6; t++) {
+    for (int t = 0; t < 8; t++) {
         cfg.rows[t] = t < 4 ? 16 : kb / 2;
         cfg.colsb[t] = t == 2 || t == 3 ? 2 * kb : 64;
     }
@@ -503,30 +502,18 @@ static inline uint16_t bf16_hi(float v)  /* the bf16 that v is when its low 16 b
     return u >> 16;
 }
 
-/* Block j (kb weights) of one weight row as kb bf16 integers, with the scale of the block and,
- * for Q4_K, its min (dmin * m; the other types' offsets are in the integers). */
+/* Block j (32 weights) of one Q8_0, Q5_0 or Q4_0 weight row as 32 bf16 integers (the offsets are in
+ * them: mn = 0), with the block's scale. */
 static inline AVX512_TARGET void amx_weights(int qtype, const uint8_t *row, int64_t j, uint16_t *dst, float *sc,
                                              float *mn)
 {
-    uint16_t tab[32];               /* bf16 of v (Q4_K), v - 16 (Q5_0), v - 8 (Q4_0); constants once inlined */
+    uint16_t tab[32];               /* bf16 of v - 16 (Q5_0), v - 8 (Q4_0); constants once inlined */
     for (int v = 0; v < 32; v++)
-        tab[v] = bf16_hi((float)(qtype == Q4_K ? v : qtype == Q5_0 ? v - 16 : v - 8));
+        tab[v] = bf16_hi((float)(qtype == Q5_0 ? v - 16 : v - 8));
     const __m512i half = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
                                           31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     __m512i w;
-    if (qtype == Q4_K) {            /* sub-block j % 8: the low or high nibbles of 32 bytes */
-        const uint8_t *b = row + j / 8 * 144;
-        int s = j % 8;
-        uint32_t words[4];
-        uint8_t u[16];
-        q4k_scales(b + 4, words);
-        memcpy(u, words, 16);
-        *sc = f16c(b) * u[s];
-        *mn = f16c(b + 2) * u[8 + s];
-        __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(b + 16 + 32 * (s / 2))));
-        w = _mm512_permutexvar_epi16(_mm512_and_si512(_mm512_srli_epi16(v, 4 * (s % 2)), _mm512_set1_epi16(15)),
-                                     _mm512_loadu_si512(tab));
-    } else if (qtype == Q8_0) {
+    if (qtype == Q8_0) {
         const uint8_t *b = row + j * 34;
         *sc = f16c(b);
         __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2)));
@@ -547,8 +534,7 @@ static inline AVX512_TARGET void amx_weights(int qtype, const uint8_t *row, int6
         }
         w = _mm512_permutexvar_epi16(idx, _mm512_loadu_si512(tab));
     }
-    if (qtype != Q4_K)
-        *mn = 0;
+    *mn = 0;
     _mm512_storeu_si512(dst, w);
 }
 
@@ -567,6 +553,23 @@ static inline AVX512_TARGET void amx_slice(int qtype, const uint8_t *row, int64_
             sc[b][r] = scs[b];
             mn[b][r] = 0;
         }
+    } else if (qtype == Q4_K) {     /* sub-blocks 2g and 2g + 1: the low and high nibbles of 32 bytes */
+        const uint8_t *blk = row + k0 / 256 * 144;
+        float scs[8], mins[8];
+        uint16_t tab[16];
+        for (int v = 0; v < 16; v++)
+            tab[v] = bf16_hi((float)v);
+        const __m512i t = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)tab)), low4 = _mm512_set1_epi16(15);
+        q4k_scales_ps(blk, scs, mins);
+        for (int g = 0; g < 4; g++) {
+            __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * g)));
+            _mm512_storeu_si512(a[2 * g] + 32 * r, _mm512_permutexvar_epi16(_mm512_and_si512(v, low4), t));
+            _mm512_storeu_si512(a[2 * g + 1] + 32 * r, _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), t));
+        }
+        for (int b = 0; b < 8; b++) {
+            sc[b][r] = scs[b];
+            mn[b][r] = mins[b];
+        }
     } else {
         for (int b = 0; b < len / 32; b++)
             amx_weights(qtype, row, k0 / 32 + b, a[b] + 32 * r, &sc[b][r], &mn[b][r]);
@@ -582,27 +585,27 @@ static inline float trunc16(float v)  /* v with the low 16 bits cleared: its lea
     return v;
 }
 
-/* Activation tile t, block j (kb values from k0 = j * kb) in the tile unit's pair layout: row i / 2,
- * column 3 * token + part, element i % 2; unused columns zero. sums[3 * token] = the block's sum of
- * x, for Q4_K's mins (sums may be NULL). */
+/* Activation tile t (16 tokens), block j (kb values from j * kb) as three B tiles, one per part,
+ * in the tile unit's pair layout: row i / 2, column token, element i % 2; missing tokens zero.
+ * sums[token] = the block's sum of x, for Q4_K's mins (sums may be NULL). */
 static void amx_pack(const float *x, int m, int64_t k, int kb, int t, int64_t j, uint16_t *dst, float *sums)
 {
-    memset(dst, 0, sizeof(uint16_t) * 16 * kb);
+    memset(dst, 0, sizeof(uint16_t) * 3 * 16 * kb);
     if (sums)
         memset(sums, 0, sizeof(float) * 16);
-    for (int tl = 0; tl < AMX_TOKENS && t * AMX_TOKENS + tl < m; tl++) {
-        const float *src = x + (t * AMX_TOKENS + tl) * k + j * kb;
+    for (int c = 0; c < 16 && 16 * t + c < m; c++) {
+        const float *src = x + (16 * t + c) * k + j * kb;
         float sum = 0;
         for (int i = 0; i < kb; i++) {
             float v = src[i], x1 = trunc16(v), r = v - x1, x2 = trunc16(r);
-            uint16_t *d = dst + i / 2 * 32 + 6 * tl + i % 2;
+            uint16_t *d = dst + i / 2 * 32 + 2 * c + i % 2;
             d[0] = bf16_hi(x1);
-            d[2] = bf16_hi(x2);
-            d[4] = bf16_hi(r - x2);
+            d[16 * kb] = bf16_hi(x2);
+            d[32 * kb] = bf16_hi(r - x2);
             sum += v;
         }
         if (sums)
-            sums[3 * tl] = sum;
+            sums[c] = sum;
     }
 }
 
@@ -648,15 +651,24 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
             __m512 v[16];
             for (int r = 0; r < 16; r++)
                 v[r] = _mm512_load_ps(acc[t - t0][r]);
-            for (int b = 0; b < blocks; b += 2) {
-                int64_t j = (t * nb + k0 / kb + b), j1 = b + 1 < blocks ? j + 1 : j;
+            for (int b = 0; b < blocks; b += 2) {   /* two blocks in flight: C0 and C1 */
+                int64_t j = t * nb + k0 / kb + b, j1 = b + 1 < blocks ? j + 1 : j;
+                const uint16_t *x0 = xb + j * 3 * 16 * kb, *x1 = xb + j1 * 3 * 16 * kb;
                 TILE_LOAD(2, a[b], 2 * kb);
-                TILE_LOAD(4, xb + j * 16 * kb, 64);
                 TILE_ZERO(0);
+                TILE_LOAD(4, x0, 64);
                 TILE_DP(0, 2, 4);
+                TILE_LOAD(5, x0 + 16 * kb, 64);
+                TILE_DP(0, 2, 5);
+                TILE_LOAD(6, x0 + 32 * kb, 64);
+                TILE_DP(0, 2, 6);
                 TILE_LOAD(3, a[b + 1], 2 * kb);
-                TILE_LOAD(5, xb + j1 * 16 * kb, 64);
                 TILE_ZERO(1);
+                TILE_LOAD(7, x1, 64);
+                TILE_DP(1, 3, 7);
+                TILE_LOAD(4, x1 + 16 * kb, 64);
+                TILE_DP(1, 3, 4);
+                TILE_LOAD(5, x1 + 32 * kb, 64);
                 TILE_DP(1, 3, 5);
                 TILE_STORE(0, c[0], 64);
                 amx_scale(v, c[0], sc[b], mn[b], xs ? xs + j * 16 : NULL);
@@ -668,21 +680,18 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
         }
     }
     for (int t = t0; t < t1; t++)
-        for (int tl = 0; tl < AMX_TOKENS && t * AMX_TOKENS + tl < m; tl++)
-            for (int r = 0; r < rows; r++) {
-                const float *p = acc[t - t0][r] + 3 * tl;
-                float s = p[0] + p[1] + p[2];
-                y[(t * AMX_TOKENS + tl) * n + r0 + r] = bias ? s + bias[r0 + r] : s;
-            }
+        for (int c = 0; c < 16 && 16 * t + c < m; c++)
+            for (int r = 0; r < rows; r++)
+                y[(16 * t + c) * n + r0 + r] = bias ? acc[t - t0][r][c] + bias[r0 + r] : acc[t - t0][r][c];
 }
 
 /* ssd_ggml_linear on the tile unit; -2 when out of memory. */
 static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t *w, int64_t ldw, int64_t n,
                       const float *bias, float *y, int threads)
 {
-    int kb = qtype == Q6_K ? 16 : 32, tiles = (m + AMX_TOKENS - 1) / AMX_TOKENS;
+    int kb = qtype == Q6_K ? 16 : 32, tiles = (m + 15) / 16;
     int64_t nb = k / kb, groups = (n + 15) / 16;
-    uint16_t *xb = aligned_alloc(64, sizeof(uint16_t) * 16 * kb * nb * tiles);
+    uint16_t *xb = aligned_alloc(64, sizeof(uint16_t) * 3 * 16 * kb * nb * tiles);
     float *xs = qtype == Q4_K ? aligned_alloc(64, sizeof(float) * 16 * nb * tiles) : NULL;
     if (!xb || (qtype == Q4_K && !xs)) {
         free(xb);
@@ -693,7 +702,7 @@ static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t
     {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < nb * tiles; i++)
-            amx_pack(x, m, k, kb, (int)(i / nb), i % nb, xb + i * 16 * kb, xs ? xs + i * 16 : NULL);
+            amx_pack(x, m, k, kb, (int)(i / nb), i % nb, xb + i * 3 * 16 * kb, xs ? xs + i * 16 : NULL);
         amx_config(kb);             /* per thread */
         for (int t0 = 0; t0 < tiles; t0 += AMX_CHUNK) {
             int t1 = tiles - t0 < AMX_CHUNK ? tiles : t0 + AMX_CHUNK;
