@@ -460,7 +460,7 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
  * - Each output's sum runs over blocks in order, then its three parts: the same whatever the row
  *   count or thread count. */
 #define AMX_CHUNK 4                 /* activation tiles per pass over the weight (x stays in L2) */
-#define AMX_MIN_ROWS 2              /* fewer rows go to the AVX-512 kernel */
+#define AMX_MIN_ROWS 16             /* fewer rows go to the AVX-512 kernel */
 
 /* The tile unit is off until the process asks Linux for it (arch_prctl ARCH_REQ_XCOMP_PERM). */
 static int amx_usable(void)
