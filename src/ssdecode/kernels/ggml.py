@@ -7,8 +7,12 @@ dequantizes each block on the fly to the same fp32 values and accumulates in fp3
 stay fp32. So a model run this way is the stored model, like the dequantized one.
 ``dequantize_rows`` gives chosen rows of W as fp32, exactly (a quantized embedding lookup).
 
-The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2 or
-avx512) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
+The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
+avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
+``amx`` is AVX-512 plus, from ``amx_min_rows()`` activation rows on (prefill), the AMX-BF16 tile
+unit with the activations split exactly into three bf16 parts (ggml_cpu.c): the same numbers up
+to fp32 summation order, so results are batch invariant below that row count and above it, but
+not across it.
 """
 from __future__ import annotations
 
@@ -52,6 +56,11 @@ def is_available() -> bool:
 def best_isa() -> str:
     """The instruction set used by default on this CPU."""
     return ISAS[_lib().ssd_ggml_best_isa()]
+
+
+def amx_min_rows() -> int:
+    """The fewest activation rows that the amx instruction set computes on the tile unit."""
+    return _lib().ssd_ggml_amx_min_rows()
 
 
 def _check(qtype: str, blocks: torch.Tensor, n: int, k: int, isa: str | None) -> str:

@@ -737,7 +737,17 @@ static int amx_usable(void)
 #undef LUT
 #endif
 
-/* The widest instruction set this CPU runs. */
+/* The fewest activation rows that the amx isa computes on the tile unit. */
+int ssd_ggml_amx_min_rows(void)
+{
+#if defined(__x86_64__)
+    return AMX_MIN_ROWS;
+#else
+    return 0;
+#endif
+}
+
+/* The widest instruction set this CPU runs (AMX: AVX-512 and a tile unit that Linux lets us use). */
 int ssd_ggml_best_isa(void)
 {
 #if defined(__x86_64__) || defined(__i386__)
