@@ -448,18 +448,22 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
  *   part can overflow). The tile unit treats bf16 subnormals as zero, so this holds for
  *   |x| >= 2^-103 (every part then normal); smaller activations lose at most 2^-126 each.
  * - The weights' integers are bf16 exactly (Q4_K 0..15, Q5_0 and Q4_0 q - 16 and q - 8, Q8_0
- *   int8, Q6_K q - 32), each bf16 product is exact in fp32 and TDPBF16PS sums in fp32, so one
- *   block's integer dot product comes out of the tile in fp32; its scale (and Q4_K's min times
- *   the block's sum of x) is applied per output afterwards, in fp32.
- * - A = 16 output rows x one block (32 weights; 16 for Q6_K, whose sub-blocks of 16 each have a
- *   scale), converted to bf16 once per 256-weight slice and reused for every activation tile;
- *   B = the activations in the tile unit's pair layout, 5 tokens x 3 parts = 15 of its 16
- *   columns (so a 5-token verification is one tile product per block); C = one block's
- *   products, which is stored and scaled into fp32 accumulators, 16 outputs x 16 columns. Two
- *   blocks are in flight at a time (C0, C1) so that a product's latency overlaps the next.
- * - Each output's sum runs over blocks in order, then its three parts: the same whatever the row
- *   count or thread count. */
-#define AMX_CHUNK 4                 /* activation tiles per pass over the weight (x stays in L2) */
+ *   int8), each bf16 product is exact in fp32 and TDPBF16PS sums in fp32, so one block's integer
+ *   dot product comes out of the tile in fp32; its scale (and Q4_K's min times the block's sum of
+ *   x) is applied per output afterwards, in fp32. Q6_K's sub-blocks of 16 have int8 scales s
+ *   under one fp16 d per 256: its integers (q - 32) * s (13 bits) go in as two bf16 parts each,
+ *   high and low, and a whole super-block sums in the tile before d is applied.
+ * - A = 16 output rows x one block of 32 weights, converted to bf16 once per 256-weight slice and
+ *   reused for every activation tile; B = 16 tokens x 32 activations in the tile unit's pair
+ *   layout, one tile per part, accumulated into the same C (so one C store per three products);
+ *   C is stored and scaled into fp32 accumulators, 16 outputs x 16 tokens. Two blocks are in
+ *   flight at a time (C0, C1) so that a product's latency overlaps the next. The tile stores and
+ *   reloads, one per block of 32, cost about as much as the products themselves, and a tile
+ *   holds 16 tokens however few there are: hence AMX_MIN_ROWS (docs/benchmarks.md, section 10).
+ * - Each output's sum runs over its blocks in order: the same whatever the row count (from
+ *   AMX_MIN_ROWS on) or thread count. */
+#define AMX_CHUNK 8                 /* most activation tiles per pass over the weight */
+#define AMX_X_BYTES (1 << 20)       /* and at most this much packed x per pass, so that it stays in L2 */
 #define AMX_MIN_ROWS 16             /* fewer rows go to the AVX-512 kernel */
 
 /* The tile unit is off until the process asks Linux for it (arch_prctl ARCH_REQ_XCOMP_PERM). */
@@ -482,15 +486,15 @@ static int amx_usable(void)
 #define TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
 #define TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
 
-/* Tiles 0, 1: C (16 x 16 fp32); 2, 3: A (16 rows x kb bf16); 4, 5: B (kb / 2 rows of 16 pairs). */
-static void amx_config(int kb)
+/* Tiles 0, 1: C (16 x 16 fp32); 2, 3: A (16 rows x 32 bf16); 4-7: B (16 rows of 16 pairs). */
+static void amx_config(void)
 {
     struct { uint8_t palette, start, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
     for (int t = 0; t < 8; t++) {
-        cfg.rows[t] = t < 4 ? 16 : kb / 2;
-        cfg.colsb[t] = t == 2 || t == 3 ? 2 * kb : 64;
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = 64;
     }
     __asm__ volatile("ldtilecfg %0" :: "m"(cfg));
 }
@@ -502,6 +506,21 @@ static inline uint16_t bf16_hi(float v)  /* the bf16 that v is when its low 16 b
     return u >> 16;
 }
 
+/* 32 fp32 (a then b) whose low 16 bits are zero as 32 bf16. */
+static inline AVX512_TARGET __m512i bf16_pack(__m512 a, __m512 b)
+{
+    const __m512i high = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
+                                          31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_permutex2var_epi16(_mm512_castps_si512(a), high, _mm512_castps_si512(b));
+}
+
+/* 32 int16 as fp32, the first 16 then the rest. */
+static inline AVX512_TARGET void i16_to_ps(__m512i v, __m512 *lo, __m512 *hi)
+{
+    *lo = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(v)));
+    *hi = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(v, 1)));
+}
+
 /* Block j (32 weights) of one Q8_0, Q5_0 or Q4_0 weight row as 32 bf16 integers (the offsets are in
  * them: mn = 0), with the block's scale. */
 static inline AVX512_TARGET void amx_weights(int qtype, const uint8_t *row, int64_t j, uint16_t *dst, float *sc,
@@ -510,16 +529,13 @@ static inline AVX512_TARGET void amx_weights(int qtype, const uint8_t *row, int6
     uint16_t tab[32];               /* bf16 of v - 16 (Q5_0), v - 8 (Q4_0); constants once inlined */
     for (int v = 0; v < 32; v++)
         tab[v] = bf16_hi((float)(qtype == Q5_0 ? v - 16 : v - 8));
-    const __m512i half = _mm512_set_epi16(63, 61, 59, 57, 55, 53, 51, 49, 47, 45, 43, 41, 39, 37, 35, 33,
-                                          31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     __m512i w;
     if (qtype == Q8_0) {
         const uint8_t *b = row + j * 34;
         *sc = f16c(b);
-        __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2)));
-        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_castsi512_si256(v))),
-               hi = _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(v, 1)));
-        w = _mm512_permutex2var_epi16(_mm512_castps_si512(lo), half, _mm512_castps_si512(hi));
+        __m512 lo, hi;
+        i16_to_ps(_mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2))), &lo, &hi);
+        w = bf16_pack(lo, hi);
     } else {                        /* Q5_0, Q4_0: weights 0-15 in the low nibbles, 16-31 in the high */
         int five = qtype == Q5_0;
         const uint8_t *b = row + j * (five ? 22 : 18);
@@ -538,21 +554,29 @@ static inline AVX512_TARGET void amx_weights(int qtype, const uint8_t *row, int6
     _mm512_storeu_si512(dst, w);
 }
 
-/* Slice [k0, k0 + len) of weight row r of a group: block b to a[b][r] (kb bf16), sc[b][r], mn[b][r]. */
+/* Slice [k0, k0 + len) of weight row r of a group: block b to a[b][r] (32 bf16), sc[b][r], mn[b][r];
+ * Q6_K: the high parts of its integers to a[b], the low parts to a[8 + b], d to sc[0][r]. */
 static inline AVX512_TARGET void amx_slice(int qtype, const uint8_t *row, int64_t k0, int len, int r,
                                            uint16_t (*a)[16 * 32], float (*sc)[16], float (*mn)[16])
 {
-    if (qtype == Q6_K) {            /* sub-blocks of 16, each (q - 32) * d * scale */
+    if (qtype == Q6_K) {
+        const uint8_t *blk = row + k0 / 256 * 210;
+        const __m512i mask = _mm512_set1_epi32((int)0xffff0000);
         int8_t q[SLICE];
         float scs[16], offs[16];
-        decode_avx2(Q6_K, row, k0, len, q, scs, offs);
-        for (int b = 0; b < 16; b++) {
-            __m512 f = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16 * b)))),
-                                     _mm512_set1_ps(32));
-            _mm256_storeu_si256((__m256i *)(a[b] + 16 * r), _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(f), 16)));
-            sc[b][r] = scs[b];
-            mn[b][r] = 0;
+        decode_avx2(Q6_K, row, k0, len, q, scs, offs);  /* q unsigned, 0..63 */
+        for (int b = 0; b < 8; b++) {   /* sub-blocks 2b and 2b + 1 */
+            __m512i s = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((int8_t)blk[192 + 2 * b])),
+                                           _mm256_set1_epi16((int8_t)blk[193 + 2 * b]), 1),
+                    v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(q + 32 * b)));
+            __m512 f[2], hi[2];
+            i16_to_ps(_mm512_mullo_epi16(_mm512_sub_epi16(v, _mm512_set1_epi16(32)), s), &f[0], &f[1]);
+            for (int h = 0; h < 2; h++)
+                hi[h] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(f[h]), mask));
+            _mm512_storeu_si512(a[b] + 32 * r, bf16_pack(hi[0], hi[1]));
+            _mm512_storeu_si512(a[8 + b] + 32 * r, bf16_pack(_mm512_sub_ps(f[0], hi[0]), _mm512_sub_ps(f[1], hi[1])));
         }
+        sc[0][r] = f16c(blk + 208);
     } else if (qtype == Q4_K) {     /* sub-blocks 2g and 2g + 1: the low and high nibbles of 32 bytes */
         const uint8_t *blk = row + k0 / 256 * 144;
         float scs[8], mins[8];
@@ -585,23 +609,23 @@ static inline float trunc16(float v)  /* v with the low 16 bits cleared: its lea
     return v;
 }
 
-/* Activation tile t (16 tokens), block j (kb values from j * kb) as three B tiles, one per part,
+/* Activation tile t (16 tokens), block j (32 values from 32 j) as three B tiles, one per part,
  * in the tile unit's pair layout: row i / 2, column token, element i % 2; missing tokens zero.
  * sums[token] = the block's sum of x, for Q4_K's mins (sums may be NULL). */
-static void amx_pack(const float *x, int m, int64_t k, int kb, int t, int64_t j, uint16_t *dst, float *sums)
+static void amx_pack(const float *x, int m, int64_t k, int t, int64_t j, uint16_t *dst, float *sums)
 {
-    memset(dst, 0, sizeof(uint16_t) * 3 * 16 * kb);
+    memset(dst, 0, sizeof(uint16_t) * 3 * 16 * 32);
     if (sums)
         memset(sums, 0, sizeof(float) * 16);
     for (int c = 0; c < 16 && 16 * t + c < m; c++) {
-        const float *src = x + (16 * t + c) * k + j * kb;
+        const float *src = x + (16 * t + c) * k + j * 32;
         float sum = 0;
-        for (int i = 0; i < kb; i++) {
+        for (int i = 0; i < 32; i++) {
             float v = src[i], x1 = trunc16(v), r = v - x1, x2 = trunc16(r);
             uint16_t *d = dst + i / 2 * 32 + 2 * c + i % 2;
             d[0] = bf16_hi(x1);
-            d[16 * kb] = bf16_hi(x2);
-            d[32 * kb] = bf16_hi(r - x2);
+            d[512] = bf16_hi(x2);
+            d[1024] = bf16_hi(r - x2);
             sum += v;
         }
         if (sums)
@@ -625,8 +649,8 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
                                    const uint8_t *w, int64_t ldw, int64_t n, int64_t r0, int64_t r1,
                                    const float *bias, float *y)
 {
-    int kb = qtype == Q6_K ? 16 : 32, rows = (int)(r1 - r0);
-    int64_t nb = k / kb, slice_bytes = row_bytes(qtype, SLICE);
+    int rows = (int)(r1 - r0);
+    int64_t nb = k / 32, slice_bytes = row_bytes(qtype, SLICE);
     uint16_t a[SLICE / 16][16 * 32] __attribute__((aligned(64)));
     float sc[SLICE / 16][16], mn[SLICE / 16][16], c[2][16 * 16] __attribute__((aligned(64)));
     float acc[AMX_CHUNK][16][16] __attribute__((aligned(64)));
@@ -635,7 +659,7 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
     memset(sc, 0, sizeof sc);
     memset(mn, 0, sizeof mn);
     for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
-        int len = k - k0 < SLICE ? (int)(k - k0) : SLICE, blocks = len / kb;
+        int len = k - k0 < SLICE ? (int)(k - k0) : SLICE, blocks = len / 32;
         for (int r = 0; r < rows; r++) {
             amx_slice(qtype, w + (r0 + r) * ldw, k0, len, r, a, sc, mn);
             if (r0 + r + PREFETCH < n)
@@ -651,29 +675,51 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
             __m512 v[16];
             for (int r = 0; r < 16; r++)
                 v[r] = _mm512_load_ps(acc[t - t0][r]);
-            for (int b = 0; b < blocks; b += 2) {   /* two blocks in flight: C0 and C1 */
-                int64_t j = t * nb + k0 / kb + b, j1 = b + 1 < blocks ? j + 1 : j;
-                const uint16_t *x0 = xb + j * 3 * 16 * kb, *x1 = xb + j1 * 3 * 16 * kb;
-                TILE_LOAD(2, a[b], 2 * kb);
+            const uint16_t *xt = xb + (t * nb + k0 / 32) * 3 * 512;    /* block b's parts: xt + 3 * 512 * b */
+            if (qtype == Q6_K) {    /* the whole super-block in C0 (high parts) and C1 (low parts) */
                 TILE_ZERO(0);
-                TILE_LOAD(4, x0, 64);
-                TILE_DP(0, 2, 4);
-                TILE_LOAD(5, x0 + 16 * kb, 64);
-                TILE_DP(0, 2, 5);
-                TILE_LOAD(6, x0 + 32 * kb, 64);
-                TILE_DP(0, 2, 6);
-                TILE_LOAD(3, a[b + 1], 2 * kb);
                 TILE_ZERO(1);
-                TILE_LOAD(7, x1, 64);
+                for (int b = 0; b < 8; b++) {
+                    TILE_LOAD(2, a[b], 64);
+                    TILE_LOAD(3, a[8 + b], 64);
+                    TILE_LOAD(4, xt + 1536 * b, 64);
+                    TILE_DP(0, 2, 4);
+                    TILE_DP(1, 3, 4);
+                    TILE_LOAD(5, xt + 1536 * b + 512, 64);
+                    TILE_DP(0, 2, 5);
+                    TILE_DP(1, 3, 5);
+                    TILE_LOAD(6, xt + 1536 * b + 1024, 64);
+                    TILE_DP(0, 2, 6);
+                    TILE_DP(1, 3, 6);
+                }
+                TILE_STORE(0, c[0], 64);
+                amx_scale(v, c[0], sc[0], mn[0], NULL);
+                TILE_STORE(1, c[1], 64);
+                amx_scale(v, c[1], sc[0], mn[0], NULL);
+            }
+            for (int b = 0; qtype != Q6_K && b < blocks; b += 2) {   /* two blocks in flight: C0 and C1 */
+                int b1 = b + 1 < blocks ? b + 1 : b;   /* (a[b + 1] is zero then) */
+                const float *s0 = xs ? xs + (t * nb + k0 / 32 + b) * 16 : NULL, *s1 = xs ? s0 + 16 * (b1 - b) : NULL;
+                TILE_LOAD(2, a[b], 64);
+                TILE_ZERO(0);
+                TILE_LOAD(4, xt + 1536 * b, 64);
+                TILE_DP(0, 2, 4);
+                TILE_LOAD(5, xt + 1536 * b + 512, 64);
+                TILE_DP(0, 2, 5);
+                TILE_LOAD(6, xt + 1536 * b + 1024, 64);
+                TILE_DP(0, 2, 6);
+                TILE_LOAD(3, a[b + 1], 64);
+                TILE_ZERO(1);
+                TILE_LOAD(7, xt + 1536 * b1, 64);
                 TILE_DP(1, 3, 7);
-                TILE_LOAD(4, x1 + 16 * kb, 64);
+                TILE_LOAD(4, xt + 1536 * b1 + 512, 64);
                 TILE_DP(1, 3, 4);
-                TILE_LOAD(5, x1 + 32 * kb, 64);
+                TILE_LOAD(5, xt + 1536 * b1 + 1024, 64);
                 TILE_DP(1, 3, 5);
                 TILE_STORE(0, c[0], 64);
-                amx_scale(v, c[0], sc[b], mn[b], xs ? xs + j * 16 : NULL);
+                amx_scale(v, c[0], sc[b], mn[b], s0);
                 TILE_STORE(1, c[1], 64);
-                amx_scale(v, c[1], sc[b + 1], mn[b + 1], xs ? xs + j1 * 16 : NULL);
+                amx_scale(v, c[1], sc[b + 1], mn[b + 1], s1);
             }
             for (int r = 0; r < 16; r++)
                 _mm512_store_ps(acc[t - t0][r], v[r]);
@@ -685,13 +731,26 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
                 y[(16 * t + c) * n + r0 + r] = bias ? acc[t - t0][r][c] + bias[r0 + r] : acc[t - t0][r][c];
 }
 
+/* Activation tiles per pass over the weight: as many as AMX_X_BYTES of packed x hold, at most
+ * AMX_CHUNK; 0 where the tile unit does not pay: Q6_K's conversion, redone every pass, cost more
+ * than its products gained at one tile per pass (k = 8960: 0.8x the AVX-512 kernel, 1.4x at k =
+ * 3072, 2.6x at 1536; docs/benchmarks.md). */
+static int amx_chunk(int qtype, int64_t k)
+{
+    int64_t fit = AMX_X_BYTES / (k / 32 * 3 * 512 * (int64_t)sizeof(uint16_t));
+    if (qtype == Q6_K && fit < 2)
+        return 0;
+    return fit < 1 ? 1 : fit > AMX_CHUNK ? AMX_CHUNK : (int)fit;
+}
+
 /* ssd_ggml_linear on the tile unit; -2 when out of memory. */
 static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t *w, int64_t ldw, int64_t n,
                       const float *bias, float *y, int threads)
 {
-    int kb = qtype == Q6_K ? 16 : 32, tiles = (m + 15) / 16;
-    int64_t nb = k / kb, groups = (n + 15) / 16;
-    uint16_t *xb = aligned_alloc(64, sizeof(uint16_t) * 3 * 16 * kb * nb * tiles);
+    int tiles = (m + 15) / 16;
+    int64_t nb = k / 32, groups = (n + 15) / 16;
+    int chunk = amx_chunk(qtype, k);
+    uint16_t *xb = aligned_alloc(64, sizeof(uint16_t) * 3 * 512 * nb * tiles);
     float *xs = qtype == Q4_K ? aligned_alloc(64, sizeof(float) * 16 * nb * tiles) : NULL;
     if (!xb || (qtype == Q4_K && !xs)) {
         free(xb);
@@ -702,10 +761,10 @@ static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t
     {
 #pragma omp for schedule(static)
         for (int64_t i = 0; i < nb * tiles; i++)
-            amx_pack(x, m, k, kb, (int)(i / nb), i % nb, xb + i * 3 * 16 * kb, xs ? xs + i * 16 : NULL);
-        amx_config(kb);             /* per thread */
-        for (int t0 = 0; t0 < tiles; t0 += AMX_CHUNK) {
-            int t1 = tiles - t0 < AMX_CHUNK ? tiles : t0 + AMX_CHUNK;
+            amx_pack(x, m, k, (int)(i / nb), i % nb, xb + i * 3 * 512, xs ? xs + i * 16 : NULL);
+        amx_config();             /* per thread */
+        for (int t0 = 0; t0 < tiles; t0 += chunk) {
+            int t1 = tiles - t0 < chunk ? tiles : t0 + chunk;
 #pragma omp for schedule(static)
             for (int64_t g = 0; g < groups; g++)
                 rows_amx(qtype, xb, xs, t0, t1, m, k, w, ldw, n, 16 * g, 16 * g + 16 < n ? 16 * g + 16 : n, bias, y);
@@ -827,7 +886,7 @@ int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, co
     int64_t ldw = row_bytes(qtype, k);
     int64_t groups = (n + NR - 1) / NR;
 #if defined(__x86_64__)
-    if (isa == AMX && m >= AMX_MIN_ROWS)
+    if (isa == AMX && m >= AMX_MIN_ROWS && amx_chunk(qtype, k))
         return linear_amx(qtype, x, (int)m, k, w, ldw, n, bias, y, threads);
 #endif
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
