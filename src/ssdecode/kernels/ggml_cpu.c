@@ -462,8 +462,8 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
  *   holds 16 tokens however few there are: hence AMX_MIN_ROWS (docs/benchmarks.md, section 10).
  * - Each output's sum runs over its blocks in order: the same whatever the row count (from
  *   AMX_MIN_ROWS on) or thread count. */
-#define AMX_CHUNK 8                 /* most activation tiles per pass over the weight */
-#define AMX_X_BYTES (1 << 20)       /* and at most this much packed x per pass, so that it stays in L2 */
+#define AMX_CHUNK 8                 /* activation tiles per pass over the weight */
+#define AMX_X_BYTES (3 << 19)       /* packed x per pass (tiles x a segment of k) that stays in L2 */
 #define AMX_MIN_ROWS 16             /* fewer rows go to the AVX-512 kernel */
 
 /* The tile unit is off until the process asks Linux for it (arch_prctl ARCH_REQ_XCOMP_PERM). */
@@ -644,10 +644,13 @@ amx_scale(__m512 *acc, const float *c, const float *sc, const float *mn, const f
     }
 }
 
-/* Output rows [r0, r1) (at most 16) for activation tiles [t0, t1) (at most AMX_CHUNK) of xb. */
+/* Output rows [r0, r1) (at most 16) for activation tiles [t0, t1) (at most AMX_CHUNK) of xb, over
+ * weights [k_lo, k_hi) (whole slices) of k: the sums go on from y where k_lo > 0 (the same fp32
+ * accumulators, continued: the order of an output's sum does not depend on the segments), and
+ * the bias is added at k_hi = k. */
 static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *xs, int t0, int t1, int m, int64_t k,
-                                   const uint8_t *w, int64_t ldw, int64_t n, int64_t r0, int64_t r1,
-                                   const float *bias, float *y)
+                                   int64_t k_lo, int64_t k_hi, const uint8_t *w, int64_t ldw, int64_t n,
+                                   int64_t r0, int64_t r1, const float *bias, float *y)
 {
     int rows = (int)(r1 - r0);
     int64_t nb = k / 32, slice_bytes = row_bytes(qtype, SLICE);
@@ -655,10 +658,15 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
     float sc[SLICE / 16][16], mn[SLICE / 16][16], c[2][16 * 16] __attribute__((aligned(64)));
     float acc[AMX_CHUNK][16][16] __attribute__((aligned(64)));
     memset(acc, 0, sizeof acc);
+    if (k_lo)
+        for (int t = t0; t < t1; t++)
+            for (int c = 0; c < 16 && 16 * t + c < m; c++)
+                for (int r = 0; r < rows; r++)
+                    acc[t - t0][r][c] = y[(16 * t + c) * n + r0 + r];
     memset(a, 0, sizeof a);         /* rows past the end, and a last odd block, weigh nothing */
     memset(sc, 0, sizeof sc);
     memset(mn, 0, sizeof mn);
-    for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
+    for (int64_t k0 = k_lo; k0 < k_hi; k0 += SLICE) {
         int len = k - k0 < SLICE ? (int)(k - k0) : SLICE, blocks = len / 32;
         for (int r = 0; r < rows; r++) {
             amx_slice(qtype, w + (r0 + r) * ldw, k0, len, r, a, sc, mn);
@@ -728,19 +736,7 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
     for (int t = t0; t < t1; t++)
         for (int c = 0; c < 16 && 16 * t + c < m; c++)
             for (int r = 0; r < rows; r++)
-                y[(16 * t + c) * n + r0 + r] = bias ? acc[t - t0][r][c] + bias[r0 + r] : acc[t - t0][r][c];
-}
-
-/* Activation tiles per pass over the weight: as many as AMX_X_BYTES of packed x hold, at most
- * AMX_CHUNK; 0 where the tile unit does not pay: Q6_K's conversion, redone every pass, cost more
- * than its products gained at one tile per pass (k = 8960: 0.8x the AVX-512 kernel, 1.4x at k =
- * 3072, 2.6x at 1536; docs/benchmarks.md). */
-static int amx_chunk(int qtype, int64_t k)
-{
-    int64_t fit = AMX_X_BYTES / (k / 32 * 3 * 512 * (int64_t)sizeof(uint16_t));
-    if (qtype == Q6_K && fit < 2)
-        return 0;
-    return fit < 1 ? 1 : fit > AMX_CHUNK ? AMX_CHUNK : (int)fit;
+                y[(16 * t + c) * n + r0 + r] = bias && k_hi == k ? acc[t - t0][r][c] + bias[r0 + r] : acc[t - t0][r][c];
 }
 
 /* ssd_ggml_linear on the tile unit; -2 when out of memory. */
@@ -749,7 +745,9 @@ static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t
 {
     int tiles = (m + 15) / 16;
     int64_t nb = k / 32, groups = (n + 15) / 16;
-    int chunk = amx_chunk(qtype, k);
+    /* A pass: AMX_CHUNK tiles x a segment of whole slices, AMX_X_BYTES of packed x at most. */
+    int64_t seg = AMX_X_BYTES / (AMX_CHUNK * 3 * 512 * sizeof(uint16_t) / 32) / SLICE * SLICE;
+    seg = seg < SLICE ? SLICE : seg;
     uint16_t *xb = aligned_alloc(64, sizeof(uint16_t) * 3 * 512 * nb * tiles);
     float *xs = qtype == Q4_K ? aligned_alloc(64, sizeof(float) * 16 * nb * tiles) : NULL;
     if (!xb || (qtype == Q4_K && !xs)) {
@@ -763,11 +761,15 @@ static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t
         for (int64_t i = 0; i < nb * tiles; i++)
             amx_pack(x, m, k, (int)(i / nb), i % nb, xb + i * 3 * 512, xs ? xs + i * 16 : NULL);
         amx_config();             /* per thread */
-        for (int t0 = 0; t0 < tiles; t0 += chunk) {
-            int t1 = tiles - t0 < chunk ? tiles : t0 + chunk;
+        for (int t0 = 0; t0 < tiles; t0 += AMX_CHUNK) {
+            int t1 = tiles - t0 < AMX_CHUNK ? tiles : t0 + AMX_CHUNK;
+            for (int64_t k_lo = 0; k_lo < k; k_lo += seg) {
+                int64_t k_hi = k - k_lo < seg ? k : k_lo + seg;
 #pragma omp for schedule(static)
-            for (int64_t g = 0; g < groups; g++)
-                rows_amx(qtype, xb, xs, t0, t1, m, k, w, ldw, n, 16 * g, 16 * g + 16 < n ? 16 * g + 16 : n, bias, y);
+                for (int64_t g = 0; g < groups; g++)
+                    rows_amx(qtype, xb, xs, t0, t1, m, k, k_lo, k_hi, w, ldw, n, 16 * g,
+                             16 * g + 16 < n ? 16 * g + 16 : n, bias, y);
+            }
         }
         __asm__ volatile("tilerelease" ::);
     }
@@ -886,7 +888,7 @@ int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, co
     int64_t ldw = row_bytes(qtype, k);
     int64_t groups = (n + NR - 1) / NR;
 #if defined(__x86_64__)
-    if (isa == AMX && m >= AMX_MIN_ROWS && amx_chunk(qtype, k))
+    if (isa == AMX && m >= AMX_MIN_ROWS)
         return linear_amx(qtype, x, (int)m, k, w, ldw, n, bias, y, threads);
 #endif
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
