@@ -462,7 +462,7 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
  *   holds 16 tokens however few there are: hence AMX_MIN_ROWS (docs/benchmarks.md, section 10).
  * - Each output's sum runs over its blocks in order: the same whatever the row count (from
  *   AMX_MIN_ROWS on) or thread count. */
-#define AMX_CHUNK 8                 /* activation tiles per pass over the weight */
+#define AMX_CHUNK 12                /* most activation tiles per pass over the weight */
 #define AMX_X_BYTES (3 << 19)       /* packed x per pass (tiles x a segment of k) that stays in L2 */
 #define AMX_MIN_ROWS 16             /* fewer rows go to the AVX-512 kernel */
 
@@ -745,8 +745,10 @@ static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t
 {
     int tiles = (m + 15) / 16;
     int64_t nb = k / 32, groups = (n + 15) / 16;
-    /* A pass: AMX_CHUNK tiles x a segment of whole slices, AMX_X_BYTES of packed x at most. */
-    int64_t seg = AMX_X_BYTES / (AMX_CHUNK * 3 * 512 * sizeof(uint16_t) / 32) / SLICE * SLICE;
+    /* A pass: chunk tiles (as many passes as AMX_CHUNK needs, evenly) x a segment of whole
+     * slices, AMX_X_BYTES of packed x at most. Each pass converts its weights again. */
+    int passes = (tiles + AMX_CHUNK - 1) / AMX_CHUNK, chunk = (tiles + passes - 1) / passes;
+    int64_t seg = AMX_X_BYTES / (chunk * 3 * 512 * sizeof(uint16_t) / 32) / SLICE * SLICE;
     seg = seg < SLICE ? SLICE : seg;
     uint16_t *xb = aligned_alloc(64, sizeof(uint16_t) * 3 * 512 * nb * tiles);
     float *xs = qtype == Q4_K ? aligned_alloc(64, sizeof(float) * 16 * nb * tiles) : NULL;
@@ -761,8 +763,8 @@ static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t
         for (int64_t i = 0; i < nb * tiles; i++)
             amx_pack(x, m, k, (int)(i / nb), i % nb, xb + i * 3 * 512, xs ? xs + i * 16 : NULL);
         amx_config();             /* per thread */
-        for (int t0 = 0; t0 < tiles; t0 += AMX_CHUNK) {
-            int t1 = tiles - t0 < AMX_CHUNK ? tiles : t0 + AMX_CHUNK;
+        for (int t0 = 0; t0 < tiles; t0 += chunk) {
+            int t1 = tiles - t0 < chunk ? tiles : t0 + chunk;
             for (int64_t k_lo = 0; k_lo < k; k_lo += seg) {
                 int64_t k_hi = k - k_lo < seg ? k : k_lo + seg;
 #pragma omp for schedule(static)
