@@ -32,6 +32,7 @@ def reference(x: torch.Tensor, raw: np.ndarray, qtype: str) -> torch.Tensor:
 @pytest.mark.parametrize("m", [16, 17, 40, 150])
 def test_matches_float64_and_avx512(qtype, k, m):
     n = 37
+    m = max(m, ggml.amx_min_rows(qtype))
     raw = random_blocks(qtype, n, k, seed=m)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
     bias = torch.randn(n) if m == 17 else None
@@ -43,13 +44,18 @@ def test_matches_float64_and_avx512(qtype, k, m):
     assert (amx - avx).abs().max().item() <= 2 * REL_BOUND * scale
 
 
-def test_below_the_threshold_it_is_the_avx512_kernel():
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
+def test_below_the_threshold_it_is_the_avx512_kernel(qtype):
     n, k = 40, 512
-    blocks = torch.from_numpy(random_blocks("Q4_K", n, k))
-    for m in range(1, ggml.amx_min_rows()):
+    blocks = torch.from_numpy(random_blocks(qtype, n, k))
+    lo = ggml.amx_min_rows(qtype)
+    for m in (1, 2, 5, 9, lo - 1):
         x = torch.randn(m, k)
-        assert torch.equal(ggml.quantized_linear(x, blocks, "Q4_K", n, k, isa="amx"),
-                           ggml.quantized_linear(x, blocks, "Q4_K", n, k, isa="avx512"))
+        assert torch.equal(ggml.quantized_linear(x, blocks, qtype, n, k, isa="amx"),
+                           ggml.quantized_linear(x, blocks, qtype, n, k, isa="avx512"))
+    x = torch.randn(lo, k)
+    assert not torch.equal(ggml.quantized_linear(x, blocks, qtype, n, k, isa="amx"),
+                           ggml.quantized_linear(x, blocks, qtype, n, k, isa="avx512"))  # the tile unit's order
 
 
 @pytest.mark.parametrize("qtype", ggml.QTYPES)
@@ -58,10 +64,10 @@ def test_threads_and_batch_do_not_change_bits(qtype):
     depend on the other tokens: any thread count, and any row count from the threshold on."""
     n, k = 300, 768
     blocks = torch.from_numpy(random_blocks(qtype, n, k))
-    x = torch.randn(50, k, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(70, k, generator=torch.Generator().manual_seed(1))
     y = ggml.quantized_linear(x, blocks, qtype, n, k, isa="amx", threads=2)
     assert torch.equal(y, ggml.quantized_linear(x, blocks, qtype, n, k, isa="amx", threads=1))
-    lo = ggml.amx_min_rows()
+    lo = ggml.amx_min_rows(qtype)
     assert torch.equal(ggml.quantized_linear(x[3:3 + lo], blocks, qtype, n, k, isa="amx"), y[3:3 + lo])
 
 

@@ -9,7 +9,7 @@ stay fp32. So a model run this way is the stored model, like the dequantized one
 
 The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
 avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
-``amx`` is AVX-512 plus, from ``amx_min_rows()`` activation rows on (prefill), the AMX-BF16 tile
+``amx`` is AVX-512 plus, from ``amx_min_rows(qtype)`` activation rows on (prefill), the AMX-BF16 tile
 unit with the activations split exactly into three bf16 parts (ggml_cpu.c): the same numbers up
 to fp32 summation order, so results are batch invariant below that row count and above it, but
 not across it.
@@ -38,6 +38,7 @@ def _lib() -> CDLL:
     lib = shared_library("ggml_cpu.c")
     lib.ssd_ggml_linear.argtypes = [c_int, c_int, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p,
                                     c_void_p, c_int]
+    lib.ssd_ggml_amx_min_rows.argtypes = [c_int]
     lib.ssd_ggml_dequantize_rows.argtypes = [c_int, c_int, c_void_p, c_int64, c_void_p, c_int64, c_void_p, c_int]
     return lib
 
@@ -58,9 +59,9 @@ def best_isa() -> str:
     return ISAS[_lib().ssd_ggml_best_isa()]
 
 
-def amx_min_rows() -> int:
-    """The fewest activation rows that the amx instruction set computes on the tile unit."""
-    return _lib().ssd_ggml_amx_min_rows()
+def amx_min_rows(qtype: str) -> int:
+    """The fewest activation rows of ``qtype`` that the amx instruction set computes on the tile unit."""
+    return _lib().ssd_ggml_amx_min_rows(QTYPES.index(qtype))
 
 
 def _check(qtype: str, blocks: torch.Tensor, n: int, k: int, isa: str | None) -> str:

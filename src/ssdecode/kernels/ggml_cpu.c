@@ -464,7 +464,7 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
  *   AMX_MIN_ROWS on) or thread count. */
 #define AMX_CHUNK 12                /* most activation tiles per pass over the weight */
 #define AMX_X_BYTES (3 << 19)       /* packed x per pass (tiles x a segment of k) that stays in L2 */
-#define AMX_MIN_ROWS 16             /* fewer rows go to the AVX-512 kernel */
+#define AMX_MIN_ROWS 16             /* fewer rows go to the AVX-512 kernel; Q6_K: twice as many */
 
 /* The tile unit is off until the process asks Linux for it (arch_prctl ARCH_REQ_XCOMP_PERM). */
 static int amx_usable(void)
@@ -481,8 +481,10 @@ static int amx_usable(void)
 
 /* Tile instructions as asm with memory clobbers (GCC's _tile_* macros have none, so buffers written
  * before a load or read after a store could be reordered around them). */
-#define TILE_LOAD(t, p, stride) __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t :: "r"(p), "r"((long)(stride)) : "memory")
-#define TILE_STORE(t, p, stride) __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" :: "r"(p), "r"((long)(stride)) : "memory")
+#define TILE_LOAD(t, p, stride) \
+    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t :: "r"(p), "r"((long)(stride)) : "memory")
+#define TILE_STORE(t, p, stride) \
+    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" :: "r"(p), "r"((long)(stride)) : "memory")
 #define TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
 #define TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
 
@@ -574,7 +576,8 @@ static inline AVX512_TARGET void amx_slice(int qtype, const uint8_t *row, int64_
             for (int h = 0; h < 2; h++)
                 hi[h] = _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(f[h]), mask));
             _mm512_storeu_si512(a[b] + 32 * r, bf16_pack(hi[0], hi[1]));
-            _mm512_storeu_si512(a[8 + b] + 32 * r, bf16_pack(_mm512_sub_ps(f[0], hi[0]), _mm512_sub_ps(f[1], hi[1])));
+            _mm512_storeu_si512(a[8 + b] + 32 * r,
+                                bf16_pack(_mm512_sub_ps(f[0], hi[0]), _mm512_sub_ps(f[1], hi[1])));
         }
         sc[0][r] = f16c(blk + 208);
     } else if (qtype == Q4_K) {     /* sub-blocks 2g and 2g + 1: the low and high nibbles of 32 bytes */
@@ -800,14 +803,11 @@ static int amx_usable(void)
 #undef LUT
 #endif
 
-/* The fewest activation rows that the amx isa computes on the tile unit. */
-int ssd_ggml_amx_min_rows(void)
+/* The fewest activation rows of qtype that the amx isa computes on the tile unit (Q6_K converts
+ * two parts per weight: at 16 rows 0.8-0.96x the AVX-512 kernel, docs/benchmarks.md). */
+int ssd_ggml_amx_min_rows(int qtype)
 {
-#if defined(__x86_64__)
-    return AMX_MIN_ROWS;
-#else
-    return 0;
-#endif
+    return qtype == Q6_K ? 2 * AMX_MIN_ROWS : AMX_MIN_ROWS;
 }
 
 /* The widest instruction set this CPU runs (AMX: AVX-512 and a tile unit that Linux lets us use). */
@@ -890,7 +890,7 @@ int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, co
     int64_t ldw = row_bytes(qtype, k);
     int64_t groups = (n + NR - 1) / NR;
 #if defined(__x86_64__)
-    if (isa == AMX && m >= AMX_MIN_ROWS)
+    if (isa == AMX && m >= ssd_ggml_amx_min_rows(qtype))
         return linear_amx(qtype, x, (int)m, k, w, ldw, n, bias, y, threads);
 #endif
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
