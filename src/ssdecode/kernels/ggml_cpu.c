@@ -586,7 +586,8 @@ static inline AVX512_TARGET void amx_slice(int qtype, const uint8_t *row, int64_
         uint16_t tab[16];
         for (int v = 0; v < 16; v++)
             tab[v] = bf16_hi((float)v);
-        const __m512i t = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)tab)), low4 = _mm512_set1_epi16(15);
+        const __m512i t = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)tab)),
+                      low4 = _mm512_set1_epi16(15);
         q4k_scales_ps(blk, scs, mins);
         for (int g = 0; g < 4; g++) {
             __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 16 + 32 * g)));
