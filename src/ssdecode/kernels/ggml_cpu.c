@@ -33,7 +33,10 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #endif
-#if defined(__x86_64__)
+/* The AMX path: 64-bit x86 only, and a toolchain whose assembler knows the tile instructions (GCC
+ * 11 and clang 12 come with AMX intrinsics, so with such assemblers). */
+#if defined(__x86_64__) && (__GNUC__ >= 11 || __clang_major__ >= 12)
+#define AMX_BUILD 1
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
@@ -43,6 +46,7 @@ enum { SCALAR, AVX2, AVX512, AMX }; /* isa codes, as in ggml.py */
 #define SLICE 256                   /* a K-quant super-block, eight Q8_0 blocks */
 #define MCHUNK 16
 #define NR 8
+#define AMX_MIN_ROWS 16             /* fewer rows go to the AVX-512 kernel with isa AMX; Q6_K: twice as many */
 #define PREFETCH 16                 /* rows ahead: the block order is not one the hardware prefetches */
 
 static inline float f16(const uint8_t *p)
@@ -439,7 +443,7 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
 }
 
 
-#if defined(__x86_64__)
+#if defined(AMX_BUILD)
 /* AMX-BF16 with exact activations (rows_amx below): multi-row products on the tile unit, with the
  * same numbers as the fp32 kernels up to summation order.
  * - Each fp32 activation is split exactly into three bf16 parts, x = x1 + x2 + x3: x1 is x with
@@ -464,7 +468,6 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
  *   AMX_MIN_ROWS on) or thread count. */
 #define AMX_CHUNK 12                /* most activation tiles per pass over the weight */
 #define AMX_X_BYTES (3 << 19)       /* packed x per pass (tiles x a segment of k) that stays in L2 */
-#define AMX_MIN_ROWS 16             /* fewer rows go to the AVX-512 kernel; Q6_K: twice as many */
 
 /* The tile unit is off until the process asks Linux for it (arch_prctl ARCH_REQ_XCOMP_PERM). */
 static int amx_usable(void)
@@ -890,7 +893,7 @@ int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, co
         return -1;
     int64_t ldw = row_bytes(qtype, k);
     int64_t groups = (n + NR - 1) / NR;
-#if defined(__x86_64__)
+#if defined(AMX_BUILD)
     if (isa == AMX && m >= ssd_ggml_amx_min_rows(qtype))
         return linear_amx(qtype, x, (int)m, k, w, ldw, n, bias, y, threads);
 #endif
