@@ -25,7 +25,10 @@
  *   weight streams once per chunk.
  * - The vector code is written once with GCC vector extensions (ggml_cpu_isa.h) and instantiated
  *   for AVX-512, AVX2+FMA and a portable scalar build (one lane), picked at run time. Only the
- *   functions carry target attributes, so the library loads on any CPU. */
+ *   functions carry target attributes, so the library loads on any CPU.
+ * - With AMX (isa AMX: AVX-512 plus the tile unit, where Linux grants it), products of many rows
+ *   (prefill) run on AMX-BF16 with the activations split exactly into three bf16 parts: the same
+ *   numbers up to summation order (rows_amx and the comment before it). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
