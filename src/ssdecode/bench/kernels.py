@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     if args.json_only:
         print(json.dumps(worlds[isa]))
         return 0
-    if not args.no_avx2 and isa != "avx2" and ggml.best_isa() == "avx512":
+    if not args.no_avx2 and isa != "avx2" and ggml.best_isa() in ("avx512", "amx"):
         child = subprocess.run([sys.executable, "-m", "ssdecode.bench.kernels", "--json-only", *(argv or sys.argv[1:])],
                                env=os.environ | AVX2_ENV, capture_output=True, text=True, check=True)
         worlds["avx2"] = {int(t): r for t, r in json.loads(child.stdout.strip().splitlines()[-1]).items()}

@@ -7,8 +7,12 @@ dequantizes each block on the fly to the same fp32 values and accumulates in fp3
 stay fp32. So a model run this way is the stored model, like the dequantized one.
 ``dequantize_rows`` gives chosen rows of W as fp32, exactly (a quantized embedding lookup).
 
-The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2 or
-avx512) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
+The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
+avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
+``amx`` is AVX-512 plus, from ``amx_min_rows(qtype)`` activation rows on (prefill), the AMX-BF16 tile
+unit with the activations split exactly into three bf16 parts (ggml_cpu.c): the same numbers up
+to fp32 summation order, so results are batch invariant below that row count and above it, but
+not across it.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from ssdecode.kernels.build import shared_library
 log = logging.getLogger(__name__)
 
 QTYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_0")  # positions are the C code's qtype codes
-ISAS = ("scalar", "avx2", "avx512")  # and its isa codes
+ISAS = ("scalar", "avx2", "avx512", "amx")  # and its isa codes
 _SIZES = {q: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]] for q in QTYPES}  # weights, bytes per block
 
 
@@ -34,6 +38,7 @@ def _lib() -> CDLL:
     lib = shared_library("ggml_cpu.c")
     lib.ssd_ggml_linear.argtypes = [c_int, c_int, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p,
                                     c_void_p, c_int]
+    lib.ssd_ggml_amx_min_rows.argtypes = [c_int]
     lib.ssd_ggml_dequantize_rows.argtypes = [c_int, c_int, c_void_p, c_int64, c_void_p, c_int64, c_void_p, c_int]
     return lib
 
@@ -52,6 +57,11 @@ def is_available() -> bool:
 def best_isa() -> str:
     """The instruction set used by default on this CPU."""
     return ISAS[_lib().ssd_ggml_best_isa()]
+
+
+def amx_min_rows(qtype: str) -> int:
+    """The fewest activation rows of ``qtype`` that the amx instruction set computes on the tile unit."""
+    return _lib().ssd_ggml_amx_min_rows(QTYPES.index(qtype))
 
 
 def _check(qtype: str, blocks: torch.Tensor, n: int, k: int, isa: str | None) -> str:
