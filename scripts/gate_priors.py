@@ -32,5 +32,6 @@ for name in ("humaneval", "stdlib"):
         pairs += [(conf[j].item(), guess[j].item() == seq[j + 1]) for j in range(len(ids), len(seq) - 1)]
 for c in (0.3, 0.5, 0.7):
     low, high = [m for q, m in pairs if q < c], [m for q, m in pairs if q >= c]
-    print(json.dumps({"threshold": c, "tokens": len(pairs), "below": len(low), "u": round(len(low) / len(pairs), 3),
-                      "a_conf": round(sum(high) / max(len(high), 1), 3), "a_unconf": round(sum(low) / max(len(low), 1), 3)}))
+    print(json.dumps({"threshold": c, "tokens": len(pairs), "below": len(low), "accepted_below": sum(low),
+                      "u": round(len(low) / len(pairs), 3), "a_conf": round(sum(high) / max(len(high), 1), 3),
+                      "a_unconf": round(sum(low) / max(len(low), 1), 3)}))
