@@ -42,7 +42,7 @@ class Forced(KPolicy):
         super().__init__(fake_calibration(10), max(schedule))
         self.cycle = itertools.cycle(schedule)
 
-    def choose(self, slots):
+    def choose(self, slots, context=None):
         return next(self.cycle)
 
 

@@ -41,7 +41,7 @@ def add_bench_parser(sub, add_model_args) -> None:
 
 
 def build_systems(args, llm, draft_spec: str) -> tuple[list, dict]:
-    """The systems to run, and for each of ours (mode, K, draft) for its prediction."""
+    """The systems to run, and for each of ours (mode, K, draft, confidence) for its prediction."""
     from ssdecode.bench.hf_peer import HFPeer
     from ssdecode.bench.runner import hf_system, our_system
     from ssdecode.cli import ssd_options
@@ -54,13 +54,12 @@ def build_systems(args, llm, draft_spec: str) -> tuple[list, dict]:
     drafts = {args.draft_weights: llm.draft}
     for fmt in sd_formats:
         drafts[fmt] = drafts.get(fmt) or load_model(draft_spec, device=llm.device, weights=fmt)
-    configs = {"ssdecode-ar": ("ar", 0, llm.draft)}
+    configs = {"ssdecode-ar": ("ar", 0, llm.draft, None)}
 
     def ours(name: str, mode: str, k: int | None = 5, ssd=None, conf=None, fmt=args.draft_weights):
         built = LLM.from_models(llm.tokenizer, llm.target, drafts[fmt], mode=mode, k=k, ssd=ssd,
                                 draft_spec=draft_spec, min_confidence=conf, draft_weights=fmt)
-        if conf is None:  # the prediction has no term for confidence gating
-            configs[name] = (mode, k or K_MAX, drafts[fmt])
+        configs[name] = (mode, k or K_MAX, drafts[fmt], conf)
         return our_system(name, built)
 
     systems = [our_system("ssdecode-ar", llm)]
@@ -92,15 +91,16 @@ def build_systems(args, llm, draft_spec: str) -> tuple[list, dict]:
 
 
 def predictions(llm, configs: dict) -> dict:
-    """System name -> (calibration of its pair, mode, K), calibrating each draft once (cached)."""
+    """System name -> (calibration of its pair, mode, K, confidence), calibrating each draft once
+    (cached)."""
     from ssdecode.plan.calibrate import load_or_calibrate
 
     cals = {}
     out = {}
-    for name, (mode, k, draft) in configs.items():
+    for name, (mode, k, draft, conf) in configs.items():
         if id(draft) not in cals:
             cals[id(draft)] = load_or_calibrate(llm.target, draft, progress=True)
-        out[name] = (cals[id(draft)], mode, k)
+        out[name] = (cals[id(draft)], mode, k, conf)
     return out
 
 
@@ -193,7 +193,8 @@ def cmd_bench(args) -> int:
     for set_name, ids in sets.items():
         results = run_systems(systems, set_name, ids, args.max_tokens)
         set_rows = [r.row(results[0]) for r in results]
-        add_predictions(set_rows, calibrated)
+        # the mean context of a decode step: the prompt, then half the generated tokens
+        add_predictions(set_rows, calibrated, sum(map(len, ids)) / len(ids) + args.max_tokens / 2)
         by_name = {r["system"]: r for r in set_rows}
         if "hf-assisted" in by_name:
             by_name["hf-assisted"]["speedup_vs_hf_generate"] = round(

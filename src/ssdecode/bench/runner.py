@@ -61,6 +61,8 @@ class SystemResult:
                 "speedup_vs_ar": round(self.tokens_per_s / baseline.tokens_per_s, 3),
                 "decode_tokens_per_s": s["decode_tokens_per_s"],  # prefill excluded (what plan predicts)
                 "acceptance": s["acceptance_rate"], "mean_accepted_len": s["mean_accepted_length"],
+                "proposed_per_round": round(s["draft_proposed"] / s["verifications"], 4)
+                if s["verifications"] else None,
                 "acceptance_by_position": s["acceptance_by_position"],
                 "hit_rate": s.get("hit_rate"), "e_hit": s.get("e_hit"), "e_miss": s.get("e_miss"),
                 "time_draft_s": s["time_draft_s"], "time_verify_s": s["time_verify_s"],

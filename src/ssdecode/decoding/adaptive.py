@@ -4,8 +4,8 @@
 are successes; a round that rejects one is a failure; a prior counts as a few tokens and old rounds
 fade), and per K the seconds a round takes (what rounds of that K measured; for a K not run yet,
 the calibration's prediction scaled by how far measured rounds were from theirs, since a machine
-busier than at calibration slows every K). It picks the K with the most expected tokens per
-second for the batch.
+busier than at calibration slows every K; predictions are at the batch's current mean context).
+It picks the K with the most expected tokens per second for the batch.
 
 Why this stays exact: a round's K is decided before the round from acceptance already observed and
 from timings, never from the round's own random numbers. Verification is exact for any K fixed in
@@ -40,15 +40,18 @@ PROBE_A = 0.95
 
 class KPolicy:
     def __init__(self, cal: Calibration, k_max: int, prior_a: float = PRIOR_A):
-        self.k_max, self.prior_a = k_max, prior_a
-        self.predicted = {k: sd_round_seconds(cal, k) for k in range(k_max + 1)}
+        self.k_max, self.prior_a, self.cal = k_max, prior_a, cal
+        self.context: float | None = None  # the batch's mean cached tokens at the last choice
         self.measured: dict[int, float] = {}  # K -> running seconds of its rounds
         self.scale = 1.0  # running measured / predicted: corrects the Ks not run yet
         self.counts: dict[int, list[float]] = {}  # slot -> [successes, failures]
         self.ar_rounds = 0
 
+    def predicted(self, k: int) -> float:
+        return sd_round_seconds(self.cal, k, self.context)
+
     def seconds(self, k: int) -> float:
-        return self.measured.get(k, self.predicted[k] * self.scale)
+        return self.measured.get(k, self.predicted(k) * self.scale)
 
     def acceptance(self, slot: int) -> float:
         s, f = self.counts.get(slot, (0.0, 0.0))
@@ -58,7 +61,8 @@ class KPolicy:
         return max(range(self.k_max + 1),
                    key=lambda k: sum(expected_tokens(a, k) for a in rates) / self.seconds(k))
 
-    def choose(self, slots: list[int]) -> int:
+    def choose(self, slots: list[int], context: float | None = None) -> int:
+        self.context = context
         k = self.best([self.acceptance(s) for s in slots])
         self.ar_rounds = self.ar_rounds + 1 if k == 0 else 0
         if k == 0 and self.ar_rounds >= PROBE_EVERY:
@@ -68,7 +72,7 @@ class KPolicy:
 
     def record(self, slots: list[int], out: StepOutput, k: int, seconds: float) -> None:
         self.measured[k] = self.seconds(k) + TIME_WEIGHT * (seconds - self.seconds(k))
-        self.scale += TIME_WEIGHT * (seconds / self.predicted[k] - self.scale)
+        self.scale += TIME_WEIGHT * (seconds / self.predicted(k) - self.scale)
         for slot, n, acc in zip(slots, out.proposed, out.accepted):
             c = self.counts.setdefault(slot, [0.0, 0.0])
             c[0] = FADE * c[0] + acc
@@ -93,7 +97,7 @@ class AutoStrategy(SDStrategy):
 
     def step(self, seqs: list[Sequence]) -> StepOutput:
         slots = [s.slot for s in seqs]
-        k = self.policy.choose(slots)
+        k = self.policy.choose(slots, sum(len(s.prompt_ids) + len(s.output_ids) for s in seqs) / len(seqs))
         t0 = time.perf_counter()
         if k == 0:
             out = ar_step(self.trunner, seqs)

@@ -3,7 +3,9 @@
 A ``Calibration`` holds the target's forward time by query length (1 for AR, K+1 for a K-token
 verification), the draft's by width (1 for drafting, wider for SSD's tree steps) and how much
 slower the target runs while the draft computes beside it (on a CPU both share the cores and the
-memory bandwidth; on one GPU they share HBM; on two devices nothing). It is cached per machine,
+memory bandwidth; on one GPU they share HBM; on two devices nothing). Forwards are timed after
+CONTEXT cached tokens, and a few again after LONG_CONTEXT: a forward's time grows linearly with
+the keys it attends over, so ``target``/``draft`` take a context and move along that line. It is cached per machine,
 models, weight formats and thread count under ``<cache>/profiles`` with its date, so ``--mode
 auto`` measures once; ``ssdecode plan --calibrate`` measures again.
 """
@@ -29,9 +31,11 @@ from ssdecode.runtime.runner import ModelRunner
 log = logging.getLogger(__name__)
 
 CONTEXT = 128  # cached tokens before each timed forward: a short prompt plus some output
+LONG_CONTEXT = 384  # ... and again after this many, for the context term (its prefill costs seconds)
+LONG_WIDTHS = (1, 9)  # target widths timed at LONG_CONTEXT (the slope is linear in width); the draft: 1 row
 K_MAX = 8  # verification widths measured: K = 1..K_MAX
 DRAFT_WIDTHS = (1, 4, 8, 16)  # drafting, and SSD tree steps by fan-out budget
-VERSION = 1
+VERSION = 2  # 2: the LONG_CONTEXT tables
 
 
 @dataclass
@@ -42,13 +46,17 @@ class Calibration:
     contention: float  # target forward time while the draft runs beside it / alone (>= 1)
     measured_at: str = ""
     info: dict = field(default_factory=dict)
+    target_long_s: dict[int, float] = field(default_factory=dict)  # as target_s, after LONG_CONTEXT
+    draft_long_s: dict[int, float] = field(default_factory=dict)  # as draft_s, after LONG_CONTEXT
 
-    def target(self, tokens: int) -> float:
-        """Seconds of a ``tokens``-token target forward (linear between measured widths)."""
-        return _interpolate(self.target_s, tokens)
+    def target(self, tokens: int, context: float | None = None) -> float:
+        """Seconds of a ``tokens``-token target forward (linear between measured widths) after
+        ``context`` cached tokens (default CONTEXT, as measured)."""
+        return _at_context(self.target_s, self.target_long_s, tokens, context)
 
-    def draft(self, width: int) -> float:
-        return _interpolate(self.draft_s, width)
+    def draft(self, width: int, context: float | None = None) -> float:
+        """Seconds of a draft forward of ``width`` rows, each after ``context`` cached tokens."""
+        return _at_context(self.draft_s, self.draft_long_s, width, context)
 
     def to_json(self) -> dict:
         return {"version": VERSION, **asdict(self)}
@@ -59,7 +67,21 @@ class Calibration:
             raise ValueError(f"calibration version {data.get('version')} is not {VERSION}")
         return cls(data["key"], {int(k): v for k, v in data["target_s"].items()},
                    {int(k): v for k, v in data["draft_s"].items()}, data["contention"],
-                   data.get("measured_at", ""), data.get("info", {}))
+                   data.get("measured_at", ""), data.get("info", {}),
+                   {int(k): v for k, v in data["target_long_s"].items()},
+                   {int(k): v for k, v in data["draft_long_s"].items()})
+
+
+def _at_context(short: dict[int, float], long: dict[int, float], x: int, context: float | None) -> float:
+    """Linear in context through the two measurements: the time at CONTEXT plus (context -
+    CONTEXT) x the seconds per cached token, itself interpolated in width (proportional past the
+    widest timed at LONG_CONTEXT: every query token attends over every key). The slope is kept
+    >= 0: on a shared machine a noisy long measurement must not make context free or faster."""
+    base = _interpolate(short, x)
+    if context is None or not long:
+        return base
+    slopes = {w: max(0.0, t - _interpolate(short, w)) / (LONG_CONTEXT - CONTEXT) for w, t in long.items()}
+    return base + (context - CONTEXT) * _interpolate(slopes, x)
 
 
 def _interpolate(table: dict[int, float], x: int) -> float:
@@ -100,17 +122,17 @@ def forward_seconds(model: CausalLM, tokens: int, repeats: int, rows: int = 1) -
 
 
 def widths_seconds(model: CausalLM, widths: list[int], repeats: int, rows: int = 1,
-                   row_widths: bool = False) -> dict[int, float]:
+                   row_widths: bool = False, context: int = CONTEXT) -> dict[int, float]:
     """For each width: the fastest of ``repeats`` forwards (after a warm-up) of ``rows`` rows x
-    width tokens, or (``row_widths``) of width rows x 1 token, after CONTEXT cached tokens per
+    width tokens, or (``row_widths``) of width rows x 1 token, after ``context`` cached tokens per
     row. One prefill serves every width (each forward is rolled back). The fastest, not the
     median: on a shared machine other processes only ever add time."""
     slots = list(range(max(widths) if row_widths else rows))
-    runner = ModelRunner(model, len(slots), CONTEXT + (1 if row_widths else max(widths)))
+    runner = ModelRunner(model, len(slots), context + (1 if row_widths else max(widths)))
     gen = torch.Generator().manual_seed(0)
     span = min(1000, model.vocab_size)
-    prompt = torch.randint(0, span, (len(slots), CONTEXT), generator=gen)
-    runner.forward(prompt.to(model.device), torch.arange(CONTEXT).repeat(len(slots), 1).to(model.device),
+    prompt = torch.randint(0, span, (len(slots), context), generator=gen)
+    runner.forward(prompt.to(model.device), torch.arange(context).repeat(len(slots), 1).to(model.device),
                    slots, last_only=True)
     out = {}
     for w in widths:
@@ -120,12 +142,12 @@ def widths_seconds(model: CausalLM, widths: list[int], repeats: int, rows: int =
             ids = torch.randint(0, span, (len(used), n), generator=gen).to(model.device)
             _sync(model)
             t0 = time.perf_counter()
-            runner.forward(ids, (CONTEXT + torch.arange(n)).repeat(len(used), 1).to(model.device), used)
+            runner.forward(ids, (context + torch.arange(n)).repeat(len(used), 1).to(model.device), used)
             _sync(model)
             if i:  # the first is a warm-up
                 times.append(time.perf_counter() - t0)
             for s in used:
-                runner.cache.truncate(s, CONTEXT)
+                runner.cache.truncate(s, context)
         out[w] = min(times)
     return out
 
@@ -137,15 +159,21 @@ def _sync(model: CausalLM) -> None:
 
 def calibrate(target: CausalLM, draft: CausalLM, repeats: int = 3, progress: bool = False) -> Calibration:
     """Measure the pair (a few seconds on the demo pair): target widths 1..K_MAX+1, draft widths
-    DRAFT_WIDTHS, and the target's K=4 verification while the draft decodes beside it."""
+    DRAFT_WIDTHS, the target's K=4 verification while the draft decodes beside it, then target
+    widths LONG_WIDTHS and one draft row after LONG_CONTEXT."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=3, desc="calibrating", unit="part", disable=not progress)
+    bar = tqdm(total=5, desc="calibrating", unit="part", disable=not progress)
     target_s = widths_seconds(target, list(range(1, K_MAX + 2)), repeats)
     bar.update()
     draft_s = widths_seconds(draft, list(DRAFT_WIDTHS), repeats, row_widths=True)
     bar.update()
     busy = _beside(draft, lambda: forward_seconds(target, 5, repeats))
+    bar.update()
+    fits = min(target.max_context, draft.max_context) > LONG_CONTEXT + max(LONG_WIDTHS)  # else: no context term
+    target_long = widths_seconds(target, list(LONG_WIDTHS), repeats, context=LONG_CONTEXT) if fits else {}
+    bar.update()
+    draft_long = widths_seconds(draft, [1], repeats, row_widths=True, context=LONG_CONTEXT) if fits else {}
     bar.update()
     bar.close()
     contention = max(1.0, busy / target_s[5])
@@ -153,8 +181,9 @@ def calibrate(target: CausalLM, draft: CausalLM, repeats: int = 3, progress: boo
             "target_weights": getattr(target, "weight_format", ""), "draft": getattr(draft, "name", ""),
             "draft_weights": getattr(draft, "weight_format", ""), "cpu": _processor()}
     cal = Calibration(profile_key(target, draft), target_s, draft_s, round(contention, 3),
-                      datetime.now(timezone.utc).isoformat(timespec="seconds"), info)
-    log.info("calibrated %s: target %s, draft %s, contention %.2f", cal.key, target_s, draft_s, contention)
+                      datetime.now(timezone.utc).isoformat(timespec="seconds"), info, target_long, draft_long)
+    log.info("calibrated %s: target %s (%s after %d), draft %s (%s), contention %.2f", cal.key, target_s,
+             target_long, LONG_CONTEXT, draft_s, draft_long, contention)
     return cal
 
 

@@ -23,6 +23,9 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--weights", default="auto",
                    help="target weight format (models/linear.py), or a comma list to rank them all")
     p.add_argument("--draft-weights", default="auto", help="draft weight format(s), e.g. auto,int8")
+    p.add_argument("--confidence", type=float, nargs="*", default=[0.5],
+                   help="--profile machine: also rank SD with drafting gated at these draft confidence "
+                        "thresholds (--draft-confidence), from the prior acceptance above and below them")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (a calibration is kept per count)")
 
 
@@ -49,7 +52,7 @@ def _plan_machine(args) -> int:
     from ssdecode.models.loader import load_model
     from ssdecode.plan.auto import explain
     from ssdecode.plan.calibrate import load_or_calibrate
-    from ssdecode.plan.planner import rank
+    from ssdecode.plan.planner import gate_prior, rank
 
     out, ranked = {"calibrations": [], "ranked": {}}, {a: [] for a in args.a}
     for tfmt in args.weights.split(","):
@@ -67,14 +70,20 @@ def _plan_machine(args) -> int:
                 choices = rank(cal, a, args.r, args.budget)
                 print(f"  a={a}: auto picks {explain(choices, cal.measured_at, a)}")
                 ranked[a] += [(c, pair) for c in choices]
+                for conf in args.confidence:
+                    gate = gate_prior(conf)
+                    gated = [c for c in rank(cal, a, args.r, args.budget, gate=gate) if c.confidence is not None]
+                    print(f"  a={a}, SD gated at {conf} (u={gate.split(a)[0]:.2f} of draft tokens below it): "
+                          + ", ".join(f"{c.label} {c.tokens_per_s:.2f}" for c in gated[:3]))
+                    ranked[a] += [(c, pair) for c in gated]
             del draft
         del target
     for a, rows in ranked.items():
         rows.sort(key=lambda cp: -cp[0].tokens_per_s)
         print(f"a={a}, weights target/draft: " + ", ".join(f"{c.label} {p} {c.tokens_per_s:.2f}" for c, p in rows[:6])
               + " tokens/s ...")
-        out["ranked"][str(a)] = [{"mode": c.mode, "k": c.k, "weights": p, "tokens_per_s": round(c.tokens_per_s, 3)}
-                                 for c, p in rows]
+        out["ranked"][str(a)] = [{"mode": c.mode, "k": c.k, "confidence": c.confidence, "weights": p,
+                                  "tokens_per_s": round(c.tokens_per_s, 3)} for c, p in rows]
     print(json.dumps(out))
     return 0
 

@@ -82,3 +82,44 @@ def geometric_fanout(budget: int, a: float, r: float, k: int, caps: list[int]) -
     """F_0..F_K proportional to P(k)^(1/(1+r)), rounded to integers summing to the budget."""
     weights = [p ** (1.0 / (1.0 + r)) for p in outcome_probs(a, k)]
     return round_to_budget(weights, budget, caps)
+
+
+def gated_lengths(u: float, k: int) -> list[float]:
+    """Confidence gating at threshold c (decoding/drafting.py): P(n = j), j = 1..K, of a round
+    proposing n tokens when each draft token independently falls below c with probability u.
+    The row stops after its first such token (which is still proposed), so n is geometric,
+    truncated at K: P(n = j) = (1-u)^(j-1) u for j < K, and (1-u)^(K-1) for j = K."""
+    return [(1 - u) ** (j - 1) * u for j in range(1, k)] + [(1 - u) ** (k - 1)]
+
+
+def gated_drafted(u: float, k: int) -> float:
+    """Expected draft forwards (= proposals) per gated round: D = sum_{j<K} (1-u)^j
+    = (1 - (1-u)^K) / u (K when u = 0, the ungated case)."""
+    return float(k) if u <= 0.0 else (1 - (1 - u) ** k) / u
+
+
+def gated_tokens(u: float, a_conf: float, a_unconf: float, k: int) -> float:
+    """Expected tokens committed per gated round, a draft token above c being accepted with
+    probability a_conf and one below with a_unconf (independently, given the prefix accepted).
+
+    Token i is proposed and accepted iff tokens 1..i-1 were confident and accepted, probability
+    g^(i-1) with g = (1-u) a_conf, and token i is accepted: m = (1-u) a_conf + u a_unconf (the
+    overall acceptance a). Adding the target's own token,
+        E_gated = 1 + m (1 - g^K) / (1 - g).
+    With u = 0 this is E_SD(a, K) = (1 - a^(K+1)) / (1 - a)."""
+    g, m = (1 - u) * a_conf, (1 - u) * a_conf + u * a_unconf
+    return 1 + m * (k if g >= 1.0 else (1 - g**k) / (1 - g))
+
+
+def unconfident_fraction(drafted_per_round: float, k: int) -> float:
+    """The u with gated_drafted(u, K) = ``drafted_per_round``."""
+    return invert(lambda u: -gated_drafted(u, k), -min(max(drafted_per_round, 1.0), float(k)))
+
+
+def invert(f, y: float) -> float:
+    """The x in [0, 1] with f(x) = y for f rising on [0, 1] (bisection)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if f(mid) < y else (lo, mid)
+    return (lo + hi) / 2

@@ -90,15 +90,16 @@ class StaticForwards:
         buf = entry.buffers
         if buf.tree_mask is not None:
             buf.tree_mask[..., 0] = True
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._forward(buf, base)
-        torch.cuda.current_stream().wait_stream(side)
-        entry.graph = torch.cuda.CUDAGraph()
-        # thread_local: SSD's draft worker may capture in its thread while the target runs in another
-        with torch.cuda.graph(entry.graph, pool=self.pool, capture_error_mode="thread_local"):
-            entry.out = self._forward(buf, base)
+        with torch.cuda.device(self.model.device):  # a draft on its own GPU captures there
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._forward(buf, base)
+            torch.cuda.current_stream().wait_stream(side)
+            entry.graph = torch.cuda.CUDAGraph()
+            # thread_local: SSD's draft worker may capture in its thread while the target runs in another
+            with torch.cuda.graph(entry.graph, pool=self.pool, capture_error_mode="thread_local"):
+                entry.out = self._forward(buf, base)
         log.debug("captured a CUDA graph for batch %d x %d tokens (tree %s, last only %s)", buf.b, buf.t,
                   buf.tree_mask is not None, base.last_only)
