@@ -99,3 +99,18 @@ def test_activations_are_split_exactly(d):
     want = (x.double() * q.double() * d).float()  # one rounding: q * d is exact in fp32
     assert torch.equal(y, want)
     assert torch.equal(y, ggml.quantized_linear(x, blocks, "Q8_0", n, k, isa="avx512"))
+
+
+def test_a_batch_of_decode_rows_stays_on_one_kernel():
+    """[B, T, k] takes the tile unit by T (a prompt), not by B x T: 32 sequences decoding one
+    token, or verifying 5, compute each row's bits as it would alone; a 20-token prompt is tiled."""
+    n, k = 40, 512
+    blocks = torch.from_numpy(random_blocks("Q4_K", n, k))
+    for t in (1, 5):
+        x = torch.randn(32, t, k)
+        batched = ggml.quantized_linear(x, blocks, "Q4_K", n, k, isa="amx")
+        alone = torch.cat([ggml.quantized_linear(x[b:b + 1], blocks, "Q4_K", n, k, isa="amx") for b in range(32)])
+        assert torch.equal(batched, alone)
+    prompt = torch.randn(1, 20, k)
+    assert torch.equal(ggml.quantized_linear(prompt, blocks, "Q4_K", n, k, isa="amx")[0],
+                       ggml.quantized_linear(prompt[0], blocks, "Q4_K", n, k, isa="amx"))

@@ -12,7 +12,8 @@ avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-
 ``amx`` is AVX-512 plus, from ``amx_min_rows(qtype)`` activation rows on (prefill), the AMX-BF16 tile
 unit with the activations split exactly into three bf16 parts (ggml_cpu.c): the same numbers up
 to fp32 summation order, so results are batch invariant below that row count and above it, but
-not across it.
+not across it. A batch ``[B, T, k]`` takes the tile unit only when T itself reaches it (a
+prompt's prefill), so decode and verification rounds never switch kernels with the batch.
 """
 from __future__ import annotations
 
@@ -92,6 +93,11 @@ def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, 
 
     ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during the product."""
     isa = _check(qtype, blocks, n, k, isa)
+    if isa == "amx" and x.dim() == 3 and x.shape[1] < amx_min_rows(qtype):
+        # the tile unit for prefill only (tokens per sequence, not rows in all): decode and
+        # verification stay on one kernel whatever the batch, so a sequence's rounds compute the
+        # same bits alone or batched
+        isa = "avx512"
     if x.dtype != torch.float32 or x.shape[-1] != k or not x.is_cpu:
         raise ValueError(f"want fp32 CPU activations [..., {k}], got {x.dtype} {tuple(x.shape)} on {x.device}")
     if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()
