@@ -92,6 +92,26 @@ def test_calibration_is_cached_and_remeasured_when_unreadable(monkeypatch, caplo
     assert load_or_calibrate(target, draft).key == first.key and "unreadable" in caplog.text
 
 
+def test_a_disturbed_calibration_is_measured_again_and_never_cached(monkeypatch, caplog):
+    """Measured while other work stalled the cores: a 1-token target forward slower than a
+    5-token one (as a loaded machine gave: 1.82 s against 1.19 s)."""
+    target, draft = tiny_model(0, vocab=VOCAB), tiny_model(1, vocab=VOCAB)
+    good = fake_calibration(30)
+    bad = fake_calibration(30)
+    bad.target_s = {n: 1.82 - 0.1 * n for n in range(1, 10)}  # each step less than 20% faster
+    assert calibrate.implausible(good) is None and "target forward of 5" in calibrate.implausible(bad)
+    made = iter([bad, good])
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: next(made))
+    monkeypatch.setattr(calibrate, "profile_key", lambda *a: "k")
+    assert load_or_calibrate(target, draft) is good and "measuring again" in caplog.text
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: bad)
+    assert load_or_calibrate(target, draft, fresh=True) is bad and "not cached" in caplog.text
+    assert calibrate.cached(target, draft).target_s == good.target_s  # the cache kept the good one
+    calibrate._path("k").write_text(json.dumps(bad.to_json()))  # a disturbed cache file: measured again
+    monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: good)
+    assert load_or_calibrate(target, draft) is good and "cached calibration of k looks disturbed" in caplog.text
+
+
 def test_greedy_auto_equals_ar_across_switches():
     target, draft = tiny_model(0, vocab=VOCAB), tiny_model(1, vocab=VOCAB)
     params = [SamplingParams(max_tokens=24, ignore_eos=True)] * 3

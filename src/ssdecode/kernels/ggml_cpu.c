@@ -493,6 +493,13 @@ static int amx_usable(void)
     __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" :: "r"(p), "r"((long)(stride)) : "memory")
 #define TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
 #define TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
+/* C(c) = A(a, loaded from ap) . the three activation parts of one block at xp, xp + 512 and
+ * xp + 1024, through tiles x0..x2 (tile numbers are immediates, hence a macro) */
+#define TILE_DP_PARTS(c, a, ap, x0, x1, x2, xp) do { \
+        TILE_LOAD(a, ap, 64); TILE_ZERO(c); \
+        TILE_LOAD(x0, xp, 64); TILE_DP(c, a, x0); \
+        TILE_LOAD(x1, (xp) + 512, 64); TILE_DP(c, a, x1); \
+        TILE_LOAD(x2, (xp) + 1024, 64); TILE_DP(c, a, x2); } while (0)
 
 /* Tiles 0, 1: C (16 x 16 fp32); 2, 3: A (16 rows x 32 bf16); 4-7: B (16 rows of 16 pairs). */
 static void amx_config(void)
@@ -718,22 +725,8 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
             for (int b = 0; qtype != Q6_K && b < blocks; b += 2) {   /* two blocks in flight: C0 and C1 */
                 int b1 = b + 1 < blocks ? b + 1 : b;   /* (a[b + 1] is zero then) */
                 const float *s0 = xs ? xs + (t * nb + k0 / 32 + b) * 16 : NULL, *s1 = xs ? s0 + 16 * (b1 - b) : NULL;
-                TILE_LOAD(2, a[b], 64);
-                TILE_ZERO(0);
-                TILE_LOAD(4, xt + 1536 * b, 64);
-                TILE_DP(0, 2, 4);
-                TILE_LOAD(5, xt + 1536 * b + 512, 64);
-                TILE_DP(0, 2, 5);
-                TILE_LOAD(6, xt + 1536 * b + 1024, 64);
-                TILE_DP(0, 2, 6);
-                TILE_LOAD(3, a[b + 1], 64);
-                TILE_ZERO(1);
-                TILE_LOAD(7, xt + 1536 * b1, 64);
-                TILE_DP(1, 3, 7);
-                TILE_LOAD(4, xt + 1536 * b1 + 512, 64);
-                TILE_DP(1, 3, 4);
-                TILE_LOAD(5, xt + 1536 * b1 + 1024, 64);
-                TILE_DP(1, 3, 5);
+                TILE_DP_PARTS(0, 2, a[b], 4, 5, 6, xt + 1536 * b);
+                TILE_DP_PARTS(1, 3, a[b + 1], 7, 4, 5, xt + 1536 * b1);
                 TILE_STORE(0, c[0], 64);
                 amx_scale(v, c[0], sc[b], mn[b], s0);
                 TILE_STORE(1, c[1], 64);

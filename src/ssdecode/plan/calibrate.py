@@ -35,6 +35,8 @@ LONG_CONTEXT = 384  # ... and again after this many, for the context term (its p
 LONG_WIDTHS = (1, 9)  # target widths timed at LONG_CONTEXT (the slope is linear in width); the draft: 1 row
 K_MAX = 8  # verification widths measured: K = 1..K_MAX
 DRAFT_WIDTHS = (1, 4, 8, 16)  # drafting, and SSD tree steps by fan-out budget
+ATTEMPTS = 3  # calibrations tried before a disturbed one is used uncached
+SLACK = 0.8  # a wider forward may be this much faster than a narrower one (timer noise), no more
 VERSION = 2  # 2: the LONG_CONTEXT tables
 
 
@@ -223,13 +225,40 @@ def cached(target: CausalLM, draft) -> Calibration | None:
     return None
 
 
+def implausible(cal: Calibration) -> str | None:
+    """Why ``cal`` cannot describe this machine at rest, or None. A forward takes no less time for
+    more tokens or rows (beyond SLACK and a millisecond of timer noise): a table that breaks this
+    was measured while other work held the cores (stalls of up to seconds), and ``--mode auto``
+    would choose from noise."""
+    for name, table in (("target", cal.target_s), ("draft", cal.draft_s)):
+        widths = sorted(table)
+        for i, hi in enumerate(widths):
+            lo = max(widths[:i], key=table.get, default=hi)  # the slowest narrower forward
+            if table[hi] < SLACK * table[lo] - 1e-3:
+                return f"a {name} forward of {hi} took {table[hi]:.3f} s, of {lo} {table[lo]:.3f} s"
+    return None
+
+
 def load_or_calibrate(target: CausalLM, draft: CausalLM, fresh: bool = False, progress: bool = False) -> Calibration:
     """The cached calibration of this pair on this machine, measuring it when missing (or
-    ``fresh``). A cache file that does not parse is measured again."""
+    ``fresh``). A cache file that does not parse, or that is ``implausible``, is measured again;
+    a measurement that is implausible ATTEMPTS times is used for this run but not cached."""
     found = None if fresh else cached(target, draft)
-    if found is not None:
+    why = found and implausible(found)
+    if found is not None and not why:
         return found
-    cal = calibrate(target, draft, progress=progress)
+    if why:
+        log.warning("the cached calibration of %s looks disturbed (%s): measuring again", found.key, why)
+    for attempt in range(ATTEMPTS):
+        cal = calibrate(target, draft, progress=progress)
+        why = implausible(cal)
+        if not why:
+            break
+        log.warning("calibration %d of %d looks disturbed by other work on this machine (%s)%s", attempt + 1,
+                    ATTEMPTS, why, "" if attempt + 1 == ATTEMPTS else ": measuring again")
+    else:
+        log.warning("using the last calibration for this run only (not cached): choices may be poor")
+        return cal
     path = _path(cal.key)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp-{os.getpid()}")
