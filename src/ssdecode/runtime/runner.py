@@ -22,7 +22,7 @@ Contract of ``forward(input_ids, positions, slots, num_new=None, attn_mask=None,
   garbage and whose K/V land past the length (scratch), invisible to later forwards.
 - ``attn_mask``: None means causal: query i of row b sees cache rows ``< start_b + i + 1`` where
   ``start_b`` is the length before the call. Otherwise a bool tensor ``[B, T, Lk]`` with
-  ``Lk = max_b(start_b) + T`` (``key_span``) over cache rows, True = visible.
+  ``Lk = max_b(start_b) + T`` (the key span) over cache rows, True = visible.
 - returns float32 logits ``[B, T, V]``, or ``[B, 1, V]`` at each row's last real token
   (``num_new[b] - 1``) when ``last_only``.
 - no host synchronization inside (lengths are host ints). NaN/inf logits at real positions
@@ -36,14 +36,8 @@ import torch
 
 from ssdecode.models.base import CausalLM
 from ssdecode.runtime.attention import EagerMeta, ForwardMeta
-from ssdecode.runtime.kv_cache import KVCache
 
 BACKENDS = ("eager", "static")
-
-
-def key_span(cache: KVCache, slots: list[int], num_tokens: int) -> int:
-    """Number of key rows a forward of ``num_tokens`` new tokens per row attends over."""
-    return max(cache.lengths[s] for s in slots) + num_tokens
 
 
 def default_backend(model: CausalLM) -> str:
@@ -102,7 +96,7 @@ class ModelRunner:
             raise ValueError(f"num_new {counts} must lie in [1, {t}]")
         starts = self.cache.reserve(slots, counts)
         if attn_mask is not None:
-            span = key_span(self.cache, slots, t)
+            span = max(starts) + t
             if tuple(attn_mask.shape) != (b, t, span) or attn_mask.dtype != torch.bool:
                 raise ValueError(f"attn_mask must be bool [{b}, {t}, {span}], got "
                                  f"{attn_mask.dtype} {tuple(attn_mask.shape)}")
@@ -124,7 +118,7 @@ class ModelRunner:
     def capture(self, rows: int, tokens: list[int], tree: bool = False, last_only: bool = False) -> None:
         """Capture the CUDA graphs of forwards of up to ``rows`` rows x each of ``tokens`` now, at
         start-up, not on first use (a no-op without graphs)."""
-        if self.nonfinite is not None:
+        if self.graphs is not None and self.graphs.use_graphs:
             self.graphs.prepare(rows, tokens, tree, last_only)
 
     def check(self) -> None:
