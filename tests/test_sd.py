@@ -37,10 +37,11 @@ def test_greedy_sd_equals_ar(models, k, same_draft):
         assert sd[0].stats["acceptance_rate"] == 1.0
 
 
-def test_greedy_sd_with_an_int8_draft_equals_ar(models):
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_greedy_sd_with_a_quantized_draft_equals_ar(models, fmt):
     target, _ = models
     params = SamplingParams(max_tokens=24, ignore_eos=True)
-    out = run(target, tiny_model(0, weights="int8"), "sd", params, k=4)
+    out = run(target, tiny_model(0, weights=fmt), "sd", params, k=4)
     assert [c.token_ids for c in out] == [c.token_ids for c in run(target, None, "ar", params)]
     assert 0 < out[0].stats["acceptance_rate"] < 1  # the draft differs from the target
 

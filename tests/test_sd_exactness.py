@@ -54,13 +54,15 @@ CASES = {
     "poor-draft-topk3-k5": dict(draft="poor", temperature=1.0, top_k=3, k=5),
     "poor-draft-t15-topp08-k1": dict(draft="poor", temperature=1.5, top_p=0.8, k=1),
     "int8-draft-t1-k5": dict(draft="int8", temperature=1.0, k=5),
+    "int4-draft-t07-k3": dict(draft="int4", temperature=0.7, k=3),
 }
 
 
 def make_draft(kind: str, target):
     return {"same": lambda: target, "poor": lambda: tiny_model(1, vocab=VOCAB),
             "adversarial": lambda: Adversarial(target),
-            "int8": lambda: tiny_model(0, vocab=VOCAB, weights="int8")}[kind]()
+            "int8": lambda: tiny_model(0, vocab=VOCAB, weights="int8"),
+            "int4": lambda: tiny_model(0, vocab=VOCAB, weights="int4")}[kind]()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -41,9 +41,10 @@ def test_greedy_matches_ar_thread(target, draft, references, backup, fanout):
     _check(_ssd(target, draft, fanout=fanout, backup=backup), prompts_for(3), references)
 
 
-def test_greedy_matches_ar_with_an_int8_draft_in_a_process(target, references):
-    """The int8 draft's packed weights travel to the spawned worker; exactness is the verifier's."""
-    draft = tiny_model(1, weights="int8")
+@pytest.mark.parametrize("fmt", ["int8", "int4"])
+def test_greedy_matches_ar_with_a_quantized_draft_in_a_process(target, references, fmt):
+    """The draft's packed weights travel to the spawned worker; exactness is the verifier's."""
+    draft = tiny_model(1, weights=fmt)
     _check(_ssd(target, draft, transport="process", draft_threads=1), prompts_for(2), references)
 
 

@@ -64,7 +64,7 @@ def test_loader_fuses_and_converts(tmp_path, dtype):
         assert torch.equal(lin.weight, want) and lin.bias.shape == (14,)
 
 
-@pytest.mark.parametrize("fmt", ["dense", "packed", "int8"])
+@pytest.mark.parametrize("fmt", ["dense", "packed", "int8", "int4"])
 def test_model_from_bf16_sharded_folder_matches_state_dict(tmp_path, fmt):
     """Also: packed formats read weights they cannot map as is (bf16 here) through one reused
     scratch buffer, so a format that kept a view of it would see later layers' weights here."""

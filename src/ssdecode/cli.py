@@ -50,8 +50,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "dequant), gguf (as stored), dequant (the fp32 conversion: oneDNN-packed on "
                         "CPU), dense or packed")
     p.add_argument("--draft-weights", default="auto", choices=FORMATS,
-                   help="draft matmul weights: as --weights, or int8 (CPU; the fp32 conversion "
-                        "quantized to int8 per channel; decoding stays exact)")
+                   help="draft matmul weights: as --weights, or int8 / int4 (CPU; the fp32 conversion "
+                        "quantized to int8 per channel, or to 4-bit blocks with int8 activations; "
+                        "decoding stays exact)")
     p.add_argument("--draft-confidence", type=float, default=None,
                    help="sd: end a round's drafting after a token the draft gives less than this "
                         "probability (K is then the maximum per round)")

@@ -9,6 +9,9 @@
   product (activations quantized per call). A quarter of the bytes per token; meant for DRAFT
   models: speculation stays exact whatever the draft outputs, because the verifier uses the q the
   draft actually sampled from. Opt-in (``--draft-weights int8``); CPU only.
+- ``int4``: 4-bit blocks of 32 with a scale each (GGML's Q4_0 rule) made from the fp32 weight,
+  with the activations rounded to int8 per row: integer dot products by our own kernel
+  (``kernels/int4.py``), half int8's bytes. For DRAFT models only, as ``int8``; CPU only.
 - ``gguf``: a GGUF file's quantized tensors run as stored (``kernels/ggml.py``: Q4_K, Q6_K, Q8_0,
   Q5_0, Q4_0; other types are dequantized at load), read by
   ``models/gguf_weights.py``; fp32 activations on CPU. The same model as its fp32 conversion at a
@@ -25,9 +28,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ssdecode.kernels import ggml
+from ssdecode.kernels import ggml, int4
 
-FORMATS = ("auto", "dequant", "dense", "packed", "int8", "gguf")
+FORMATS = ("auto", "dequant", "dense", "packed", "int8", "int4", "gguf")
 _QUANT_CHUNK = 1 << 22  # elements quantized at a time
 
 
@@ -124,6 +127,27 @@ class SplitLinear(Linear):
         return torch.cat([p(x) for p in self.parts], dim=-1)
 
 
+class Int4Linear(Linear):
+    """The weight in 4-bit blocks (``kernels.int4.quantize_weight``), run by ``kernels.int4``."""
+
+    def __init__(self, weight: torch.Tensor | int4.Int4Weight, bias: torch.Tensor | None = None):
+        if isinstance(weight, torch.Tensor):
+            weight = int4.quantize_weight(weight)
+        super().__init__(weight, None if bias is None else bias.float().contiguous())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return int4.int4_linear(x, self.weight, self.bias)
+
+    def __reduce__(self):  # by value, as PackedLinear's
+        w = self.weight
+        return _int4, (w.nibbles.numpy(), w.scales.numpy(), w.k, None if self.bias is None else self.bias.numpy())
+
+
+def _int4(nibbles, scales, k: int, bias) -> Int4Linear:
+    return Int4Linear(int4.Int4Weight(torch.from_numpy(nibbles), torch.from_numpy(scales), k),
+                      None if bias is None else torch.from_numpy(bias))
+
+
 def _int8(ints, scale, bias) -> Int8Linear:
     lin = Int8Linear.__new__(Int8Linear)  # already quantized: skip __init__'s quantization
     lin._prepack(torch.from_numpy(ints), torch.from_numpy(scale), None if bias is None else torch.from_numpy(bias))
@@ -142,6 +166,8 @@ def resolve_format(fmt: str, device: torch.device, dtype: torch.dtype) -> str:
         raise ValueError("weight format 'packed' needs fp32 on a CPU with oneDNN")
     if fmt == "gguf" and not runs_gguf(device, dtype):
         raise ValueError("weight format 'gguf' needs fp32 on a CPU where the GGUF kernels build")
+    if fmt == "int4" and not (cpu_fp32 and int4.is_available()):
+        raise ValueError("weight format 'int4' needs fp32 on a CPU where its kernel builds")
     if fmt == "int8" and not (cpu_fp32 and "fbgemm" in torch.backends.quantized.supported_engines):
         raise ValueError("weight format 'int8' needs fp32 on a CPU with fbgemm (x86)")
     return fmt
@@ -154,4 +180,4 @@ def runs_gguf(device: torch.device, dtype: torch.dtype) -> bool:
 
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> Linear:
     """``fmt`` as returned by ``resolve_format``, other than gguf (whose weights are not dense)."""
-    return {"dense": Linear, "packed": PackedLinear, "int8": Int8Linear}[fmt](weight, bias)
+    return {"dense": Linear, "packed": PackedLinear, "int8": Int8Linear, "int4": Int4Linear}[fmt](weight, bias)

@@ -1,0 +1,74 @@
+"""The int4 draft kernel (kernels/int4.py, int4_cpu.c): its weights are GGML's Q4_0 values, its
+products are the integer dot products of those weights with x rounded to int8 per row, on every
+instruction set this CPU has, for any row count and a k that needs padding."""
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from ssdecode.kernels import int4
+
+pytestmark = pytest.mark.skipif(not int4.is_available(), reason="the int4 kernel does not build here")
+ISAS = int4.ISAS[:int4.ISAS.index(int4.best_isa()) + 1] if int4.is_available() else ()
+
+
+def test_weights_are_q4_0_values():
+    """Against gguf's own Q4_0 quantizer, which stores each scale as fp16 (ours stay fp32)."""
+    torch.manual_seed(0)
+    w = torch.randn(64, 96)
+    w[3, :32] = 0  # an all-zero block
+    ours = int4.dequantize(int4.quantize_weight(w))
+    ref = torch.from_numpy(gguf.quants.dequantize(gguf.quants.quantize(w.numpy(), gguf.GGMLQuantizationType.Q4_0),
+                                                  gguf.GGMLQuantizationType.Q4_0))
+    assert ours.shape == w.shape and torch.all(ours[3, :32] == 0)
+    step = w.view(64, -1, 32).abs().amax(2, keepdim=True) / 8  # a block's quantization step
+    assert ((ours - ref).view(64, -1, 32).abs() <= 2 ** -8 * step).all()  # up to 8 times an fp16 rounding
+
+
+def _reference(x: torch.Tensor, w: int4.Int4Weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """In float64: x rounded to int8 per row (scale max|x| / 127), times the dequantized weight."""
+    scale = x.abs().amax(-1, keepdim=True).double() / 127
+    xq = torch.round(x.double() / torch.where(scale == 0, 1, scale))
+    y = (xq @ int4.dequantize(w).double().T) * scale
+    return y if bias is None else y + bias.double()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n, k", [(37, 96), (16, 128), (5, 416)])
+def test_product_is_the_integer_dot_product(isa, n, k):
+    torch.manual_seed(n)
+    w = int4.quantize_weight(torch.randn(n, k))
+    bias = torch.randn(n)
+    for m in (1, 2, 3, 4, 5, 9):
+        x = torch.randn(m, k) * 3
+        x[0, :7] = 0
+        want = _reference(x, w, bias if m % 2 else None)
+        got = int4.int4_linear(x, w, bias if m % 2 else None, isa=isa, threads=2)
+        assert got.shape == (m, n) and got.dtype == torch.float32
+        assert (got.double() - want).abs().max() <= 1e-6 * want.abs().max()
+    zero = int4.int4_linear(torch.zeros(2, 1, k), w, bias, isa=isa)
+    assert zero.shape == (2, 1, n) and torch.equal(zero, bias.expand(2, 1, n))
+
+
+def test_a_row_does_not_depend_on_its_batch():
+    """Each output is summed alone, whatever rows or threads come with it (a draft's rounds alone
+    and batched propose the same)."""
+    torch.manual_seed(1)
+    w, x = int4.quantize_weight(torch.randn(300, 256)), torch.randn(7, 256)
+    alone = torch.cat([int4.int4_linear(x[i:i + 1], w, threads=1) for i in range(7)])
+    assert torch.equal(int4.int4_linear(x, w, threads=2), alone)
+
+
+def test_bad_input_is_refused():
+    w = int4.quantize_weight(torch.randn(8, 64))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        int4.quantize_weight(torch.randn(8, 40))
+    with pytest.raises(ValueError, match="activations"):
+        int4.int4_linear(torch.randn(2, 32), w)
+    with pytest.raises(ValueError, match="activations"):
+        int4.int4_linear(torch.randn(2, 64, dtype=torch.float64), w)
+    with pytest.raises(ValueError, match="instruction set"):
+        int4.int4_linear(torch.randn(2, 64), w, isa="neon")
+    assert np.isfinite(int4.int4_linear(torch.randn(2, 64), w).numpy()).all()
