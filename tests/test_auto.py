@@ -163,14 +163,14 @@ def test_cli_defaults_to_auto_and_says_what_it_picked(tmp_path, capsys):
     assert "mode auto: " in err and "calibration" in err
     assert json.loads(out)["stats"]["mode"].startswith("auto: ")
     assert main(["plan", "--profile", "machine", "--target", str(target), "--draft", str(draft), "--a", "0.9",
-                 "--draft-weights", "auto,int8"]) == 0  # the first pair is cached, the int8 one is measured
+                 "--draft-weights", "auto,int4"]) == 0  # the first pair is cached, the int4 one is measured
     out = capsys.readouterr().out
-    assert "auto picks" in out and "contention" in out and "packed/int8" in out
+    assert "auto picks" in out and "contention" in out and "packed/int4" in out
     assert len(json.loads(out.splitlines()[-1])["calibrations"]) == 2
 
 
-def test_auto_weighs_an_int8_draft_once(tmp_path, monkeypatch):
-    """The draft's own weights against its int8 form: both pairs calibrated the first time, then
+def test_auto_weighs_a_requantized_draft_once(tmp_path, monkeypatch):
+    """The draft's own weights against its int4 form: both pairs calibrated the first time, then
     only the cached calibrations decide (nothing measured again)."""
     from ssdecode.models.loader import load_model
     from ssdecode.plan.auto import pick_draft
@@ -178,7 +178,7 @@ def test_auto_weighs_an_int8_draft_once(tmp_path, monkeypatch):
     target_dir, draft_dir = save_tiny_pair(tmp_path)
     target, draft = load_model(target_dir), load_model(draft_dir)
     model, fmt = pick_draft(target, draft, str(draft_dir), progress=False)
-    assert fmt in ("auto", "int8") and model.weight_format == ("int8" if fmt == "int8" else "packed")
+    assert fmt in ("auto", "int4") and model.weight_format == ("int4" if fmt == "int4" else "packed")
     monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: pytest.fail("measured again"))
     assert pick_draft(target, draft, str(draft_dir), progress=False)[1] == fmt
 

@@ -69,7 +69,7 @@ class LLM:
         """Load ``target`` (and ``draft`` for sd/ssd, default the demo draft) by spec: an alias
         (demo-target, demo-draft), an HF folder, a .gguf file or a hub id. ``weights`` and
         ``draft_weights``: the matmul weight formats (``models/linear.py``; auto runs a GGUF
-        model's tensors as stored; a draft's ``int8`` keeps decoding exact, since the verifier
+        model's tensors as stored; a draft's ``int8`` or ``int4`` keeps decoding exact, since the verifier
         uses the q the draft sampled from).
         ``max_num_seqs`` requests run at once (more wait), each up to ``max_model_len`` tokens.
         ``cuda_graphs``: run decode, verification and the draft's steps with static shapes, as

@@ -12,6 +12,7 @@ from ssdecode.plan.calibrate import K_MAX, cached, load_or_calibrate
 from ssdecode.plan.planner import Choice, rank
 
 log = logging.getLogger(__name__)
+REQUANTIZED = "int4"  # the draft format auto weighs against the draft's own
 
 
 def explain(choices: list[Choice], measured_at: str, a: float) -> str:
@@ -42,7 +43,8 @@ def build_auto_strategy(target: CausalLM, draft: CausalLM, draft_spec: str | Non
 
 def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bool = True) -> tuple[CausalLM, str]:
     """For auto with the draft's weights left to ``auto`` on a CPU: also weigh the draft's fp32
-    conversion in int8 and keep the draft whose pair is predicted faster, with its format.
+    conversion in REQUANTIZED form (int4: half int8's bytes at about its acceptance,
+    docs/benchmarks.md section 11) and keep the draft whose pair is predicted faster, with its format.
 
     Why a draft may be re-quantized when the target never is: speculation stays exact whatever
     the draft computes (the verifier uses the distribution the draft sampled from), so its format
@@ -50,20 +52,20 @@ def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bo
     from ssdecode.models.linear import resolve_format
     from ssdecode.models.loader import load_model
 
-    if spec is None or getattr(draft, "weight_format", "int8") == "int8":
+    if spec is None or getattr(draft, "weight_format", REQUANTIZED) == REQUANTIZED:
         return draft, "auto"
     try:
-        resolve_format("int8", draft.device, draft.dtype)
-    except ValueError:  # not a CPU with fbgemm
+        resolve_format(REQUANTIZED, draft.device, draft.dtype)
+    except ValueError:  # not a CPU where the kernel runs
         return draft, "auto"
-    int8 = None
-    other = cached(target, SimpleNamespace(name=draft.name, weight_format="int8", dtype=draft.dtype,
+    requantized = None
+    other = cached(target, SimpleNamespace(name=draft.name, weight_format=REQUANTIZED, dtype=draft.dtype,
                                            device=draft.device))
     if other is None:
-        int8 = load_model(spec, device=draft.device, dtype=draft.dtype, weights="int8")
-        other = load_or_calibrate(target, int8, progress=progress)
+        requantized = load_model(spec, device=draft.device, dtype=draft.dtype, weights=REQUANTIZED)
+        other = load_or_calibrate(target, requantized, progress=progress)
     own = load_or_calibrate(target, draft, progress=progress)
     if rank(other, PRIOR_A)[0].tokens_per_s <= rank(own, PRIOR_A)[0].tokens_per_s:
         return draft, "auto"
-    log.info("auto: the int8 draft is predicted faster than its %s weights", draft.weight_format)
-    return int8 or load_model(spec, device=draft.device, dtype=draft.dtype, weights="int8"), "int8"
+    log.info("auto: the %s draft is predicted faster than its %s weights", REQUANTIZED, draft.weight_format)
+    return requantized or load_model(spec, device=draft.device, dtype=draft.dtype, weights=REQUANTIZED), REQUANTIZED

@@ -22,7 +22,7 @@ def add_plan_parser(sub) -> None:
     p.add_argument("--draft", default="demo-draft")
     p.add_argument("--weights", default="auto",
                    help="target weight format (models/linear.py), or a comma list to rank them all")
-    p.add_argument("--draft-weights", default="auto", help="draft weight format(s), e.g. auto,int8")
+    p.add_argument("--draft-weights", default="auto", help="draft weight format(s), e.g. auto,int4")
     p.add_argument("--confidence", type=float, nargs="*", default=[0.5],
                    help="--profile machine: also rank SD with drafting gated at these draft confidence "
                         "thresholds (--draft-confidence), from the prior acceptance above and below them")

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--draft", required=True, help="draft model: demo-draft, an HF folder, a .gguf file or a hub id")
     p.add_argument("--device", default=None, help="draft device (default: cuda:LOCAL_RANK if CUDA, else cpu)")
     p.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: per device)")
-    p.add_argument("--weights", default="auto", help="matmul weight format: auto, dense, packed, int8")
+    p.add_argument("--weights", default="auto", help="matmul weight format: auto, dense, packed, int8, int4, gguf")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--backend", default=None, help="gloo or nccl (default: nccl on CUDA)")
     p.add_argument("--timeout", type=float, default=600.0, help="collective timeout in seconds")
