@@ -3,6 +3,8 @@ products are the integer dot products of those weights with x rounded to int8 pe
 instruction set this CPU has, for any row count and a k that needs padding."""
 from __future__ import annotations
 
+import json
+
 import gguf
 import numpy as np
 import pytest
@@ -72,3 +74,14 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="instruction set"):
         int4.int4_linear(torch.randn(2, 64), w, isa="neon")
     assert np.isfinite(int4.int4_linear(torch.randn(2, 64), w).numpy()).all()
+
+
+def test_draft_kernel_benchmark_reports_every_format(monkeypatch, capsys):
+    from ssdecode.bench import draft_kernels
+
+    monkeypatch.setattr(draft_kernels, "SHAPES", [(64, 128)])
+    monkeypatch.setattr(draft_kernels, "last_level_cache", lambda: 1 << 16)
+    assert draft_kernels.main(["--threads", "1", "--rows", "1,3", "--repeats", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert [r["m"] for r in out["results"]] == [1, 3]
+    assert all(set(r["ms"]) == {"int4", "int8", "q5_0", "packed"} for r in out["results"])

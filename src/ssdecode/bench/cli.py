@@ -28,7 +28,7 @@ def add_bench_parser(sub, add_model_args) -> None:
     b.add_argument("--no-hf", action="store_true", help="skip the Transformers peers")
     b.add_argument("--llamacpp-bin", default=None, metavar="DIR",
                    help="also run llama.cpp (its binaries in DIR, built separately: docs/benchmarks.md) on "
-                        "the same GGUF files and prompts, right after ours on each set: llama-bench, AR and "
+                        "the same GGUF files and prompts, before ours (all sets): llama-bench, AR and "
                         "llama-speculative-simple for each --sd-k")
     b.add_argument("--out", default=None, help="also write the JSON result to this file")
     b.add_argument("--plot", default=None, metavar="DIR",
@@ -104,16 +104,20 @@ def predictions(llm, configs: dict) -> dict:
     return out
 
 
-def llamacpp_rows(args, llm, draft_spec: str, set_name: str, prompts: list) -> list[dict]:
-    """llama.cpp's rows for one prompt set, on the GGUF files our models were loaded from."""
+def llamacpp_rows(args, tokenizer, draft_spec: str, set_name: str, prompts: list) -> list[dict]:
+    """llama.cpp's rows for one prompt set, on the GGUF files our models are loaded from. Run before
+    this process starts any OpenMP pool: with OMP_WAIT_POLICY=ACTIVE (the CLI's default) our idle
+    pools would spin on the cores llama.cpp runs on (measured: its AR at 0.6x)."""
+    import os
+
     import torch
 
     from ssdecode.bench.llamacpp import find_bin_dir, render_prompts, run_llamacpp
 
     res = run_llamacpp(find_bin_dir(args.llamacpp_bin), str(_gguf_of(args.target)), str(_gguf_of(draft_spec)),
-                       {set_name: render_prompts(prompts, llm.tokenizer)}, args.max_tokens,
+                       {set_name: render_prompts(prompts, tokenizer)}, args.max_tokens,
                        args.threads or torch.get_num_threads(), ks=[int(k) for k in args.sd_k.split(",")],
-                       omp_wait_policy="PASSIVE")
+                       omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))  # ours: the CLI's (ACTIVE by default)
     res["bench"][0]["llama_bench"] = res.get("llama_bench")  # the AR row: its synthetic tg figure
     return res["bench"]
 
@@ -183,9 +187,15 @@ def cmd_bench(args) -> int:
     if args.serve:
         return cmd_bench_serve(args)
     draft_spec = args.draft or "demo-draft"
+    set_prompts = _prompt_sets(args)
+    peer_rows = {}
+    if args.llamacpp_bin:  # first: see llamacpp_rows
+        from ssdecode.models.loader import load_tokenizer
+
+        tokenizer = load_tokenizer(args.target)
+        peer_rows = {name: llamacpp_rows(args, tokenizer, draft_spec, name, p) for name, p in set_prompts.items()}
     llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device,
               weights=args.weights, draft_weights=args.draft_weights, cuda_graphs=args.cuda_graphs)
-    set_prompts = _prompt_sets(args)
     sets = {name: [llm.encode(p.text, chat=p.chat) for p in prompts] for name, prompts in set_prompts.items()}
     systems, configs = build_systems(args, llm, draft_spec)
     calibrated = predictions(llm, configs)
@@ -199,8 +209,7 @@ def cmd_bench(args) -> int:
         if "hf-assisted" in by_name:
             by_name["hf-assisted"]["speedup_vs_hf_generate"] = round(
                 by_name["hf-assisted"]["tokens_per_s"] / by_name["hf-generate"]["tokens_per_s"], 3)
-        if args.llamacpp_bin:
-            set_rows += llamacpp_rows(args, llm, draft_spec, set_name, set_prompts[set_name])
+        set_rows += peer_rows.get(set_name, [])
         _print_table(set_rows)
         rows += set_rows
     summary = {"bench": rows, "max_tokens": args.max_tokens, "num_prompts": {k: len(v) for k, v in sets.items()},
