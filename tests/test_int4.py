@@ -43,7 +43,7 @@ def test_product_is_the_integer_dot_product(isa, n, k):
     torch.manual_seed(n)
     w = int4.quantize_weight(torch.randn(n, k))
     bias = torch.randn(n)
-    for m in (1, 2, 3, 4, 5, 9):
+    for m in (1, 2, 3, 4, 5, 9, 16, 37, 50):
         x = torch.randn(m, k) * 3
         x[0, :7] = 0
         want = _reference(x, w, bias if m % 2 else None)

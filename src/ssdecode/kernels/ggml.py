@@ -55,6 +55,7 @@ def is_available() -> bool:
     return True
 
 
+@functools.cache
 def best_isa() -> str:
     """The instruction set used by default on this CPU."""
     return ISAS[_lib().ssd_ggml_best_isa()]

@@ -36,13 +36,7 @@
 #include <cpuid.h>
 #include <immintrin.h>
 #endif
-/* The AMX path: 64-bit x86 only, and a toolchain whose assembler knows the tile instructions (GCC
- * 11 and clang 12 come with AMX intrinsics, so with such assemblers). */
-#if defined(__x86_64__) && (__GNUC__ >= 11 || __clang_major__ >= 12)
-#define AMX_BUILD 1
-#include <sys/syscall.h>
-#include <unistd.h>
-#endif
+#include "amx.h"                    /* the AMX path where the toolchain builds it */
 
 enum { Q4_K, Q6_K, Q8_0, Q5_0, Q4_0 };  /* qtype codes, as in ggml.py */
 enum { SCALAR, AVX2, AVX512, AMX }; /* isa codes, as in ggml.py */
@@ -472,26 +466,11 @@ static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64
 #define AMX_CHUNK 12                /* most activation tiles per pass over the weight */
 #define AMX_X_BYTES (3 << 19)       /* packed x per pass (tiles x a segment of k) that stays in L2 */
 
-/* The tile unit is off until the process asks Linux for it (arch_prctl ARCH_REQ_XCOMP_PERM). */
 static int amx_usable(void)
 {
-    static int usable = -1;
-    if (usable < 0) {
-        unsigned a, b, c, d;
-        usable = 0;
-        if (__get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1) && (d >> 24 & 1))   /* AMX-BF16, AMX-TILE */
-            usable = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
-    }
-    return usable;
+    return amx_permitted(AMX_BF16);
 }
 
-/* Tile instructions as asm with memory clobbers (GCC's _tile_* macros have none, so buffers written
- * before a load or read after a store could be reordered around them). */
-#define TILE_LOAD(t, p, stride) \
-    __asm__ volatile("tileloadd (%0,%1,1), %%tmm" #t :: "r"(p), "r"((long)(stride)) : "memory")
-#define TILE_STORE(t, p, stride) \
-    __asm__ volatile("tilestored %%tmm" #t ", (%0,%1,1)" :: "r"(p), "r"((long)(stride)) : "memory")
-#define TILE_ZERO(t) __asm__ volatile("tilezero %%tmm" #t ::)
 #define TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::)
 /* C(c) = A(a, loaded from ap) . the three activation parts of one block at xp, xp + 512 and
  * xp + 1024, through tiles x0..x2 (tile numbers are immediates, hence a macro) */
@@ -504,14 +483,9 @@ static int amx_usable(void)
 /* Tiles 0, 1: C (16 x 16 fp32); 2, 3: A (16 rows x 32 bf16); 4-7: B (16 rows of 16 pairs). */
 static void amx_config(void)
 {
-    struct { uint8_t palette, start, reserved[14]; uint16_t colsb[16]; uint8_t rows[16]; } cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = 64;
-    }
-    __asm__ volatile("ldtilecfg %0" :: "m"(cfg));
+    static const uint8_t rows[8] = {16, 16, 16, 16, 16, 16, 16, 16};
+    static const uint16_t colsb[8] = {64, 64, 64, 64, 64, 64, 64, 64};
+    amx_load_config(8, rows, colsb);
 }
 
 static inline uint16_t bf16_hi(float v)  /* the bf16 that v is when its low 16 bits are zero */

@@ -2,7 +2,8 @@
 the ``int4`` weight format, for draft models (int4_cpu.c says why a draft may and how it runs).
 ``quantize_weight`` makes the weight from a float one, ``int4_linear`` multiplies by it.
 
-The kernel uses the widest instruction set the CPU has (AVX-512 VNNI, AVX2, scalar);
+The kernel uses the widest instruction set the CPU has (AMX-INT8 for 16 rows and more, with
+AVX-512 VNNI for fewer; AVX-512 VNNI; AVX2; scalar);
 ``SSDECODE_INT4_ISA`` or ``isa=`` forces one, for tests.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from ssdecode.kernels.build import shared_library
 
 log = logging.getLogger(__name__)
 
-ISAS = ("scalar", "avx2", "vnni")  # positions are the C code's isa codes
+ISAS = ("scalar", "avx2", "vnni", "amx")  # positions are the C code's isa codes
 BLOCK, GROUP = 32, 128  # weights per scale; weights per 64 bytes (k is padded to a multiple)
 _CHUNK = 1 << 22  # weight elements quantized at a time
 
@@ -51,6 +52,7 @@ def is_available() -> bool:
     return True
 
 
+@functools.cache
 def best_isa() -> str:
     return ISAS[_lib().ssd_i4_best_isa()]
 
