@@ -288,7 +288,7 @@ def test_load_model_picks_native_or_fallback(tmp_path, caplog):
     with pytest.raises(ModelLoadError, match="needs the native runtime"):
         load_model(tmp_path / "gpt2", weights="int8")
     with pytest.raises(ValueError, match="unknown weight format"):
-        load_model(tmp_path / "llama", weights="int4")
+        load_model(tmp_path / "llama", weights="int3")
 
 
 @pytest.mark.real

@@ -159,7 +159,7 @@ def test_config_rejects_bad_values(bad):
 
 
 @pytest.mark.parametrize("bad", [dict(transport="smoke"), dict(launch="later"), dict(draft_threads=0),
-                                 dict(timeout_s=0), dict(draft_weights="int4")])
+                                 dict(timeout_s=0), dict(draft_weights="int3")])
 def test_deployment_rejects_bad_values(bad):
     with pytest.raises(InvalidParams):
         DraftDeployment(**bad)

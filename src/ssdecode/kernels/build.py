@@ -26,6 +26,17 @@ HERE = Path(__file__).parent
 FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=fast", "-fPIC", "-shared", "-fopenmp")
 
 
+def loads(lib, what: str) -> bool:
+    """Whether ``lib()`` (a cached loader of a ``shared_library``) compiles and loads here; the
+    reason is logged when not."""
+    try:
+        lib()
+    except (OSError, RuntimeError) as e:
+        log.warning("%s unavailable: %s", what, e)
+        return False
+    return True
+
+
 def shared_library(source: str) -> ctypes.CDLL:
     """Load ``source`` (a .c file next to this module) as a library, compiling it if needed."""
     cc = shutil.which(os.environ["CC"]) if os.environ.get("CC") else shutil.which("gcc") or shutil.which("cc")

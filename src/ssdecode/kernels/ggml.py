@@ -18,16 +18,13 @@ prompt's prefill), so decode and verification rounds never switch kernels with t
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from ctypes import CDLL, c_int, c_int64, c_void_p
 
 import gguf
 import torch
 
-from ssdecode.kernels.build import shared_library
-
-log = logging.getLogger(__name__)
+from ssdecode.kernels.build import loads, shared_library
 
 QTYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_0")  # positions are the C code's qtype codes
 ISAS = ("scalar", "avx2", "avx512", "amx")  # and its isa codes
@@ -47,12 +44,7 @@ def _lib() -> CDLL:
 @functools.cache
 def is_available() -> bool:
     """Whether the kernels compile and load here (the reason is logged when not)."""
-    try:
-        _lib()
-    except (OSError, RuntimeError) as e:
-        log.warning("GGUF quantized kernels unavailable: %s", e)
-        return False
-    return True
+    return loads(_lib, "GGUF quantized kernels")
 
 
 @functools.cache

@@ -9,16 +9,13 @@ AVX-512 VNNI for fewer; AVX-512 VNNI; AVX2; scalar);
 from __future__ import annotations
 
 import functools
-import logging
 import os
 from ctypes import CDLL, c_int, c_int64, c_void_p
 from typing import NamedTuple
 
 import torch
 
-from ssdecode.kernels.build import shared_library
-
-log = logging.getLogger(__name__)
+from ssdecode.kernels.build import loads, shared_library
 
 ISAS = ("scalar", "avx2", "vnni", "amx")  # positions are the C code's isa codes
 BLOCK, GROUP = 32, 128  # weights per scale; weights per 64 bytes (k is padded to a multiple)
@@ -44,12 +41,7 @@ def _lib() -> CDLL:
 @functools.cache
 def is_available() -> bool:
     """Whether the kernel compiles and loads here (the reason is logged when not)."""
-    try:
-        _lib()
-    except (OSError, RuntimeError) as e:
-        log.warning("int4 kernel unavailable: %s", e)
-        return False
-    return True
+    return loads(_lib, "int4 kernel")
 
 
 @functools.cache
