@@ -83,6 +83,18 @@ def test_greedy_sd_equals_ar(llm, prompts, ar_outputs):
     assert llm.core.run_metrics.summary()["acceptance_rate"] > 0.5
 
 
+def test_greedy_sd_with_the_int4_draft_equals_ar(demo, llm, prompts, ar_outputs):
+    """The demo draft in 4-bit blocks with int8 activations: still the target's tokens, and a draft
+    that still agrees with it (the int8 draft's acceptance on these prompts is ~0.95)."""
+    from ssdecode.models.loader import load_model
+
+    draft = load_model(str(demo.draft_dir), weights="int4")
+    sd = LLM.from_models(llm.tokenizer, llm.target, draft, mode="sd", k=4)
+    outs = sd.generate(prompts[:2], SamplingParams(max_tokens=NEW_TOKENS))
+    assert [c.token_ids for c in outs] == ar_outputs[:2]
+    assert sd.core.run_metrics.summary()["acceptance_rate"] > 0.8
+
+
 def test_greedy_auto_equals_ar(llm, prompts, ar_outputs, tmp_path, monkeypatch):
     """auto calibrates this machine (a fresh cache: measured here), then picks K per round."""
     monkeypatch.setenv("SSDECODE_CACHE", str(tmp_path))
