@@ -2,7 +2,7 @@
 the ``int4`` weight format, for draft models (int4_cpu.c says why a draft may and how it runs).
 ``quantize_weight`` makes the weight from a float one, ``int4_linear`` multiplies by it.
 
-The kernel uses the widest instruction set the CPU has (AMX-INT8 for 16 rows and more, with
+The kernel uses the widest instruction set the CPU has (AMX-INT8 for 32 rows and more, with
 AVX-512 VNNI for fewer; AVX-512 VNNI; AVX2; scalar);
 ``SSDECODE_INT4_ISA`` or ``isa=`` forces one, for tests.
 """
