@@ -38,8 +38,8 @@ def test_matches_float64_and_avx512(qtype, k, m):
     bias = torch.randn(n) if m == 17 else None
     ref = reference(x, raw, qtype) + (0 if bias is None else bias.double())
     scale = ref.abs().max().item()
-    amx = ggml.quantized_linear(x, torch.from_numpy(raw), qtype, n, k, bias, isa="amx")
-    avx = ggml.quantized_linear(x, torch.from_numpy(raw), qtype, n, k, bias, isa="avx512")
+    amx = ggml.quantized_linear(x, ggml.pack(torch.from_numpy(raw), qtype, n, k), qtype, n, k, bias, isa="amx")
+    avx = ggml.quantized_linear(x, ggml.pack(torch.from_numpy(raw), qtype, n, k), qtype, n, k, bias, isa="avx512")
     assert (amx.double() - ref).abs().max().item() <= REL_BOUND * scale
     assert (amx - avx).abs().max().item() <= 2 * REL_BOUND * scale
 
@@ -47,7 +47,7 @@ def test_matches_float64_and_avx512(qtype, k, m):
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K"])
 def test_below_the_threshold_it_is_the_avx512_kernel(qtype):
     n, k = 40, 512
-    blocks = torch.from_numpy(random_blocks(qtype, n, k))
+    blocks = ggml.pack(torch.from_numpy(random_blocks(qtype, n, k)), qtype, n, k)
     lo = ggml.amx_min_rows(qtype)
     for m in (1, 2, 5, 9, lo - 1):
         x = torch.randn(m, k)
@@ -63,7 +63,7 @@ def test_threads_and_batch_do_not_change_bits(qtype):
     """Each output is one thread's sum in a fixed order, and a token's column of a tile does not
     depend on the other tokens: any thread count, and any row count from the threshold on."""
     n, k = 300, 768
-    blocks = torch.from_numpy(random_blocks(qtype, n, k))
+    blocks = ggml.pack(torch.from_numpy(random_blocks(qtype, n, k)), qtype, n, k)
     x = torch.randn(70, k, generator=torch.Generator().manual_seed(1))
     y = ggml.quantized_linear(x, blocks, qtype, n, k, isa="amx", threads=2)
     assert torch.equal(y, ggml.quantized_linear(x, blocks, qtype, n, k, isa="amx", threads=1))
@@ -93,7 +93,7 @@ def test_activations_are_split_exactly(d):
     blocks[:, :, :2] = np.frombuffer(np.float16(d).tobytes(), np.uint8)
     for r in range(n):
         blocks[r, r // 32, 2 + r % 32] = np.uint8(q[r].item() & 0xff)
-    blocks = torch.from_numpy(blocks.reshape(n, -1))
+    blocks = ggml.pack(torch.from_numpy(blocks.reshape(n, -1)), "Q8_0", n, k)
     x = exact_values(40 * k, seed=int(d * 8) + 9).reshape(40, k)
     y = ggml.quantized_linear(x, blocks, "Q8_0", n, k, isa="amx")
     want = (x.double() * q.double() * d).float()  # one rounding: q * d is exact in fp32
@@ -105,7 +105,7 @@ def test_a_batch_of_decode_rows_stays_on_one_kernel():
     """[B, T, k] takes the tile unit by T (a prompt), not by B x T: 32 sequences decoding one
     token, or verifying 5, compute each row's bits as it would alone; a 20-token prompt is tiled."""
     n, k = 40, 512
-    blocks = torch.from_numpy(random_blocks("Q4_K", n, k))
+    blocks = ggml.pack(torch.from_numpy(random_blocks("Q4_K", n, k)), "Q4_K", n, k)
     for t in (1, 5):
         x = torch.randn(32, t, k)
         batched = ggml.quantized_linear(x, blocks, "Q4_K", n, k, isa="amx")

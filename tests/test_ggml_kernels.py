@@ -46,7 +46,7 @@ def test_matches_gguf_dequantize(qtype, k, m):
     bias = torch.randn(n) if m == 3 else None
     ref = reference(x, raw, qtype, bias)
     for isa in isas():
-        y = ggml.quantized_linear(x, torch.from_numpy(raw), qtype, n, k, bias, isa=isa)
+        y = ggml.quantized_linear(x, ggml.pack(torch.from_numpy(raw), qtype, n, k), qtype, n, k, bias, isa=isa)
         err = (y - ref).abs().max().item() / ref.abs().max().item()
         assert err <= REL_BOUND, (isa, err)
 
@@ -54,7 +54,7 @@ def test_matches_gguf_dequantize(qtype, k, m):
 @pytest.mark.parametrize("qtype", ggml.QTYPES)
 def test_threads_and_batch_do_not_change_bits(qtype):
     n, k = 300, 768
-    blocks = torch.from_numpy(random_blocks(qtype, n, k))
+    blocks = ggml.pack(torch.from_numpy(random_blocks(qtype, n, k)), qtype, n, k)
     x = torch.randn(2, 8, k, generator=torch.Generator().manual_seed(1))
     for isa in isas():
         y = ggml.quantized_linear(x, blocks, qtype, n, k, isa=isa, threads=2)
@@ -78,8 +78,23 @@ def test_dequantize_rows_is_gguf_dequantize(qtype):
         ggml.dequantize_rows(torch.from_numpy(raw), qtype, [n], k)
 
 
+@pytest.mark.parametrize("qtype,k", [("Q4_K", 768), ("Q5_0", 352)])
+def test_pack_reorders_the_bytes_and_pads_whole_groups(qtype, k):
+    """The packed weight holds the file's bytes (each row's slices, whole blocks, in another order)
+    and zero rows up to a whole group; unpacked blocks are refused where the shapes tell."""
+    n, g = 37, ggml.group_rows()
+    raw = torch.from_numpy(random_blocks(qtype, n, k, seed=5))
+    packed = ggml.pack(raw, qtype, n, k)
+    assert packed.shape == (-(-n // g) * g, raw.shape[1])
+    assert torch.equal(packed.view(-1).sort().values, torch.cat([raw.view(-1), torch.zeros(
+        (packed.shape[0] - n) * raw.shape[1], dtype=torch.uint8)]).sort().values)
+    assert not torch.equal(packed[:n], raw)
+    with pytest.raises(ValueError, match="packed"):
+        ggml.quantized_linear(torch.randn(1, k), raw, qtype, n, k)
+
+
 def test_environment_forces_the_scalar_build(monkeypatch):
-    blocks = torch.from_numpy(random_blocks("Q4_K", 16, 256))
+    blocks = ggml.pack(torch.from_numpy(random_blocks("Q4_K", 16, 256)), "Q4_K", 16, 256)
     x = torch.randn(4, 256)
     monkeypatch.setenv("SSDECODE_KERNEL_ISA", "scalar")
     assert torch.equal(ggml.quantized_linear(x, blocks, "Q4_K", 16, 256),
@@ -90,15 +105,15 @@ def test_environment_forces_the_scalar_build(monkeypatch):
 
 
 def test_rejects_what_it_cannot_compute():
-    blocks = torch.from_numpy(random_blocks("Q6_K", 8, 256))
+    blocks = ggml.pack(torch.from_numpy(random_blocks("Q6_K", 8, 256)), "Q6_K", 8, 256)
     x = torch.randn(2, 256)
     bad = [
         dict(x=x.double()), dict(x=torch.randn(2, 512)), dict(qtype="Q5_K"), dict(k=250),
-        dict(blocks=blocks[:, :100]), dict(blocks=blocks.view(torch.int8)), dict(bias=torch.randn(9)),
-        dict(blocks=torch.cat([blocks, blocks], 1)[:, ::2]),
+        dict(packed=blocks[:, :100]), dict(packed=blocks.view(torch.int8)), dict(bias=torch.randn(9)),
+        dict(packed=torch.cat([blocks, blocks], 1)[:, ::2]),
     ]
     for change in bad:
-        args = dict(x=x, blocks=blocks, qtype="Q6_K", n=8, k=256) | change
+        args = dict(x=x, packed=blocks, qtype="Q6_K", n=8, k=256) | change
         with pytest.raises(ValueError):
             ggml.quantized_linear(**args)
 

@@ -40,7 +40,7 @@ def kernels(args) -> list[str]:
         if q not in ggml.QTYPES or (q, n, k) in seen or (n > 100_000 and not args.head):
             continue
         seen.add((q, n, k))
-        blocks = torch.from_numpy(t.data.reshape(n, -1).copy())
+        blocks = ggml.pack(torch.from_numpy(t.data.reshape(n, -1)), q, n, k)
         for m in rows:
             x, times = torch.randn(m, k), {}
             for rep in range(args.repeats):

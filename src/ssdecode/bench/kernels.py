@@ -131,7 +131,8 @@ def baseline_kernel(folder: str):
 def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, working_set: int,
                 baseline=None) -> list[dict]:
     blocks = torch.from_numpy(random_blocks(qtype, n, k))
-    ours = copies(blocks, blocks.nbytes, working_set)
+    stored = copies(blocks, blocks.nbytes, working_set)  # GGUF row order, for ``before``
+    ours = [ggml.pack(b, qtype, n, k) for b in stored]
     dense = copies(torch.randn(n, k), 4 * n * k, working_set)
     packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in dense]
     sizes = {"ours": blocks.nbytes, "before": blocks.nbytes, "dense": 4 * n * k, "packed": 4 * n * k}
@@ -149,7 +150,7 @@ def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, worki
             "dense": lambda i: F.linear(x, dense[i % len(dense)]),
         }
         if before:
-            methods["before"] = lambda i: before(x, ours[i % len(ours)], qtype, n, k)
+            methods["before"] = lambda i: before(x, stored[i % len(stored)], qtype, n, k)
         if qtype == "Q4_K":
             xb = x.bfloat16()
             methods["int4pack"] = lambda i: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, w4s[i % len(w4s)], 32, sz)

@@ -1,11 +1,14 @@
 """Matrix products on GGML-quantized weights as stored in a GGUF file, on CPU (issue 11).
 
-``quantized_linear(x, blocks, "Q4_K", n, k)`` is ``F.linear(x, W)`` for the ``[n, k]`` weight W
-that ``gguf.quants.dequantize`` makes of ``blocks`` (the tensor's bytes in GGUF row order, uint8
-``[n, k / block_size * block_bytes]``), up to fp32 summation order: the C kernel (ggml_cpu.c)
-dequantizes each block on the fly to the same fp32 values and accumulates in fp32; activations
-stay fp32. So a model run this way is the stored model, like the dequantized one.
-``dequantize_rows`` gives chosen rows of W as fp32, exactly (a quantized embedding lookup).
+``quantized_linear(x, pack(blocks, "Q4_K", n, k), "Q4_K", n, k)`` is ``F.linear(x, W)`` for the
+``[n, k]`` weight W that ``gguf.quants.dequantize`` makes of ``blocks`` (the tensor's bytes in GGUF
+row order, uint8 ``[n, k / block_size * block_bytes]``), up to fp32 summation order: the C kernel
+(ggml_cpu.c) dequantizes each block on the fly to the same fp32 values and accumulates in fp32;
+activations stay fp32. So a model run this way is the stored model, like the dequantized one.
+``pack`` only reorders the blocks (groups of ``group_rows()`` rows, slice-major, so that a product
+streams its weight in memory order: docs/benchmarks.md section 11); the bytes are the file's.
+``dequantize_rows`` gives chosen rows of W (as stored, not packed) as fp32, exactly (a quantized
+embedding lookup).
 
 The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
 avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
@@ -38,6 +41,7 @@ def _lib() -> CDLL:
                                     c_void_p, c_int]
     lib.ssd_ggml_amx_min_rows.argtypes = [c_int]
     lib.ssd_ggml_dequantize_rows.argtypes = [c_int, c_int, c_void_p, c_int64, c_void_p, c_int64, c_void_p, c_int]
+    lib.ssd_ggml_pack.argtypes = [c_int, c_void_p, c_int64, c_int64, c_void_p, c_int]
     return lib
 
 
@@ -58,16 +62,24 @@ def amx_min_rows(qtype: str) -> int:
     return _lib().ssd_ggml_amx_min_rows(QTYPES.index(qtype))
 
 
-def _check(qtype: str, blocks: torch.Tensor, n: int, k: int, isa: str | None) -> str:
-    """Raise ValueError unless ``blocks`` holds an [n, k] weight of ``qtype``; the isa to use."""
+@functools.cache
+def group_rows() -> int:
+    """Rows of a group in the packed layout (``pack``)."""
+    return _lib().ssd_ggml_group_rows()
+
+
+def _check(qtype: str, blocks: torch.Tensor, n: int, k: int, isa: str | None, packed: bool = False) -> str:
+    """Raise ValueError unless ``blocks`` holds an [n, k] weight of ``qtype`` (``packed``: as
+    ``pack`` makes it); the isa to use."""
     if qtype not in _SIZES:
         raise ValueError(f"no kernel for GGML type {qtype!r}; there are {QTYPES}")
     block, block_bytes = _SIZES[qtype]
     if k % block:
         raise ValueError(f"{qtype} rows hold multiples of {block} weights, not {k}")
-    shape = (n, k // block * block_bytes)
+    shape = (-(-n // group_rows()) * group_rows() if packed else n, k // block * block_bytes)
     if blocks.dtype != torch.uint8 or blocks.shape != shape or not blocks.is_contiguous() or not blocks.is_cpu:
-        raise ValueError(f"{qtype} [{n}, {k}] weight: want contiguous CPU uint8 blocks of shape {shape}, "
+        what = "packed blocks (ggml.pack)" if packed else "blocks"
+        raise ValueError(f"{qtype} [{n}, {k}] weight: want contiguous CPU uint8 {what} of shape {shape}, "
                          f"got {blocks.dtype} {tuple(blocks.shape)} on {blocks.device}")
     isa = isa or os.environ.get("SSDECODE_KERNEL_ISA") or best_isa()
     if isa not in ISAS:
@@ -79,13 +91,22 @@ def _no_isa(isa: str) -> RuntimeError:
     return RuntimeError(f"this CPU cannot run the {isa} kernels (best: {best_isa()})")
 
 
-def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, k: int,
+def pack(blocks: torch.Tensor, qtype: str, n: int, k: int, *, threads: int | None = None) -> torch.Tensor:
+    """The [n, k] weight stored as ``blocks`` (GGUF row order) in the layout ``quantized_linear``
+    reads: the same bytes in another order, rows padded with zeros to whole groups (a new tensor)."""
+    _check(qtype, blocks, n, k, None)
+    out = torch.empty(-(-n // group_rows()) * group_rows(), blocks.shape[1], dtype=torch.uint8)
+    _lib().ssd_ggml_pack(QTYPES.index(qtype), blocks.data_ptr(), n, k, out.data_ptr(), threads or torch.get_num_threads())
+    return out
+
+
+def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, k: int,
                      bias: torch.Tensor | None = None, *, threads: int | None = None,
                      isa: str | None = None) -> torch.Tensor:
-    """``x[..., k] @ W^T + bias`` -> ``[..., n]`` fp32, W given as stored GGML blocks.
+    """``x[..., k] @ W^T + bias`` -> ``[..., n]`` fp32, W given as GGML blocks that ``pack`` made.
 
     ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during the product."""
-    isa = _check(qtype, blocks, n, k, isa)
+    isa = _check(qtype, packed, n, k, isa, packed=True)
     if isa == "amx" and x.dim() == 3 and x.shape[1] < amx_min_rows(qtype):
         # the tile unit for prefill only (tokens per sequence, not rows in all): decode and
         # verification stay on one kernel whatever the batch, so a sequence's rounds compute the
@@ -99,7 +120,7 @@ def quantized_linear(x: torch.Tensor, blocks: torch.Tensor, qtype: str, n: int, 
     rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     y = torch.empty(rows.shape[0], n)
     rc = _lib().ssd_ggml_linear(ISAS.index(isa), QTYPES.index(qtype), rows.data_ptr(), rows.shape[0], k,
-                                blocks.data_ptr(), n, None if bias is None else bias.data_ptr(), y.data_ptr(),
+                                packed.data_ptr(), n, None if bias is None else bias.data_ptr(), y.data_ptr(),
                                 threads or torch.get_num_threads())
     if rc == -2:
         raise MemoryError("no memory for a copy of the activations")

@@ -17,8 +17,13 @@
  * - NR output rows share each slice of x (16 rows x 256 = 16 KB), which then stays in L1. x is
  *   copied slice by slice so that a tile addresses its rows at fixed offsets from one register
  *   (with 16 row pointers the loop ran out of registers and was bound by their loads).
- * - Rows are prefetched PREFETCH ahead: slice by slice over NR rows is not an order the hardware
- *   prefetchers follow, and without it one row ran at a third of the memory bandwidth.
+ * - The weight is packed once at load (ssd_ggml_pack, slice_at): each group of NR rows slice-major,
+ *   the order in which rows() reads it, so a thread streams its part of the weight in memory
+ *   order (the same bytes as the file's, reordered). Read in GGUF row order, slice by slice over
+ *   NR rows is eight strided streams: with software prefetch the products ran 5-25% slower than
+ *   packed (docs/benchmarks.md section 11), without it at a third of the memory bandwidth.
+ *   PREFETCH bytes ahead are still prefetched: one row of a product of several rows is slower
+ *   than the hardware prefetchers' look-ahead expects.
  * - Each output is summed by one thread in a fixed order, so results depend neither on the thread
  *   count nor on how many activation rows come with it. More than MCHUNK activation rows
  *   (prefill) are taken MCHUNK at a time over the whole weight, so x stays in cache and the
@@ -44,7 +49,7 @@ enum { SCALAR, AVX2, AVX512, AMX }; /* isa codes, as in ggml.py */
 #define MCHUNK 16
 #define NR 8
 #define AMX_MIN_ROWS 16             /* fewer rows go to the AVX-512 kernel with isa AMX; Q6_K: twice as many */
-#define PREFETCH 16                 /* rows ahead: the block order is not one the hardware prefetches */
+#define PREFETCH 4096               /* bytes ahead of the slice being read (see slice_at) */
 
 static inline float f16(const uint8_t *p)
 {
@@ -98,10 +103,10 @@ static inline int lut_type(int qtype)
  * dequantize_blocks. q is unsigned for Q6_K (its -32 is 32 * sc in off): q * sc is exact, so w
  * is the reference value, rounded once; likewise Q5_0 and Q4_0 (-16 and -8). decode_avx2 below
  * computes the same with intrinsics. */
-static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, int8_t *q, float *sc, float *off)
+static void decode_scalar(int qtype, const uint8_t *row, int len, int8_t *q, float *sc, float *off)
 {
     if (qtype == Q4_K) {            /* d, dmin (f16), 12 scale bytes, 128 of nibbles */
-        const uint8_t *b = row + k0 / 256 * 144;
+        const uint8_t *b = row;
         uint32_t words[4];
         uint8_t u[16];
         float d = f16(b), dmin = f16(b + 2);
@@ -117,7 +122,7 @@ static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, in
                 q[64 * g + 32 + i] = b[16 + 32 * g + i] >> 4;
             }
     } else if (qtype == Q6_K) {     /* 128 bytes of low nibbles, 64 of 2-bit highs, 16 int8 scales, d */
-        const uint8_t *b = row + k0 / 256 * 210;
+        const uint8_t *b = row;
         float d = f16(b + 208);
         for (int j = 0; j < 16; j++) {
             sc[j] = d * (int8_t)b[192 + j];
@@ -135,7 +140,7 @@ static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, in
         }
     } else if (qtype == Q8_0) {     /* d (f16) and 32 int8 per block */
         for (int j = 0; j < len / 32; j++) {
-            const uint8_t *b = row + (k0 / 32 + j) * 34;
+            const uint8_t *b = row + j * 34;
             sc[2 * j] = sc[2 * j + 1] = f16(b);
             off[2 * j] = off[2 * j + 1] = 0;
             memcpy(q + 32 * j, b + 2, 32);
@@ -143,7 +148,7 @@ static void decode_scalar(int qtype, const uint8_t *row, int64_t k0, int len, in
     } else {                        /* Q5_0: d, 32 high bits, 16 bytes of nibbles; Q4_0: d, nibbles */
         int five = qtype == Q5_0, size = five ? 22 : 18;
         for (int j = 0; j < len / 32; j++) {
-            const uint8_t *b = row + (k0 / 32 + j) * size, *nib = b + 2 + 4 * five;
+            const uint8_t *b = row + j * size, *nib = b + 2 + 4 * five;
             uint32_t qh = 0;
             if (five)
                 memcpy(&qh, b + 2, 4);
@@ -198,12 +203,11 @@ static inline X86_TARGET __m128i q4k_scales_avx2(const uint8_t *s)
                         _mm_and_si128(_mm_srli_epi32(b, 2), _mm_set_epi32(0x30303030, 0, 0x30303030, 0)));
 }
 
-static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t k0, int len, int8_t *q, float *sc,
-                                          float *off)
+static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int len, int8_t *q, float *sc, float *off)
 {
     const __m256i low4 = _mm256_set1_epi8(15), bits45 = _mm256_set1_epi8(0x30);
     if (qtype == Q4_K) {
-        const uint8_t *b = row + k0 / 256 * 144;
+        const uint8_t *b = row;
         __m128i u = q4k_scales_avx2(b + 4);
         store_pairs(sc, _mm256_mul_ps(bytes_to_ps(u, 0), _mm256_set1_ps(f16c(b))));
         store_pairs(off, _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2))));
@@ -213,7 +217,7 @@ static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t
             _mm256_storeu_si256((__m256i *)(q + 64 * g + 32), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
         }
     } else if (qtype == Q6_K) {
-        const uint8_t *b = row + k0 / 256 * 210;
+        const uint8_t *b = row;
         __m128i s = _mm_loadu_si128((const __m128i *)(b + 192));
         __m256 d = _mm256_set1_ps(f16c(b + 208)), s0 = _mm256_mul_ps(bytes_to_ps(s, 1), d),
                s1 = _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(s, 8), 1), d), c32 = _mm256_set1_ps(32);
@@ -237,7 +241,7 @@ static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t
         }
     } else if (qtype == Q8_0) {
         for (int j = 0; j < len / 32; j++) {
-            const uint8_t *b = row + (k0 / 32 + j) * 34;
+            const uint8_t *b = row + j * 34;
             sc[2 * j] = sc[2 * j + 1] = f16c(b);
             off[2 * j] = off[2 * j + 1] = 0;
             _mm256_storeu_si256((__m256i *)(q + 32 * j), _mm256_loadu_si256((const __m256i *)(b + 2)));
@@ -248,7 +252,7 @@ static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t
         const __m256i spread = _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0),
                       bit = _mm256_set1_epi64x(0x8040201008040201);
         for (int j = 0; j < len / 32; j++) {
-            const uint8_t *b = row + (k0 / 32 + j) * size;
+            const uint8_t *b = row + j * size;
             __m128i v = _mm_loadu_si128((const __m128i *)(b + 2 + 4 * five));
             __m256i nib = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), low4);
             if (five) {
@@ -267,14 +271,29 @@ static inline X86_TARGET void decode_avx2(int qtype, const uint8_t *row, int64_t
 #endif
 
 /* Bytes of k weights (a whole number of blocks). */
-static int64_t row_bytes(int qtype, int64_t k)
+static inline int64_t row_bytes(int qtype, int64_t k)
 {
     static const int block[] = {256, 256, 32, 32, 32}, size[] = {144, 210, 34, 22, 18};
     return k / block[qtype] * size[qtype];
 }
 
+/* Slice [k0, k0 + SLICE) of weight row `row` in the packed layout (ssd_ggml_pack): groups of NR
+ * rows, each group slice-major (slice 0 of its NR rows back to back, then slice 1, ...), so that
+ * the products read each group's bytes in order, as the hardware prefetchers follow. */
+static inline const uint8_t *slice_at(const uint8_t *w, int qtype, int64_t k, int64_t row, int64_t k0)
+{
+    int64_t len = k - k0 < SLICE ? k - k0 : SLICE;
+    return w + row / NR * NR * row_bytes(qtype, k) + NR * row_bytes(qtype, k0) + row % NR * row_bytes(qtype, len);
+}
+
+static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t *b, int64_t bytes)
+{
+    for (int64_t o = 0; o < bytes; o += 64)
+        __builtin_prefetch(b + PREFETCH + o);
+}
+
 typedef void rows_fn(int, const float *, int, int64_t, const uint8_t *, int64_t, int64_t, int64_t,
-                     int64_t, const float *, float *);
+                     const float *, float *);
 typedef void dequant_fn(int, const uint8_t *, int64_t, float *);
 
 #define SFX scalar
@@ -424,16 +443,16 @@ lut_tile(int qtype, const uint8_t *const *blk, const float (*sc)[SLICE / 16], co
 }
 
 /* What the lookup paths keep of a slice of a row: the blocks' address and their scales. */
-static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int64_t k0, int len,
-                                            const uint8_t **blk, float *sc, float *off)
+static inline AVX512_TARGET void lut_decode(int qtype, const uint8_t *row, int len, const uint8_t **blk,
+                                            float *sc, float *off)
 {
     if (qtype == Q4_K) {
-        *blk = row + k0 / 256 * 144;
+        *blk = row;
         q4k_scales_ps(*blk, sc, off);   /* here one per 32 weights, 8 of each */
         *blk += 16;
     } else {
         int size = qtype == Q5_0 ? 22 : 18;
-        *blk = row + k0 / 32 * size;
+        *blk = row;
         for (int j = 0; j < len / 32; j++)
             sc[j] = f16c(*blk + j * size);
     }
@@ -545,15 +564,15 @@ static inline AVX512_TARGET void amx_weights(int qtype, const uint8_t *row, int6
 
 /* Slice [k0, k0 + len) of weight row r of a group: block b to a[b][r] (32 bf16), sc[b][r], mn[b][r];
  * Q6_K: the high parts of its integers to a[b], the low parts to a[8 + b], d to sc[0][r]. */
-static inline AVX512_TARGET void amx_slice(int qtype, const uint8_t *row, int64_t k0, int len, int r,
+static inline AVX512_TARGET void amx_slice(int qtype, const uint8_t *row, int len, int r,
                                            uint16_t (*a)[16 * 32], float (*sc)[16], float (*mn)[16])
 {
     if (qtype == Q6_K) {
-        const uint8_t *blk = row + k0 / 256 * 210;
+        const uint8_t *blk = row;
         const __m512i mask = _mm512_set1_epi32((int)0xffff0000);
         int8_t q[SLICE];
         float scs[16], offs[16];
-        decode_avx2(Q6_K, row, k0, len, q, scs, offs);  /* q unsigned, 0..63 */
+        decode_avx2(Q6_K, row, len, q, scs, offs);  /* q unsigned, 0..63 */
         for (int b = 0; b < 8; b++) {   /* sub-blocks 2b and 2b + 1 */
             __m512i s = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi16((int8_t)blk[192 + 2 * b])),
                                            _mm256_set1_epi16((int8_t)blk[193 + 2 * b]), 1),
@@ -568,7 +587,7 @@ static inline AVX512_TARGET void amx_slice(int qtype, const uint8_t *row, int64_
         }
         sc[0][r] = f16c(blk + 208);
     } else if (qtype == Q4_K) {     /* sub-blocks 2g and 2g + 1: the low and high nibbles of 32 bytes */
-        const uint8_t *blk = row + k0 / 256 * 144;
+        const uint8_t *blk = row;
         float scs[8], mins[8];
         uint16_t tab[16];
         for (int v = 0; v < 16; v++)
@@ -587,7 +606,7 @@ static inline AVX512_TARGET void amx_slice(int qtype, const uint8_t *row, int64_
         }
     } else {
         for (int b = 0; b < len / 32; b++)
-            amx_weights(qtype, row, k0 / 32 + b, a[b] + 32 * r, &sc[b][r], &mn[b][r]);
+            amx_weights(qtype, row, b, a[b] + 32 * r, &sc[b][r], &mn[b][r]);
     }
 }
 
@@ -640,8 +659,8 @@ amx_scale(__m512 *acc, const float *c, const float *sc, const float *mn, const f
  * accumulators, continued: the order of an output's sum does not depend on the segments), and
  * the bias is added at k_hi = k. */
 static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *xs, int t0, int t1, int m, int64_t k,
-                                   int64_t k_lo, int64_t k_hi, const uint8_t *w, int64_t ldw, int64_t n,
-                                   int64_t r0, int64_t r1, const float *bias, float *y)
+                                   int64_t k_lo, int64_t k_hi, const uint8_t *w, int64_t n, int64_t r0,
+                                   int64_t r1, const float *bias, float *y)
 {
     int rows = (int)(r1 - r0);
     int64_t nb = k / 32, slice_bytes = row_bytes(qtype, SLICE);
@@ -660,10 +679,9 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
     for (int64_t k0 = k_lo; k0 < k_hi; k0 += SLICE) {
         int len = k - k0 < SLICE ? (int)(k - k0) : SLICE, blocks = len / 32;
         for (int r = 0; r < rows; r++) {
-            amx_slice(qtype, w + (r0 + r) * ldw, k0, len, r, a, sc, mn);
-            if (r0 + r + PREFETCH < n)
-                for (int64_t o = k0 / SLICE * slice_bytes; o < (k0 / SLICE + 1) * slice_bytes; o += 64)
-                    __builtin_prefetch(w + (r0 + r + PREFETCH) * ldw + o);
+            const uint8_t *b = slice_at(w, qtype, k, r0 + r, k0);
+            amx_slice(qtype, b, len, r, a, sc, mn);
+            prefetch_ahead(b, slice_bytes);
         }
         if (blocks % 2) {           /* the pair's second block: zero weights (x: block 0 again) */
             memset(a[blocks], 0, sizeof a[blocks]);
@@ -717,8 +735,8 @@ static AVX512_TARGET void rows_amx(int qtype, const uint16_t *xb, const float *x
 }
 
 /* ssd_ggml_linear on the tile unit; -2 when out of memory. */
-static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t *w, int64_t ldw, int64_t n,
-                      const float *bias, float *y, int threads)
+static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t *w, int64_t n, const float *bias,
+                      float *y, int threads)
 {
     int tiles = (m + 15) / 16;
     int64_t nb = k / 32, groups = (n + 15) / 16;
@@ -746,7 +764,7 @@ static int linear_amx(int qtype, const float *x, int m, int64_t k, const uint8_t
                 int64_t k_hi = k - k_lo < seg ? k : k_lo + seg;
 #pragma omp for schedule(static)
                 for (int64_t g = 0; g < groups; g++)
-                    rows_amx(qtype, xb, xs, t0, t1, m, k, k_lo, k_hi, w, ldw, n, 16 * g,
+                    rows_amx(qtype, xb, xs, t0, t1, m, k, k_lo, k_hi, w, n, 16 * g,
                              16 * g + 16 < n ? 16 * g + 16 : n, bias, y);
             }
         }
@@ -852,8 +870,33 @@ int ssd_ggml_dequantize_rows(int isa, int qtype, const uint8_t *w, int64_t k, co
     return 0;
 }
 
-/* y[m, n] = x[m, k] @ W^T (+ bias[n]); W is n rows of k / block weights. Returns -1 for an isa this
- * CPU lacks, -2 when out of memory, else 0. Shapes and types are checked by the caller. */
+/* Rows of a group in the packed layout. */
+int ssd_ggml_group_rows(void)
+{
+    return NR;
+}
+
+/* dst = the n x k weight stored as src (row after row, as in a GGUF file) in the packed layout of
+ * slice_at, its rows padded with zeros to a whole number of groups: dst has groups * NR rows' bytes. */
+void ssd_ggml_pack(int qtype, const uint8_t *src, int64_t n, int64_t k, uint8_t *dst, int threads)
+{
+    int64_t ldw = row_bytes(qtype, k), groups = (n + NR - 1) / NR;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t row = g * NR; row < g * NR + NR; row++)
+            for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
+                uint8_t *to = (uint8_t *)slice_at(dst, qtype, k, row, k0);
+                int64_t bytes = row_bytes(qtype, k - k0 < SLICE ? k - k0 : SLICE);
+                if (row < n)
+                    memcpy(to, src + row * ldw + row_bytes(qtype, k0), bytes);
+                else
+                    memset(to, 0, bytes);
+            }
+}
+
+/* y[m, n] = x[m, k] @ W^T (+ bias[n]); W is n rows of k / block weights, packed by ssd_ggml_pack.
+ * Returns -1 for an isa this CPU lacks, -2 when out of memory, else 0. Shapes and types are checked
+ * by the caller. */
 int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n,
                     const float *bias, float *y, int threads)
 {
@@ -861,11 +904,10 @@ int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, co
     dequant_fn *dequant;
     if (!pick(isa, &rows, &dequant))
         return -1;
-    int64_t ldw = row_bytes(qtype, k);
     int64_t groups = (n + NR - 1) / NR;
 #if defined(AMX_BUILD)
     if (isa == AMX && m >= ssd_ggml_amx_min_rows(qtype))
-        return linear_amx(qtype, x, (int)m, k, w, ldw, n, bias, y, threads);
+        return linear_amx(qtype, x, (int)m, k, w, n, bias, y, threads);
 #endif
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
         int mc = m - m0 < MCHUNK ? (int)(m - m0) : MCHUNK;
@@ -875,7 +917,7 @@ int ssd_ggml_linear(int isa, int qtype, const float *x, int64_t m, int64_t k, co
             return -2;
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t g = 0; g < groups; g++)
-            rows(qtype, xp, mc, k, w, ldw, n, g * NR, g * NR + NR < n ? g * NR + NR : n, bias, y + m0 * n);
+            rows(qtype, xp, mc, k, w, n, g * NR, g * NR + NR < n ? g * NR + NR : n, bias, y + m0 * n);
         free(buf);
     }
     return 0;

@@ -45,15 +45,16 @@ F(tile)(const int8_t *q, const float *sc, const float *off, int len, const float
             *(F(vf) *)(acc + (r * MCHUNK + i) * VL) = a[r][i];
 }
 
-/* Output rows [r0, r1) (at most NR) for m <= MCHUNK activation rows, x packed by slice (pack_x). */
-static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const uint8_t *w, int64_t ldw,
-                           int64_t n, int64_t r0, int64_t r1, const float *bias, float *y)
+/* Output rows [r0, r1) (a group of NR, or the last one's first rows) for m <= MCHUNK activation rows, x packed by slice (pack_x). */
+static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const uint8_t *w, int64_t n, int64_t r0,
+                           int64_t r1, const float *bias, float *y)
 {
     float acc[NR][MCHUNK][VL] __attribute__((aligned(64)));
     float sc[NR][SLICE / 16], off[NR][SLICE / 16];
     int8_t q[NR][SLICE] __attribute__((aligned(64)));
     int rows = (int)(r1 - r0);
     int64_t slice_bytes = row_bytes(qtype, SLICE);
+    const uint8_t *group = w + r0 * row_bytes(qtype, k);  /* r0 starts a group */
 #ifdef LUT
     const uint8_t *blk[NR];
     static const uint8_t zeros[SLICE] __attribute__((aligned(64)));
@@ -70,16 +71,17 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
         memset(acc[r], 0, sizeof(float) * VL * m);
     for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
         int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
+        const uint8_t *s0 = group + NR * slice_bytes * (k0 / SLICE);   /* slice_at(w, .., r0 + r, k0): */
+        int64_t bytes = len == SLICE ? slice_bytes : row_bytes(qtype, len);   /* s0 + r * bytes */
         for (int r = 0; r < rows; r++) {
+            const uint8_t *b = s0 + r * bytes;
 #ifdef LUT
             if (lut)
-                lut_decode(qtype, w + (r0 + r) * ldw, k0, len, blk + r, sc[r], off[r]);
+                lut_decode(qtype, b, len, blk + r, sc[r], off[r]);
             else
 #endif
-                DECODE(qtype, w + (r0 + r) * ldw, k0, len, q[r], sc[r], off[r]);
-            if (r0 + r + PREFETCH < n)  /* the same slice PREFETCH rows on (past a short last one: harmless) */
-                for (int64_t o = k0 / SLICE * slice_bytes; o < (k0 / SLICE + 1) * slice_bytes; o += 64)
-                    __builtin_prefetch(w + (r0 + r + PREFETCH) * ldw + o);
+                DECODE(qtype, b, len, q[r], sc[r], off[r]);
+            prefetch_ahead(b, slice_bytes);
         }
         for (int i = 0; i < m; i += MT) {
             int mt = m - i < MT ? m - i : MT;
@@ -120,7 +122,7 @@ static TARGET void F(dequant)(int qtype, const uint8_t *row, int64_t k, float *o
     int8_t q[SLICE];
     for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
         int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
-        DECODE(qtype, row, k0, len, q, sc, off);
+        DECODE(qtype, row + row_bytes(qtype, k0), len, q, sc, off);
         for (int i = 0; i < len; i++)
             out[k0 + i] = q[i] * sc[i / 16] - off[i / 16];
     }

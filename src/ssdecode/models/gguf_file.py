@@ -74,6 +74,12 @@ class GGUFFile:
         shape = quant_shape_to_byte_shape((n, k), GGMLQuantizationType[qtype])
         return torch.from_numpy(np.frombuffer(self._map, np.uint8, shape[0] * shape[1], offset).reshape(shape))
 
+    def release(self, offset: int, nbytes: int) -> None:
+        """Drop the pages of bytes [offset, offset + nbytes) from this process's resident memory
+        (read-only: they stay in the page cache, and a later read maps them again)."""
+        start = offset // mmap.PAGESIZE * mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, start, min(offset + nbytes, len(self._map)) - start)
+
     def _tensor(self, name: str, dims: tuple[int, ...], raw_type: int, offset: int) -> GGUFTensor:
         qtype = GGMLQuantizationType(raw_type)
         block, block_bytes = GGML_QUANT_SIZES[qtype]

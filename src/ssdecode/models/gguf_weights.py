@@ -111,11 +111,14 @@ def _adjacent(parts) -> bool:
 
 
 class MappedLinear(QuantizedLinear):
-    """Blocks that are a view of a GGUF's map, pickled as the file and their offset: a spawned
-    worker maps the file as well (pages shared through the page cache) instead of getting a copy."""
+    """Blocks packed from a view of a GGUF's map, pickled as the file and their offset: a spawned
+    worker reads (and packs) them from the file itself instead of getting a copy. Once packed, the
+    view's pages leave this process's resident memory (the packed copy is what runs)."""
 
     def __init__(self, file: GGUFFile, offset: int, qtype: str, n: int, k: int, bias: torch.Tensor | None = None):
-        super().__init__(file.blocks(offset, qtype, n, k), qtype, n, k, bias)
+        blocks = file.blocks(offset, qtype, n, k)
+        super().__init__(blocks, qtype, n, k, bias)
+        file.release(offset, blocks.numel())
         self.file, self.offset = file, offset
 
     def __reduce__(self):

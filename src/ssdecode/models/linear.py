@@ -94,14 +94,16 @@ class Int8Linear(Linear):
 
 
 class QuantizedLinear(Linear):
-    """A GGML-quantized weight as stored: ``blocks`` uint8 ``[n, row_bytes]`` of ``qtype``, ``[n, k]``."""
+    """A GGML-quantized weight as stored: ``blocks`` uint8 ``[n, row_bytes]`` of ``qtype``, ``[n, k]``,
+    held reordered as the kernel streams it (``ggml.pack``: the same bytes; ``packed``: already so)."""
 
-    def __init__(self, blocks: torch.Tensor, qtype: str, n: int, k: int, bias: torch.Tensor | None = None):
+    def __init__(self, blocks: torch.Tensor, qtype: str, n: int, k: int, bias: torch.Tensor | None = None,
+                 packed: bool = False):
         if not blocks.is_cpu:
             raise ValueError(f"{qtype} weights run on the CPU only, not on {blocks.device}")
         if not ggml.is_available():
             raise RuntimeError(f"{qtype} weights need the GGUF kernels, which do not build here (see the log)")
-        super().__init__(blocks, bias)
+        super().__init__(blocks if packed else ggml.pack(blocks, qtype, n, k), bias)
         self.qtype, self.n, self.k = qtype, n, k
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -111,8 +113,8 @@ class QuantizedLinear(Linear):
         return _quantized, (self.weight.numpy(), self.qtype, self.n, self.k, self.bias)
 
 
-def _quantized(blocks, qtype: str, n: int, k: int, bias: torch.Tensor | None) -> QuantizedLinear:
-    return QuantizedLinear(torch.from_numpy(blocks), qtype, n, k, bias)
+def _quantized(packed, qtype: str, n: int, k: int, bias: torch.Tensor | None) -> QuantizedLinear:
+    return QuantizedLinear(torch.from_numpy(packed), qtype, n, k, bias, packed=True)
 
 
 class SplitLinear(Linear):
