@@ -38,7 +38,7 @@ def reference(x: torch.Tensor, raw: np.ndarray, qtype: str, bias=None) -> torch.
 
 # k: two super-blocks; 352 = 11 blocks of 32, so a partial last slice. n = 37: a partial row group.
 @pytest.mark.parametrize("qtype,k", [("Q4_K", 512), ("Q6_K", 512), ("Q8_0", 352), ("Q5_0", 352), ("Q4_0", 352)])
-@pytest.mark.parametrize("m", [1, 3, 8, 16, 17])
+@pytest.mark.parametrize("m", [1, 3, 8, 16, 17, ggml.SGEMM_MIN_ROWS + 6])
 def test_matches_gguf_dequantize(qtype, k, m):
     n = 37
     raw = random_blocks(qtype, n, k, seed=m)
@@ -62,6 +62,21 @@ def test_threads_and_batch_do_not_change_bits(qtype):
         assert torch.equal(y, ggml.quantized_linear(x, blocks, qtype, n, k, isa=isa, threads=1))
         one_row = ggml.quantized_linear(x[1, 5], blocks, qtype, n, k, isa=isa)
         assert torch.equal(one_row, y[1, 5])
+
+
+def test_prefill_takes_sgemm_and_decode_batches_do_not():
+    """From SGEMM_MIN_ROWS tokens of one sequence on (a prompt), blocks of the weight go through
+    oneDNN's GEMM: the same numbers up to summation order, not the same bits. A batch of many
+    sequences decoding one token each stays on the kernel: each row's bits as alone."""
+    n, k, t = 40, 512, ggml.SGEMM_MIN_ROWS
+    blocks = ggml.pack(torch.from_numpy(random_blocks("Q4_K", n, k)), "Q4_K", n, k)
+    x = torch.randn(t + 3, 1, k)
+    batched = ggml.quantized_linear(x, blocks, "Q4_K", n, k)
+    assert torch.equal(batched, torch.cat([ggml.quantized_linear(x[b:b + 1], blocks, "Q4_K", n, k)
+                                           for b in range(t + 3)]))
+    prompt = x.view(1, t + 3, k)
+    if ggml.best_isa() in ("avx2", "avx512"):
+        assert not torch.equal(ggml.quantized_linear(prompt, blocks, "Q4_K", n, k)[0], batched[:, 0])
 
 
 @pytest.mark.parametrize("qtype", ggml.QTYPES)

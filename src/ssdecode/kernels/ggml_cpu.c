@@ -294,7 +294,7 @@ static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t *
 
 typedef void rows_fn(int, const float *, int, int64_t, const uint8_t *, int64_t, int64_t, int64_t,
                      const float *, float *);
-typedef void dequant_fn(int, const uint8_t *, int64_t, float *);
+typedef void dequant_fn(int, const uint8_t *, int64_t, int64_t, int, float *);
 
 #define SFX scalar
 #define VL 1
@@ -863,10 +863,24 @@ int ssd_ggml_dequantize_rows(int isa, int qtype, const uint8_t *w, int64_t k, co
     dequant_fn *dequant;
     if (!pick(isa, &rows, &dequant))
         return -1;
-    int64_t ldw = row_bytes(qtype, k);
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < count; i++)
-        dequant(qtype, w + ids[i] * ldw, k, out + i * k);
+        dequant(qtype, w, k, ids[i], 0, out + i * k);
+    return 0;
+}
+
+/* out[i, :] = row r0 + i of the packed weight w as fp32, for count rows (checked by the caller).
+ * Returns -1 for an isa this CPU lacks, else 0. */
+int ssd_ggml_dequantize_packed(int isa, int qtype, const uint8_t *w, int64_t k, int64_t r0, int64_t count,
+                               float *out, int threads)
+{
+    rows_fn *rows;
+    dequant_fn *dequant;
+    if (!pick(isa, &rows, &dequant))
+        return -1;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < count; i++)
+        dequant(qtype, w, k, r0 + i, 1, out + i * k);
     return 0;
 }
 

@@ -115,16 +115,20 @@ static TARGET void F(rows)(int qtype, const float *x, int m, int64_t k, const ui
         }
 }
 
-/* One weight row as fp32: q * sc - off is gguf's value exactly (see decode_scalar). */
-static TARGET void F(dequant)(int qtype, const uint8_t *row, int64_t k, float *out)
+/* Weight row `row` as fp32 (w in GGUF row order, or packed by ssd_ggml_pack): q * sc - off is
+ * gguf's value exactly (see decode_scalar; contracted to one FMA, the same single rounding). */
+static TARGET void F(dequant)(int qtype, const uint8_t *w, int64_t k, int64_t row, int packed, float *out)
 {
     float sc[SLICE / 16], off[SLICE / 16];
     int8_t q[SLICE];
     for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
         int len = k - k0 < SLICE ? (int)(k - k0) : SLICE;
-        DECODE(qtype, row + row_bytes(qtype, k0), len, q, sc, off);
-        for (int i = 0; i < len; i++)
-            out[k0 + i] = q[i] * sc[i / 16] - off[i / 16];
+        DECODE(qtype, packed ? slice_at(w, qtype, k, row, k0) : w + row * row_bytes(qtype, k) + row_bytes(qtype, k0),
+               len, q, sc, off);
+        for (int g = 0; g < len / 16; g++)
+#pragma GCC unroll 16
+            for (int c = 0; c < 16; c += VL)
+                *(F(vf) *)(out + k0 + 16 * g + c) = LOAD_I8(q + 16 * g + c) * BCAST(sc + g) - BCAST(off + g);
     }
 }
 
