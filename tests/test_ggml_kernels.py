@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ssdecode.bench.kernels import random_blocks
-from ssdecode.kernels import build, ggml
+from ssdecode.kernels import blockwise, build, ggml
 
 REL_BOUND = 1e-5
 
@@ -38,7 +38,7 @@ def reference(x: torch.Tensor, raw: np.ndarray, qtype: str, bias=None) -> torch.
 
 # k: two super-blocks; 352 = 11 blocks of 32, so a partial last slice. n = 37: a partial row group.
 @pytest.mark.parametrize("qtype,k", [("Q4_K", 512), ("Q6_K", 512), ("Q8_0", 352), ("Q5_0", 352), ("Q4_0", 352)])
-@pytest.mark.parametrize("m", [1, 3, 8, 16, 17, ggml.SGEMM_MIN_ROWS + 6])
+@pytest.mark.parametrize("m", [1, 3, 8, 16, 17, blockwise.MIN_ROWS + 6])
 def test_matches_gguf_dequantize(qtype, k, m):
     n = 37
     raw = random_blocks(qtype, n, k, seed=m)
@@ -65,10 +65,10 @@ def test_threads_and_batch_do_not_change_bits(qtype):
 
 
 def test_prefill_takes_sgemm_and_decode_batches_do_not():
-    """From SGEMM_MIN_ROWS tokens of one sequence on (a prompt), blocks of the weight go through
+    """From blockwise.MIN_ROWS tokens of one sequence on (a prompt), blocks of the weight go through
     oneDNN's GEMM: the same numbers up to summation order, not the same bits. A batch of many
     sequences decoding one token each stays on the kernel: each row's bits as alone."""
-    n, k, t = 40, 512, ggml.SGEMM_MIN_ROWS
+    n, k, t = 40, 512, blockwise.MIN_ROWS
     blocks = ggml.pack(torch.from_numpy(random_blocks("Q4_K", n, k)), "Q4_K", n, k)
     x = torch.randn(t + 3, 1, k)
     batched = ggml.quantized_linear(x, blocks, "Q4_K", n, k)

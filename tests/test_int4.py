@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssdecode.kernels import int4
+from ssdecode.kernels import blockwise, int4
 
 pytestmark = pytest.mark.skipif(not int4.is_available(), reason="the int4 kernel does not build here")
 ISAS = int4.ISAS[:int4.ISAS.index(int4.best_isa()) + 1] if int4.is_available() else ()
@@ -52,6 +52,20 @@ def test_product_is_the_integer_dot_product(isa, n, k):
         assert (got.double() - want).abs().max() <= 1e-6 * want.abs().max()
     zero = int4.int4_linear(torch.zeros(2, 1, k), w, bias, isa=isa)
     assert zero.shape == (2, 1, n) and torch.equal(zero, bias.expand(2, 1, n))
+
+
+@pytest.mark.parametrize("isa", [i for i in ("avx2", "vnni") if i in ISAS])
+def test_a_prompt_goes_through_the_gemm_with_activations_as_they_are(isa):
+    """From blockwise.MIN_ROWS tokens of one sequence on (without the tile unit): x times the
+    dequantized weight in fp32, x not rounded (fp32 summation order only)."""
+    torch.manual_seed(2)
+    n, k, t = 37, 416, blockwise.MIN_ROWS
+    w, bias = int4.quantize_weight(torch.randn(n, k)), torch.randn(n)
+    x = torch.randn(1, t, k) * 3
+    want = x[0].double() @ int4.dequantize(w).double().T + bias.double()
+    got = int4.int4_linear(x, w, bias, isa=isa, threads=2)
+    assert got.shape == (1, t, n) and (got[0].double() - want).abs().max() <= 1e-5 * want.abs().max()
+    assert (int4.int4_linear(x[:, :t - 1], w, bias, isa=isa)[0].double() - want[:t - 1]).abs().max() > 1e-4
 
 
 def test_a_row_does_not_depend_on_its_batch():

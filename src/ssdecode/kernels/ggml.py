@@ -10,10 +10,8 @@ streams its weight in memory order: docs/benchmarks.md section 11); the bytes ar
 ``dequantize_rows`` gives chosen rows of W (as stored, not packed) as fp32, exactly (a quantized
 embedding lookup).
 
-From ``SGEMM_MIN_ROWS`` tokens of one sequence on (a prompt's prefill) on AVX2 and AVX-512, the
-weight is dequantized a block of rows at a time to those fp32 values and multiplied by oneDNN's
-fp32 GEMM (``_blockwise``): many activation rows per weight row are bound by FMA throughput,
-which oneDNN's register blocking uses better than the kernel (1.1-1.6x at 150 rows).
+A prompt's prefill on AVX2 and AVX-512 goes block by block through oneDNN's GEMM
+(``blockwise.py``: 1.1-1.6x at 150 rows).
 
 The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
 avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
@@ -32,11 +30,10 @@ from ctypes import CDLL, c_int, c_int64, c_void_p
 import gguf
 import torch
 
+from ssdecode.kernels import blockwise
 from ssdecode.kernels.build import loads, shared_library
 
 QTYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_0")  # positions are the C code's qtype codes
-SGEMM_MIN_ROWS = 64  # tokens of one sequence (a prompt's prefill) from which _blockwise computes
-SGEMM_BLOCK_BYTES = 2 << 20  # fp32 weight rows per GEMM
 ISAS = ("scalar", "avx2", "avx512", "amx")  # and its isa codes
 _SIZES = {q: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]] for q in QTYPES}  # weights, bytes per block
 
@@ -115,11 +112,10 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
 
     ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during the product."""
     isa = _check(qtype, packed, n, k, isa, packed=True)
-    tokens = x.shape[1] if x.dim() == 3 else x.shape[0] if x.dim() == 2 else 1
-    # Prefill only (tokens per sequence, not rows in all) takes the tile unit or sgemm: decode and
-    # verification stay on one kernel whatever the batch, so a sequence's rounds compute the same
-    # bits alone or batched.
-    if isa == "amx" and tokens < amx_min_rows(qtype):
+    if isa == "amx" and blockwise.tokens(x) < amx_min_rows(qtype):
+        # the tile unit for prefill only (tokens per sequence, not rows in all): decode and
+        # verification stay on one kernel whatever the batch, so a sequence's rounds compute the
+        # same bits alone or batched
         isa = "avx512"
     if x.dtype != torch.float32 or x.shape[-1] != k or not x.is_cpu:
         raise ValueError(f"want fp32 CPU activations [..., {k}], got {x.dtype} {tuple(x.shape)} on {x.device}")
@@ -127,8 +123,12 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
                              or not bias.is_cpu):
         raise ValueError(f"want a contiguous fp32 CPU bias [{n}], got {bias.dtype} {tuple(bias.shape)}")
     rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
-    if isa in ("avx2", "avx512") and tokens >= SGEMM_MIN_ROWS and torch.backends.mkldnn.is_available():
-        y = _blockwise(rows, packed, qtype, n, k, isa, threads or torch.get_num_threads())
+    if isa in ("avx2", "avx512") and blockwise.applies(x):
+        def dequantize(r0: int, count: int, out: torch.Tensor) -> None:
+            if _lib().ssd_ggml_dequantize_packed(ISAS.index(isa), QTYPES.index(qtype), packed.data_ptr(), k, r0,
+                                                 count, out.data_ptr(), threads or torch.get_num_threads()):
+                raise _no_isa(isa)
+        y = blockwise.linear(rows, n, k, dequantize, group_rows())
         if bias is not None:
             y += bias
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
@@ -141,24 +141,6 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
     if rc:
         raise _no_isa(isa)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
-
-
-def _blockwise(rows: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, k: int, isa: str,
-               threads: int) -> torch.Tensor:
-    """``rows @ W^T`` for many rows: W dequantized block by block (a few MB of rows, in cache) to
-    the fp32 values ``dequantize_rows`` gives, each block multiplied by oneDNN's fp32 GEMM, which
-    keeps the FMA units busier than ``ssd_ggml_linear`` does once a weight row meets many
-    activation rows (docs/benchmarks.md section 11). The same numbers up to fp32 summation order."""
-    group = group_rows()
-    block = min(n, max(group, SGEMM_BLOCK_BYTES // (4 * k) // group * group))
-    buf, y = torch.empty(block, k), torch.empty(rows.shape[0], n)
-    for r0 in range(0, n, block):
-        count = min(block, n - r0)
-        if _lib().ssd_ggml_dequantize_packed(ISAS.index(isa), QTYPES.index(qtype), packed.data_ptr(), k, r0, count,
-                                             buf.data_ptr(), threads):
-            raise _no_isa(isa)
-        y[:, r0:r0 + count] = torch.ops.mkldnn._linear_pointwise(rows, buf[:count], None, "none", [], "")
-    return y
 
 
 def dequantize_rows(blocks: torch.Tensor, qtype: str, rows, k: int, *, threads: int | None = None,

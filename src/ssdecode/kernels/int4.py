@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import torch
 
+from ssdecode.kernels import blockwise
 from ssdecode.kernels.build import loads, shared_library
 
 ISAS = ("scalar", "avx2", "vnni", "amx")  # positions are the C code's isa codes
@@ -35,6 +36,7 @@ def _lib() -> CDLL:
     lib = shared_library("int4_cpu.c")
     lib.ssd_i4_linear.argtypes = [c_int, c_void_p, c_int64, c_int64, c_int64, c_void_p, c_void_p, c_int64,
                                   c_void_p, c_void_p, c_int]
+    lib.ssd_i4_dequantize.argtypes = [c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_void_p, c_int]
     return lib
 
 
@@ -83,7 +85,8 @@ def dequantize(weight: Int4Weight) -> torch.Tensor:
 def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None = None, *,
                 threads: int | None = None, isa: str | None = None) -> torch.Tensor:
     """``x[..., k] @ dequantize(weight)^T + bias`` -> ``[..., n]`` fp32, with x rounded to int8 per
-    row (scale max|x| / 127). The GIL is released during the product."""
+    row (scale max|x| / 127); a prompt's prefill without the tile unit goes block by block through
+    oneDNN's fp32 GEMM instead (``blockwise.py``), x as it is. The GIL is released during the product."""
     n, k, kp = weight.nibbles.shape[0], weight.k, weight.nibbles.shape[1] * 2
     if x.dtype != torch.float32 or x.shape[-1] != k or not x.is_cpu:
         raise ValueError(f"want fp32 CPU activations [..., {k}], got {x.dtype} {tuple(x.shape)} on {x.device}")
@@ -91,10 +94,19 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None =
     if isa not in ISAS:
         raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
     rows = x.reshape(-1, k).contiguous()
+    threads = threads or torch.get_num_threads()
+    if isa in ("avx2", "vnni") and blockwise.applies(x):
+        def dequantize(r0: int, count: int, out: torch.Tensor) -> None:
+            _lib().ssd_i4_dequantize(weight.nibbles.data_ptr(), weight.scales.data_ptr(), k, kp, r0, count,
+                                     out.data_ptr(), threads)
+        y = blockwise.linear(rows, n, k, dequantize)
+        if bias is not None:
+            y += bias
+        return y.reshape(*x.shape[:-1], n)
     y = torch.empty(rows.shape[0], n)
     rc = _lib().ssd_i4_linear(ISAS.index(isa), rows.data_ptr(), rows.shape[0], k, kp, weight.nibbles.data_ptr(),
                               weight.scales.data_ptr(), n, None if bias is None else bias.data_ptr(), y.data_ptr(),
-                              threads or torch.get_num_threads())
+                              threads)
     if rc == -2:
         raise MemoryError("no memory for the quantized activations")
     if rc:

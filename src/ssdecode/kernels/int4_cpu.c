@@ -343,3 +343,26 @@ int ssd_i4_linear(int isa, const float *x, int64_t m, int64_t k, int64_t kp, con
     free(xq), free(corr), free(xs);
     return 0;
 }
+
+/* One row of W as fp32, d * (q - 8): block b is byte 32 (b % 2) + p of its group's 64, in the low
+ * nibble for b % 4 < 2. Cloned for AVX2, where GCC vectorizes the byte -> float conversion. */
+__attribute__((target_clones("avx2", "default")))
+static void dequantize_row(const uint8_t *row, const float *s, int64_t k, float *out)
+{
+    for (int64_t b = 0; b < k / 32; b++) {
+        const uint8_t *by = row + b / 4 * 64 + b % 2 * 32;
+        int shift = b / 2 % 2 * 4;
+        for (int p = 0; p < 32; p++)
+            out[32 * b + p] = s[b] * (float)((by[p] >> shift & 15) - 8);
+    }
+}
+
+/* out[i, :k] = row r0 + i of W as fp32, for count rows: blocks of the weight for a GEMM
+ * (blockwise.py). */
+void ssd_i4_dequantize(const uint8_t *w, const float *d, int64_t k, int64_t kp, int64_t r0, int64_t count,
+                       float *out, int threads)
+{
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < count; i++)
+        dequantize_row(w + (r0 + i) * (kp / 2), d + (r0 + i) * (kp / 32), k, out + i * k);
+}
