@@ -39,8 +39,11 @@ class CausalLM(ABC):
         """Raise ``NonFiniteLogits`` naming the model when a real position's logits are NaN/inf.
 
         ``counts``: real tokens per row; positions past them are padding whose garbage may be
-        anything. One reduction and one sync when all is finite; the per-row check only on failure.
+        anything. One pass (NaN/inf in a row makes its sum so) and one sync when all is finite;
+        the exact per-position check only when a sum is not (a huge finite row may overflow it).
         """
+        if bool(torch.isfinite(logits.sum(-1)).all()):
+            return
         finite = torch.isfinite(logits)
         if bool(finite.all()):
             return
