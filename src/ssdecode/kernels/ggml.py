@@ -44,9 +44,9 @@ def _lib() -> CDLL:
     lib.ssd_ggml_linear.argtypes = [c_int, c_int, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p,
                                     c_void_p, c_int]
     lib.ssd_ggml_amx_min_rows.argtypes = [c_int]
-    lib.ssd_ggml_dequantize_rows.argtypes = [c_int, c_int, c_void_p, c_int64, c_void_p, c_int64, c_void_p, c_int]
+    lib.ssd_ggml_dequantize.argtypes = [c_int, c_int, c_void_p, c_int64, c_int, c_void_p, c_int64, c_int64, c_void_p,
+                                        c_int]
     lib.ssd_ggml_pack.argtypes = [c_int, c_void_p, c_int64, c_int64, c_void_p, c_int]
-    lib.ssd_ggml_dequantize_packed.argtypes = [c_int, c_int, c_void_p, c_int64, c_int64, c_int64, c_void_p, c_int]
     return lib
 
 
@@ -125,8 +125,8 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
     rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     if isa in ("avx2", "avx512") and blockwise.applies(x):
         def dequantize(r0: int, count: int, out: torch.Tensor) -> None:
-            if _lib().ssd_ggml_dequantize_packed(ISAS.index(isa), QTYPES.index(qtype), packed.data_ptr(), k, r0,
-                                                 count, out.data_ptr(), threads or torch.get_num_threads()):
+            if _lib().ssd_ggml_dequantize(ISAS.index(isa), QTYPES.index(qtype), packed.data_ptr(), k, 1, None, r0,
+                                          count, out.data_ptr(), threads or torch.get_num_threads()):
                 raise _no_isa(isa)
         y = blockwise.linear(rows, n, k, dequantize, group_rows())
         if bias is not None:
@@ -153,7 +153,7 @@ def dequantize_rows(blocks: torch.Tensor, qtype: str, rows, k: int, *, threads: 
     if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < n:
         raise ValueError(f"row ids must lie in [0, {n})")
     out = torch.empty(ids.numel(), k)
-    if _lib().ssd_ggml_dequantize_rows(ISAS.index(isa), QTYPES.index(qtype), blocks.data_ptr(), k, ids.data_ptr(),
-                                       ids.numel(), out.data_ptr(), threads or torch.get_num_threads()):
+    if _lib().ssd_ggml_dequantize(ISAS.index(isa), QTYPES.index(qtype), blocks.data_ptr(), k, 0, ids.data_ptr(), 0,
+                                  ids.numel(), out.data_ptr(), threads or torch.get_num_threads()):
         raise _no_isa(isa)
     return out

@@ -854,10 +854,11 @@ static int pick(int isa, rows_fn **rows, dequant_fn **dequant)
     return 1;
 }
 
-/* out[i, :] = weight row ids[i] as fp32, for count ids (checked by the caller). Returns -1 for an
- * isa this CPU lacks, else 0. */
-int ssd_ggml_dequantize_rows(int isa, int qtype, const uint8_t *w, int64_t k, const int64_t *ids, int64_t count,
-                             float *out, int threads)
+/* out[i, :] = row ids[i] (ids NULL: row r0 + i) of W as fp32, for count rows (checked by the
+ * caller); W in GGUF row order, or packed by ssd_ggml_pack. Returns -1 for an isa this CPU lacks,
+ * else 0. */
+int ssd_ggml_dequantize(int isa, int qtype, const uint8_t *w, int64_t k, int packed, const int64_t *ids, int64_t r0,
+                        int64_t count, float *out, int threads)
 {
     rows_fn *rows;
     dequant_fn *dequant;
@@ -865,22 +866,7 @@ int ssd_ggml_dequantize_rows(int isa, int qtype, const uint8_t *w, int64_t k, co
         return -1;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < count; i++)
-        dequant(qtype, w, k, ids[i], 0, out + i * k);
-    return 0;
-}
-
-/* out[i, :] = row r0 + i of the packed weight w as fp32, for count rows (checked by the caller).
- * Returns -1 for an isa this CPU lacks, else 0. */
-int ssd_ggml_dequantize_packed(int isa, int qtype, const uint8_t *w, int64_t k, int64_t r0, int64_t count,
-                               float *out, int threads)
-{
-    rows_fn *rows;
-    dequant_fn *dequant;
-    if (!pick(isa, &rows, &dequant))
-        return -1;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t i = 0; i < count; i++)
-        dequant(qtype, w, k, r0 + i, 1, out + i * k);
+        dequant(qtype, w, k, ids ? ids[i] : r0 + i, packed, out + i * k);
     return 0;
 }
 
