@@ -61,12 +61,15 @@ def test_native_logits_match_transformers(demo, llm, which):
     with torch.inference_mode():
         ref = hf(ids).logits[0]
         got = runner.forward(ids, torch.arange(ids.shape[1])[None], [0])[0]
-        assert (got - ref).abs().max().item() < 1e-4, "prefill logits differ"
+        # fp32 summation order differs by CPU (oneDNN's blocking, AVX-512 or AVX2): 1.3e-4 at most
+        # on AMD Zen 5 at logits up to ~20; a wrong op (RoPE, a norm's eps) moves them by 1e-2
+        tol = 2e-5 * ref.abs().max().item()
+        assert (got - ref).abs().max().item() < tol, "prefill logits differ"
         # rollback the last 3 tokens and decode them again one by one
         runner.cache.truncate(0, ids.shape[1] - 3)
         for pos in range(ids.shape[1] - 3, ids.shape[1]):
             step = runner.forward(ids[:, pos:pos + 1], torch.tensor([[pos]]), [0])[0, 0]
-            assert (step - ref[pos]).abs().max().item() < 1e-4, f"decode logits differ at {pos}"
+            assert (step - ref[pos]).abs().max().item() < tol, f"decode logits differ at {pos}"
     del hf
 
 

@@ -212,12 +212,13 @@ class AsyncEngine:
             with self._cv:
                 self._stopping = True
                 leftover, self._commands = self._commands, []
+            # the final state first: a client told of the failure below may ask /health at once
+            self.state = EngineState(totals=self.state.totals, failed=error is not None)
             reason = EngineStopped(f"the engine failed: {error}" if error else "the server is shutting down")
             for command in leftover:  # pending calls get their answer; adds are aborted below
                 self._run_command(command)
             for group in {g for g, _ in self._owners.values()}:
                 self._abort(group, reason)
-            self.state = EngineState(totals=self.state.totals, failed=error is not None)
             try:
                 self.llm.close()
             except Exception:
