@@ -24,7 +24,9 @@
  * - Many rows (a prompt's prefill) are bound by the conversion and scaling of each block's sum,
  *   per row: with AMX-INT8 (isa AMX, where Linux grants the tile unit) a 16 x 16 tile of block
  *   sums (16 tokens x 16 weight rows, 32 weights each) comes from one TDPBSUD, its C tile
- *   starting from the -8 * sum(x) corrections, and is scaled into fp32 accumulators once (rows_amx). */
+ *   starting from the -8 * sum(x) corrections, and is scaled into fp32 accumulators once (rows_amx).
+ *   Without the tile unit a prompt of 64 tokens and more goes through oneDNN's fp32 GEMM on rows
+ *   dequantized by ssd_i4_dequantize instead (blockwise.py, int4.py). */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
