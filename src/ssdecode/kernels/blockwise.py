@@ -25,15 +25,18 @@ def applies(x: torch.Tensor) -> bool:
     return tokens(x) >= MIN_ROWS and torch.backends.mkldnn.is_available()
 
 
-def linear(rows: torch.Tensor, n: int, k: int, dequantize: Callable[[int, int, torch.Tensor], None],
-           align: int = 1) -> torch.Tensor:
-    """``rows [m, k] @ W^T`` -> ``[m, n]`` for the ``[n, k]`` weight W that ``dequantize(r0, count,
-    out)`` writes, rows r0 .. r0 + count - 1 as fp32 into ``out [count, k]``; blocks of a multiple
-    of ``align`` rows."""
+def linear(x: torch.Tensor, n: int, k: int, dequantize: Callable[[int, int, torch.Tensor], None],
+           bias: torch.Tensor | None = None, align: int = 1) -> torch.Tensor:
+    """``x [..., k] @ W^T + bias`` -> ``[..., n]`` for the ``[n, k]`` weight W that ``dequantize(r0,
+    count, out)`` writes, rows r0 .. r0 + count - 1 as fp32 into ``out [count, k]``; blocks of a
+    multiple of ``align`` rows."""
+    rows = x.reshape(-1, k).contiguous()
     block = min(n, max(align, BLOCK_BYTES // (4 * k) // align * align))
     buf, y = torch.empty(block, k), torch.empty(rows.shape[0], n)
     for r0 in range(0, n, block):
         count = min(block, n - r0)
         dequantize(r0, count, buf)
         y[:, r0:r0 + count] = torch.ops.mkldnn._linear_pointwise(rows, buf[:count], None, "none", [], "")
-    return y
+    if bias is not None:
+        y += bias
+    return y.reshape(*x.shape[:-1], n)

@@ -122,16 +122,13 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
     if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()
                              or not bias.is_cpu):
         raise ValueError(f"want a contiguous fp32 CPU bias [{n}], got {bias.dtype} {tuple(bias.shape)}")
-    rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     if isa in ("avx2", "avx512") and blockwise.applies(x):
         def dequantize(r0: int, count: int, out: torch.Tensor) -> None:
             if _lib().ssd_ggml_dequantize(ISAS.index(isa), QTYPES.index(qtype), packed.data_ptr(), k, 1, None, r0,
                                           count, out.data_ptr(), threads or torch.get_num_threads()):
                 raise _no_isa(isa)
-        y = blockwise.linear(rows, n, k, dequantize, group_rows())
-        if bias is not None:
-            y += bias
-        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
+        return blockwise.linear(x, n, k, dequantize, bias, group_rows())
+    rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     y = torch.empty(rows.shape[0], n)
     rc = _lib().ssd_ggml_linear(ISAS.index(isa), QTYPES.index(qtype), rows.data_ptr(), rows.shape[0], k,
                                 packed.data_ptr(), n, None if bias is None else bias.data_ptr(), y.data_ptr(),

@@ -93,16 +93,13 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None =
     isa = isa or os.environ.get("SSDECODE_INT4_ISA") or best_isa()
     if isa not in ISAS:
         raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
-    rows = x.reshape(-1, k).contiguous()
     threads = threads or torch.get_num_threads()
     if isa in ("avx2", "vnni") and blockwise.applies(x):
         def dequantize(r0: int, count: int, out: torch.Tensor) -> None:
             _lib().ssd_i4_dequantize(weight.nibbles.data_ptr(), weight.scales.data_ptr(), k, kp, r0, count,
                                      out.data_ptr(), threads)
-        y = blockwise.linear(rows, n, k, dequantize)
-        if bias is not None:
-            y += bias
-        return y.reshape(*x.shape[:-1], n)
+        return blockwise.linear(x, n, k, dequantize, bias)
+    rows = x.reshape(-1, k).contiguous()
     y = torch.empty(rows.shape[0], n)
     rc = _lib().ssd_i4_linear(ISAS.index(isa), rows.data_ptr(), rows.shape[0], k, kp, weight.nibbles.data_ptr(),
                               weight.scales.data_ptr(), n, None if bias is None else bias.data_ptr(), y.data_ptr(),
