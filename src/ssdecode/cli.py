@@ -47,8 +47,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="draft tokens per round (sd/ssd; default 5), the most auto may pick (default 8)")
     p.add_argument("--weights", default="auto", choices=FORMATS,
                    help="target matmul weights: auto (a GGUF model's tensors as stored on CPU, else "
-                        "dequant), gguf (as stored), dequant (the fp32 conversion: oneDNN-packed on "
-                        "CPU), dense or packed")
+                        "dequant), gguf (as stored), gguf-a8 (as stored, activations rounded to int8 "
+                        "as llama.cpp does: faster, and exact to that model), dequant (the fp32 "
+                        "conversion: oneDNN-packed on CPU), dense or packed")
     p.add_argument("--draft-weights", default="auto", choices=FORMATS,
                    help="draft matmul weights: as --weights, or int8 / int4 (CPU; the fp32 conversion "
                         "quantized to int8 per channel, or to 4-bit blocks with int8 activations; "

@@ -34,6 +34,8 @@ from ssdecode.kernels import blockwise
 from ssdecode.kernels.build import loads, shared_library
 
 QTYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_0")  # positions are the C code's qtype codes
+INT8_QTYPES = ("Q4_K", "Q6_K")  # the types with a kernel for int8 activations (activations="int8")
+ACTIVATIONS = ("fp32", "int8")
 ISAS = ("scalar", "avx2", "avx512", "amx")  # and its isa codes
 _SIZES = {q: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]] for q in QTYPES}  # weights, bytes per block
 
@@ -47,6 +49,7 @@ def _lib() -> CDLL:
     lib.ssd_ggml_dequantize.argtypes = [c_int, c_int, c_void_p, c_int64, c_int, c_void_p, c_int64, c_int64, c_void_p,
                                         c_int]
     lib.ssd_ggml_pack.argtypes = [c_int, c_void_p, c_int64, c_int64, c_void_p, c_int]
+    lib.ssd_ggml_linear_q8.argtypes = lib.ssd_ggml_linear.argtypes
     return lib
 
 
@@ -107,11 +110,16 @@ def pack(blocks: torch.Tensor, qtype: str, n: int, k: int, *, threads: int | Non
 
 def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, k: int,
                      bias: torch.Tensor | None = None, *, threads: int | None = None,
-                     isa: str | None = None) -> torch.Tensor:
+                     isa: str | None = None, activations: str = "fp32") -> torch.Tensor:
     """``x[..., k] @ W^T + bias`` -> ``[..., n]`` fp32, W given as GGML blocks that ``pack`` made.
 
-    ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during the product."""
+    ``activations="int8"`` (``INT8_QTYPES`` only): each row of x rounded to int8 per 256 values
+    (scale max|x| / 127), as llama.cpp computes, in the products of decode and verification
+    shapes; a prompt's prefill (blockwise GEMM, or the tile unit) stays fp32. ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during
+    the product."""
     isa = _check(qtype, packed, n, k, isa, packed=True)
+    if activations not in ACTIVATIONS or (activations == "int8" and qtype not in INT8_QTYPES):
+        raise ValueError(f"activations {activations!r}: choose fp32, or int8 for {', '.join(INT8_QTYPES)}")
     if isa == "amx" and blockwise.tokens(x) < amx_min_rows(qtype):
         # the tile unit for prefill only (tokens per sequence, not rows in all): decode and
         # verification stay on one kernel whatever the batch, so a sequence's rounds compute the
@@ -130,7 +138,8 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
         return blockwise.linear(x, n, k, dequantize, bias, group_rows())
     rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     y = torch.empty(rows.shape[0], n)
-    rc = _lib().ssd_ggml_linear(ISAS.index(isa), QTYPES.index(qtype), rows.data_ptr(), rows.shape[0], k,
+    product = _lib().ssd_ggml_linear_q8 if activations == "int8" and isa != "amx" else _lib().ssd_ggml_linear
+    rc = product(ISAS.index(isa), QTYPES.index(qtype), rows.data_ptr(), rows.shape[0], k,
                                 packed.data_ptr(), n, None if bias is None else bias.data_ptr(), y.data_ptr(),
                                 threads or torch.get_num_threads())
     if rc == -2:

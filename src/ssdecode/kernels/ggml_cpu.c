@@ -34,6 +34,7 @@
  * - With AMX (isa AMX: AVX-512 plus the tile unit, where Linux grants it), products of many rows
  *   (prefill) run on AMX-BF16 with the activations split exactly into three bf16 parts: the same
  *   numbers up to summation order (rows_amx and the comment before it). */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -814,6 +815,8 @@ int ssd_ggml_best_isa(void)
 #endif
     return SCALAR;
 }
+
+#include "ggml_q8.h"                /* the products with int8 activations (gguf-a8) */
 
 /* x[m, k] as [k / SLICE][m][SLICE] (the last slice may be partial), in the lookup order of qtype if
  * lut; one row in the given order is already that. */

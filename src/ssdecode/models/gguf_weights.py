@@ -47,8 +47,9 @@ class GGUFWeights(TensorIndex):
     """Plain tensors as fp32 by HF name (``weights[name]``), products via ``linear`` and the
     embedding's lookup via ``embedding``."""
 
-    def __init__(self, path: Path, config: ModelConfig):
-        self.file = GGUFFile(path)
+    def __init__(self, path: Path, config: ModelConfig, activations: str = "fp32"):
+        """``activations``: int8 for the products of the types that have such a kernel (gguf-a8)."""
+        self.file, self.activations = GGUFFile(path), activations
         self._index, self._dequantized = {}, set()
         for t, name, shape, permute in hf_tensors(path, self.file, config.num_heads, config.num_kv_heads):
             self._index[name] = (t, shape, permute)  # t.data: a view of the file's map
@@ -98,10 +99,11 @@ class GGUFWeights(TensorIndex):
             return make_linear(torch.cat([self[w] for w in weights]), bias, fmt)
         parts = [self._index[w] for w in weights]
         n, k = sum(shape[0] for _, shape, _ in parts), parts[0][1][1]
+        activations = self.activations if kind in ggml.INT8_QTYPES else "fp32"
         if _adjacent(parts):
-            return MappedLinear(self.file, parts[0][0].data_offset, kind, n, k, bias)
+            return MappedLinear(self.file, parts[0][0].data_offset, kind, n, k, bias, activations)
         blocks = np.concatenate([_unpermute(t.data, p) if p else t.data for t, _, p in parts])
-        return QuantizedLinear(torch.from_numpy(blocks), kind, n, k, bias)
+        return QuantizedLinear(torch.from_numpy(blocks), kind, n, k, bias, activations=activations)
 
 
 def _adjacent(parts) -> bool:
@@ -115,14 +117,15 @@ class MappedLinear(QuantizedLinear):
     worker reads (and packs) them from the file itself instead of getting a copy. Once packed, the
     view's pages leave this process's resident memory (the packed copy is what runs)."""
 
-    def __init__(self, file: GGUFFile, offset: int, qtype: str, n: int, k: int, bias: torch.Tensor | None = None):
+    def __init__(self, file: GGUFFile, offset: int, qtype: str, n: int, k: int, bias: torch.Tensor | None = None,
+                 activations: str = "fp32"):
         blocks = file.blocks(offset, qtype, n, k)
-        super().__init__(blocks, qtype, n, k, bias)
+        super().__init__(blocks, qtype, n, k, bias, activations=activations)
         file.release(offset, blocks.numel())
         self.file, self.offset = file, offset
 
     def __reduce__(self):
-        return MappedLinear, (self.file, self.offset, self.qtype, self.n, self.k, self.bias)
+        return MappedLinear, (self.file, self.offset, self.qtype, self.n, self.k, self.bias, self.activations)
 
 
 class MappedEmbedding(QuantizedEmbedding):

@@ -16,6 +16,11 @@
   Q5_0, Q4_0; other types are dequantized at load), read by
   ``models/gguf_weights.py``; fp32 activations on CPU. The same model as its fp32 conversion at a
   fraction of the bytes per token (issue 11).
+- ``gguf-a8``: as ``gguf``, but the Q4_K and Q6_K products of decode and verification round each
+  activation row to int8 per 256 values, as llama.cpp does (a prompt's prefill stays fp32). About
+  1.5x faster per token where fp32 activations are bound by instructions; the logits move by about
+  what llama.cpp's do (docs/benchmarks.md section 11). Opt-in: speculative decoding is then exact
+  to this model, which is no longer the fp32 conversion.
 
 ``auto`` is ``gguf`` for a model that came from a GGUF (on CPU in fp32, where the kernels build:
 the loader decides, as only it knows where a model came from), else ``dequant``: the fp32
@@ -30,7 +35,8 @@ import torch.nn.functional as F
 
 from ssdecode.kernels import ggml, int4
 
-FORMATS = ("auto", "dequant", "dense", "packed", "int8", "int4", "gguf")
+FORMATS = ("auto", "dequant", "dense", "packed", "int8", "int4", "gguf", "gguf-a8")
+GGUF_FORMATS = ("gguf", "gguf-a8")  # the GGUF's tensors as stored
 _QUANT_CHUNK = 1 << 22  # elements quantized at a time
 
 
@@ -98,23 +104,24 @@ class QuantizedLinear(Linear):
     held reordered as the kernel streams it (``ggml.pack``: the same bytes; ``packed``: already so)."""
 
     def __init__(self, blocks: torch.Tensor, qtype: str, n: int, k: int, bias: torch.Tensor | None = None,
-                 packed: bool = False):
+                 packed: bool = False, activations: str = "fp32"):
         if not blocks.is_cpu:
             raise ValueError(f"{qtype} weights run on the CPU only, not on {blocks.device}")
         if not ggml.is_available():
             raise RuntimeError(f"{qtype} weights need the GGUF kernels, which do not build here (see the log)")
         super().__init__(blocks if packed else ggml.pack(blocks, qtype, n, k), bias)
-        self.qtype, self.n, self.k = qtype, n, k
+        self.qtype, self.n, self.k, self.activations = qtype, n, k, activations
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return ggml.quantized_linear(x, self.weight, self.qtype, self.n, self.k, self.bias)
+        return ggml.quantized_linear(x, self.weight, self.qtype, self.n, self.k, self.bias,
+                                     activations=self.activations)
 
     def __reduce__(self):  # by value, as PackedLinear's
-        return _quantized, (self.weight.numpy(), self.qtype, self.n, self.k, self.bias)
+        return _quantized, (self.weight.numpy(), self.qtype, self.n, self.k, self.bias, self.activations)
 
 
-def _quantized(packed, qtype: str, n: int, k: int, bias: torch.Tensor | None) -> QuantizedLinear:
-    return QuantizedLinear(torch.from_numpy(packed), qtype, n, k, bias, packed=True)
+def _quantized(packed, qtype: str, n: int, k: int, bias: torch.Tensor | None, activations: str) -> QuantizedLinear:
+    return QuantizedLinear(torch.from_numpy(packed), qtype, n, k, bias, packed=True, activations=activations)
 
 
 class SplitLinear(Linear):
@@ -166,8 +173,8 @@ def resolve_format(fmt: str, device: torch.device, dtype: torch.dtype) -> str:
         return "packed" if cpu_fp32 and torch.backends.mkldnn.is_available() else "dense"
     if fmt == "packed" and not (cpu_fp32 and torch.backends.mkldnn.is_available()):
         raise ValueError("weight format 'packed' needs fp32 on a CPU with oneDNN")
-    if fmt == "gguf" and not runs_gguf(device, dtype):
-        raise ValueError("weight format 'gguf' needs fp32 on a CPU where the GGUF kernels build")
+    if fmt in GGUF_FORMATS and not runs_gguf(device, dtype):
+        raise ValueError(f"weight format {fmt!r} needs fp32 on a CPU where the GGUF kernels build")
     if fmt == "int4" and not (cpu_fp32 and int4.is_available()):
         raise ValueError("weight format 'int4' needs fp32 on a CPU where its kernel builds")
     if fmt == "int8" and not (cpu_fp32 and "fbgemm" in torch.backends.quantized.supported_engines):

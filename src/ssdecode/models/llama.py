@@ -19,7 +19,7 @@ from ssdecode.models.base import CausalLM
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.embedding import Embedding
 from ssdecode.models.layers import LayerWeights, apply_rope, attend, rms_norm, rope_tables
-from ssdecode.models.linear import Linear, make_linear, resolve_format
+from ssdecode.models.linear import GGUF_FORMATS, Linear, make_linear, resolve_format
 from ssdecode.models.weights_io import SafetensorsFolder, WeightLoader
 from ssdecode.runtime.attention import ForwardMeta
 from ssdecode.runtime.kv_cache import KVCache
@@ -64,12 +64,12 @@ class LlamaModel(CausalLM):
             raise KeyError("lm_head.weight is missing and tie_word_embeddings is false")
         load = WeightLoader(state_dict, model.device, dtype, fmt)
         embed = "model.embed_tokens.weight"  # kept quantized, as stored, for gguf
-        model.embed = state_dict.embedding(embed) if fmt == "gguf" else Embedding(load.tensor(embed))
+        model.embed = state_dict.embedding(embed) if fmt in GGUF_FORMATS else Embedding(load.tensor(embed))
         model.layers = [LayerWeights.from_hf(load, f"model.layers.{i}.", config)
                         for i in range(config.num_layers)]
         model.norm = load.tensor("model.norm.weight")
         if head is None:  # tied: the embedding's product; for gguf the same blocks, as stored
-            head = load.linear([embed]) if fmt == "gguf" else make_linear(model.embed.weight, None, fmt)
+            head = load.linear([embed]) if fmt in GGUF_FORMATS else make_linear(model.embed.weight, None, fmt)
         model.lm_head = head
         return model
 
@@ -83,10 +83,10 @@ class LlamaModel(CausalLM):
         from transformers import AutoConfig
 
         config = ModelConfig.from_hf(AutoConfig.from_pretrained(str(path)))
-        if weights == "gguf":
+        if weights in GGUF_FORMATS:
             from ssdecode.models.gguf_weights import GGUFWeights, gguf_source
 
-            source = GGUFWeights(gguf or gguf_source(Path(path)), config)
+            source = GGUFWeights(gguf or gguf_source(Path(path)), config, "int8" if weights == "gguf-a8" else "fp32")
         else:
             source = SafetensorsFolder(Path(path))
         model = cls.from_state_dict(config, source, device, dtype, weights)
@@ -116,14 +116,15 @@ class LlamaModel(CausalLM):
         b, t, _ = h.shape
         q_dim, kv_dim = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         qkv = lw.qkv(rms_norm(h, lw.in_norm, c.rms_norm_eps))
-        q = qkv[..., :q_dim].view(b, t, c.num_heads, c.head_dim)
-        k = qkv[..., q_dim:q_dim + kv_dim].view(b, t, c.num_kv_heads, c.head_dim)
+        heads = c.num_heads + c.num_kv_heads
+        qk = qkv[..., :q_dim + kv_dim].view(b, t, heads, c.head_dim)
         v = qkv[..., q_dim + kv_dim:].view(b, t, c.num_kv_heads, c.head_dim)
         if lw.q_norm is not None:
-            q = rms_norm(q, lw.q_norm, c.rms_norm_eps)
-            k = rms_norm(k, lw.k_norm, c.rms_norm_eps)
-        q = apply_rope(q, cos, sin)
-        meta.write(k_buf, apply_rope(k, cos, sin))
+            qk = torch.cat((rms_norm(qk[:, :, :c.num_heads], lw.q_norm, c.rms_norm_eps),
+                            rms_norm(qk[:, :, c.num_heads:], lw.k_norm, c.rms_norm_eps)), dim=2)
+        qk = apply_rope(qk, cos, sin)  # q and k heads in one (elementwise: the same numbers)
+        q = qk[:, :, :c.num_heads]
+        meta.write(k_buf, qk[:, :, c.num_heads:])
         meta.write(v_buf, v)
         out = attend(q, meta.read(k_buf), meta.read(v_buf), meta.mask, meta.is_causal)
         h = h + lw.o(out)

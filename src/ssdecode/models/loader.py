@@ -28,7 +28,7 @@ from ssdecode.models.demo import DEMO_MODELS, ensure_demo_model
 from ssdecode.models.errors import ModelLoadError, NonFiniteLogits
 from ssdecode.models.gguf_convert import add_manifest, convert_gguf, discard, fingerprint, read_marker
 from ssdecode.models.gguf_weights import gguf_source
-from ssdecode.models.linear import resolve_format, runs_gguf
+from ssdecode.models.linear import GGUF_FORMATS, resolve_format, runs_gguf
 from ssdecode.runtime.runner import ModelRunner
 
 __all__ = ["ModelLoadError", "resolve_model", "load_model", "load_tokenizer", "verify_model"]
@@ -178,7 +178,7 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
             from ssdecode.models.llama import LlamaModel
 
             gguf = _stored_gguf(spec, folder, weights, device, dtype)
-            fmt = "gguf" if gguf else resolve_format(weights, device, dtype)
+            fmt = (weights if weights in GGUF_FORMATS else "gguf") if gguf else resolve_format(weights, device, dtype)
             model = LlamaModel.from_folder(folder, device, dtype, fmt, gguf)
         _probe(model)
         add_manifest(folder)  # an old conversion that loads and computes gets its manifest now
@@ -194,14 +194,14 @@ def _stored_gguf(spec, folder: Path, weights: str, device: torch.device, dtype: 
     the recorded one, which must be unchanged. For ``auto``: the same when the kernels run here and
     that GGUF is still there; a model without one quietly loads its conversion.
     """
-    if weights not in ("auto", "gguf") or (weights == "auto" and not runs_gguf(device, dtype)):
+    if weights not in ("auto", *GGUF_FORMATS) or (weights == "auto" and not runs_gguf(device, dtype)):
         return None
     if str(spec).lower().endswith(".gguf"):
         return Path(spec).expanduser()
     try:
         return gguf_source(folder)
     except ModelLoadError as e:
-        if weights == "gguf":
+        if weights in GGUF_FORMATS:
             raise
         logger.info("%s runs its fp32 conversion: %s", folder, e)
         return None

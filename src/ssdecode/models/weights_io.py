@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from ssdecode.models.linear import Linear, make_linear
+from ssdecode.models.linear import GGUF_FORMATS, Linear, make_linear
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
            "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
@@ -183,7 +183,7 @@ class WeightLoader:
 
     def linear(self, weights: Sequence[str], biases: Sequence[str] = ()) -> Linear:
         """The product of ``weights`` fused along the output dim (q/k/v, gate/up), with ``biases``."""
-        if self.fmt == "gguf":  # the weights as stored, from a GGUFWeights
+        if self.fmt in GGUF_FORMATS:  # the weights as stored, from a GGUFWeights
             return self.weights.linear(weights, biases)
         w = self._rows(weights, transient=self.fmt != "dense")
         return make_linear(w, self.tensor(*biases) if biases else None, self.fmt)
