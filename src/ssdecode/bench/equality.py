@@ -27,8 +27,9 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--ssd-k", type=int, default=3)
     p.add_argument("--budget", type=int, default=6, help="ssd: total fan-out B")
+    p.add_argument("--weights", default="auto", help="the target's matmul weight format (models/linear.py)")
     args = p.parse_args(argv)
-    llm = LLM(target=args.target, draft=args.draft, mode="ar")
+    llm = LLM(target=args.target, draft=args.draft, mode="ar", weights=args.weights)
     ids = [llm.encode(x.text, chat=x.chat) for x in load_prompts(args.prompts, args.num_prompts)]
     params = SamplingParams(max_tokens=args.max_tokens, ignore_eos=True)
     runs, report = {}, {}
