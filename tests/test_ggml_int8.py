@@ -74,3 +74,15 @@ def test_rejects_other_types_and_modes():
     q4 = ggml.pack(torch.from_numpy(random_blocks("Q4_K", 8, 256)), "Q4_K", 8, 256)
     with pytest.raises(ValueError, match="activations 'bf16'"):
         ggml.quantized_linear(x, q4, "Q4_K", 8, 256, activations="bf16")
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_activation_is_not_rounded_away(bad):
+    """Rounded to int8 a NaN would read as 0: its slice's scale is NaN instead, so the outputs of
+    that row are NaN, as the fp32 products give (and the model's check of the logits sees it)."""
+    blocks = ggml.pack(torch.from_numpy(random_blocks("Q4_K", 8, 512)), "Q4_K", 8, 512)
+    x = torch.randn(2, 512)
+    x[1, 300] = bad
+    for isa in isas():
+        y = ggml.quantized_linear(x, blocks, "Q4_K", 8, 512, isa=isa, activations="int8")
+        assert torch.isfinite(y[0]).all() and torch.isnan(y[1]).all(), isa

@@ -21,7 +21,7 @@ static int q8_type(int qtype)
     return qtype == Q4_K || qtype == Q6_K;
 }
 
-/* Where rows8_q4k_avx512 wants weight j of a super-block: in each 128, the low nibbles of 64 bytes
+/* Where rows8_direct wants Q4_K's weight j of a super-block: in each 128, the low nibbles of 64 bytes
  * (weights 0-31, 64-95) then the high ones (32-63, 96-127). */
 static inline int q4k_lane(int j)
 {
@@ -30,14 +30,18 @@ static inline int q4k_lane(int j)
 }
 
 /* Row x[k] (k a multiple of SLICE) as above: xq[k] (weight j at q4k_lane(j) if perm), da[k / SLICE],
- * xs[k / 16]. */
+ * xs[k / 16]. A slice holding a NaN gets da = NaN, so that the outputs are NaN as with fp32
+ * activations (an infinity makes them NaN through inf * 0). */
 static void q8_quantize(const float *x, int64_t k, int perm, int8_t *xq, float *da, float *xs)
 {
     for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
         float amax = 0;
-        for (int j = 0; j < SLICE; j++)
+        int nan = 0;
+        for (int j = 0; j < SLICE; j++) {
             amax = fmaxf(amax, fabsf(x[k0 + j]));
-        float d = amax / 127, inv = amax > 0 ? 127 / amax : 0;
+            nan |= x[k0 + j] != x[k0 + j];
+        }
+        float d = nan ? NAN : amax / 127, inv = amax > 0 ? 127 / amax : 0;
         da[k0 / SLICE] = d;
         for (int s = 0; s < SLICE / 16; s++) {
             int sum = 0;
@@ -47,6 +51,40 @@ static void q8_quantize(const float *x, int64_t k, int perm, int8_t *xq, float *
         }
     }
 }
+
+#if defined(__x86_64__) || defined(__i386__)
+/* q8_quantize with AVX2: the same numbers (the same product, rounded to nearest even). */
+static X86_TARGET void q8_quantize_avx2(const float *x, int64_t k, int perm, int8_t *xq, float *da, float *xs)
+{
+    const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t k0 = 0; k0 < k; k0 += SLICE) {
+        __m256 top = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+        for (int j = 0; j < SLICE; j += 8) {
+            __m256 v = _mm256_loadu_ps(x + k0 + j);
+            top = _mm256_max_ps(top, _mm256_and_ps(v, magnitude));
+            nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+        }
+        __m128 t = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+        t = _mm_max_ps(t, _mm_movehl_ps(t, t));
+        float amax = _mm_cvtss_f32(_mm_max_ss(t, _mm_movehdup_ps(t)));
+        float d = _mm256_movemask_ps(nan) ? NAN : amax / 127;
+        __m256 inv = _mm256_set1_ps(amax > 0 ? 127 / amax : 0);
+        da[k0 / SLICE] = d;
+        for (int s = 0; s < SLICE / 16; s++) {
+            __m256i a0 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k0 + 16 * s), inv)),
+                    a1 = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k0 + 16 * s + 8), inv));
+            __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(a0, a1), 0xd8);   /* 16 int16 in order */
+            __m128i sum = _mm_madd_epi16(_mm_add_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)),
+                                         _mm_set1_epi16(1));
+            sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0x4e));
+            sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, 0xb1));
+            xs[k0 / 16 + s] = d * (float)_mm_cvtsi128_si32(sum);
+            _mm_storeu_si128((__m128i *)(xq + k0 + (perm ? q4k_lane(16 * s) : 16 * s)),
+                             _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+        }
+    }
+}
+#endif
 
 /* The integer scale of each sub-block of 16 and the super-block's d. */
 static inline void q8_scales(int qtype, const uint8_t *b, int16_t *sc16, float *d)
@@ -114,25 +152,6 @@ dot8_avx2(const int8_t *q, const int16_t *sc16, const int8_t *a, float dd, const
 }
 
 #define VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
-
-static inline __attribute__((always_inline)) VNNI_TARGET void
-dot8_avx512(const int8_t *q, const int16_t *sc16, const int8_t *a, float dd, const float *off, const float *xs,
-            float *acc, float *offs)
-{
-    const __m512i sc = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)sc16));
-    __m512i t = _mm512_setzero_si512();
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; c++) {   /* sub-blocks 4c .. 4c + 3: int16 lane l is sub-block 4c + l / 8 */
-        __m512i idx = _mm512_add_epi16(_mm512_set1_epi16(4 * c),
-                                       _mm512_srli_epi16(_mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21,
-                                                                          20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10,
-                                                                          9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 3));
-        __m512i p = _mm512_maddubs_epi16(_mm512_load_si512(q + 64 * c), _mm512_loadu_si512(a + 64 * c));
-        t = _mm512_dpwssd_epi32(t, p, _mm512_permutexvar_epi16(idx, sc));
-    }
-    _mm512_store_ps(offs, _mm512_fmadd_ps(_mm512_loadu_ps(off), _mm512_loadu_ps(xs), _mm512_load_ps(offs)));
-    _mm512_store_ps(acc, _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(dd), _mm512_load_ps(acc)));
-}
 #endif
 
 /* Output rows [r0, r1) of a group (as rows() in ggml_cpu_isa.h) for m <= MCHUNK activation rows
@@ -147,8 +166,10 @@ static TARGET void rows8_##SFX(int qtype, const int8_t *xq, const float *da, con
     float d[NR], sc[SLICE / 16], off[NR][SLICE / 16];                                                           \
     int rows = (int)(r1 - r0);                                                                                  \
     int64_t slice_bytes = row_bytes(qtype, SLICE);                                                              \
-    memset(acc, 0, sizeof acc);                                                                                 \
-    memset(offs, 0, sizeof offs);                                                                               \
+    for (int r = 0; r < rows; r++) {                                                                            \
+        memset(acc[r], 0, sizeof(float) * VL * m);                                                              \
+        memset(offs[r], 0, sizeof(float) * VL * m);                                                             \
+    }                                                                                                           \
     for (int64_t k0 = 0; k0 < k; k0 += SLICE) {                                                                 \
         for (int r = 0; r < rows; r++) {                                                                        \
             const uint8_t *b = slice_at(w, qtype, k, r0 + r, k0);                                               \
@@ -191,46 +212,80 @@ static inline VNNI_TARGET float hsum16p(const float *v)
 }
 
 Q8_ROWS(avx2, 8, X86_TARGET, decode_avx2, q8_scales_x86, dot8_avx2, hsum8p)
-Q8_ROWS(avx512, 16, VNNI_TARGET, decode_avx2, q8_scales_x86, dot8_avx512, hsum16p)
-#endif
 
-#if defined(__x86_64__) || defined(__i386__)
-/* Q4_K on AVX-512 VNNI straight from the nibbles (no decoded copy): a 64-byte load is four
- * sub-blocks of 32 in two registers, low and high nibbles, matched by x in q4k_lane order; each
- * weight row is decoded once into registers and every activation row applied to it. The same
- * sums as rows8_avx512 (one int32 per super-block and output, then the fp32 steps in order). */
-static VNNI_TARGET void rows8_q4k_avx512(const int8_t *xq, const float *da, const float *xs, int m, int64_t k,
-                                        const uint8_t *w, int64_t n, int64_t r0, int64_t r1, const float *bias,
-                                        float *y)
+/* One super-block of one Q4_K or Q6_K weight row in registers, for rows8_direct: q[c] the unsigned
+ * integers of weights 64c .. 64c + 63 (Q4_K: in q4k_lane order), s[c] each int16 lane's
+ * sub-block scale, off the fp32 offsets per 16 weights and *d the super-block's scale.
+ * Q4_K: a 64-byte load is four sub-blocks of 32, low and high nibbles. Q6_K: 64 bytes of low
+ * nibbles and 32 of high bit pairs make 128 weights in order; the pairs are moved to bits 4-5 by
+ * 16-bit shifts (left 4 and 2, none and right 2), whose spill into the next byte the mask drops. */
+static inline __attribute__((always_inline)) VNNI_TARGET void
+direct_decode(int qtype, const uint8_t *b, __m512i *q, __m512i *s, __m512 *off, float *d)
+{
+    const __m512i low4 = _mm512_set1_epi8(15), bits45 = _mm512_set1_epi8(0x30);
+    const __m512i lane = _mm512_set_epi16(31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
+                                          15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512i sc;
+    if (qtype == Q4_K) {
+        __m128i u = q4k_scales_avx2(b + 4);     /* scales 0-7, mins 0-7 */
+        __m256 mins = _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2)));
+        *off = _mm512_permutexvar_ps(_mm512_srli_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4,
+                                                                        3, 2, 1, 0), 1),
+                                     _mm512_castps256_ps512(mins));  /* one per 16 */
+        *d = f16c(b);
+        sc = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(u));
+        for (int h = 0; h < 2; h++) {
+            __m512i v = _mm512_loadu_si512(b + 16 + 64 * h);
+            q[2 * h] = _mm512_and_si512(v, low4);
+            q[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+        }
+        for (int c = 0; c < 4; c++)     /* lane l of q[c]: sub-block of 32 c / 2 * 4 + c % 2 + 2 (l >= 16) */
+            s[c] = _mm512_permutexvar_epi16(_mm512_add_epi16(_mm512_set1_epi16(c / 2 * 4 + c % 2),
+                                                             _mm512_and_si512(_mm512_srli_epi16(lane, 3),
+                                                                              _mm512_set1_epi16(2))), sc);
+    } else {
+        __m128i raw = _mm_loadu_si128((const __m128i *)(b + 192));
+        *d = f16c(b + 208);
+        *off = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw)), _mm512_set1_ps(32 * *d));
+        sc = _mm512_cvtepi8_epi16(_mm256_castsi128_si256(raw));
+        const __m512i left = _mm512_set_epi64(0x2000200020002, 0x2000200020002, 0x2000200020002, 0x2000200020002,
+                                              0x4000400040004, 0x4000400040004, 0x4000400040004, 0x4000400040004),
+                      right = _mm512_set_epi64(0x2000200020002, 0x2000200020002, 0x2000200020002, 0x2000200020002,
+                                               0, 0, 0, 0);
+        for (int h = 0; h < 2; h++) {
+            __m512i l = _mm512_loadu_si512(b + 64 * h),
+                    hb = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)));
+            q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, low4),
+                                       _mm512_and_si512(_mm512_sllv_epi16(hb, left), bits45));
+            q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), low4),
+                                           _mm512_and_si512(_mm512_srlv_epi16(hb, right), bits45));
+        }
+        for (int c = 0; c < 4; c++)     /* lane l of q[c]: sub-block of 16 4c + l / 8 */
+            s[c] = _mm512_permutexvar_epi16(_mm512_add_epi16(_mm512_set1_epi16(4 * c), _mm512_srli_epi16(lane, 3)),
+                                            sc);
+    }
+}
+
+/* Q4_K and Q6_K on AVX-512 VNNI straight from the blocks (no decoded copy): each weight row's
+ * super-block is decoded once into registers (direct_decode) and every activation row applied to
+ * it, the group's bytes read in memory order. */
+static VNNI_TARGET void rows8_direct(int qtype, const int8_t *xq, const float *da, const float *xs, int m, int64_t k,
+                                     const uint8_t *w, int64_t n, int64_t r0, int64_t r1, const float *bias, float *y)
 {
     float acc[NR][MCHUNK][16] __attribute__((aligned(64))), offs[NR][MCHUNK][16] __attribute__((aligned(64)));
-    const __m512i low4 = _mm512_set1_epi8(15);
-    const __m512i pair = _mm512_set_epi32(7, 7, 6, 6, 5, 5, 4, 4, 3, 3, 2, 2, 1, 1, 0, 0);
-    __m512i idx[4];                 /* int16 lane l of register c: the scale of sub-block (of 32) */
-    for (int c = 0; c < 4; c++)     /* c / 2 * 4 + c % 2 + (l >= 16 ? 2 : 0) */
-        idx[c] = _mm512_add_epi16(_mm512_set1_epi16(c / 2 * 4 + c % 2),
-                                  _mm512_and_si512(_mm512_srli_epi16(_mm512_set_epi16(
-                                      31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18, 17, 16,
-                                      15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), 3), _mm512_set1_epi16(2)));
     int rows = (int)(r1 - r0);
-    memset(acc, 0, sizeof acc);
-    memset(offs, 0, sizeof offs);
-    for (int64_t k0 = 0; k0 < k; k0 += SLICE)   /* the group's bytes in memory order (slice_at) */
+    for (int r = 0; r < rows; r++) {
+        memset(acc[r], 0, sizeof(float) * 16 * m);
+        memset(offs[r], 0, sizeof(float) * 16 * m);
+    }
+    for (int64_t k0 = 0; k0 < k; k0 += SLICE)
         for (int r = 0; r < rows; r++) {
-            const uint8_t *b = slice_at(w, Q4_K, k, r0 + r, k0);
-            prefetch_ahead(b, row_bytes(Q4_K, SLICE));
-            __m128i u = q4k_scales_avx2(b + 4);     /* scales 0-7, mins 0-7 */
-            __m512i sc = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(u)), q[4], s[4];
-            __m256 mins = _mm256_mul_ps(bytes_to_ps(_mm_srli_si128(u, 8), 0), _mm256_set1_ps(f16c(b + 2)));
-            __m512 off = _mm512_permutexvar_ps(pair, _mm512_castps256_ps512(mins));  /* one per 16 */
-            float d = f16c(b);
-            for (int h = 0; h < 2; h++) {
-                __m512i v = _mm512_loadu_si512(b + 16 + 64 * h);
-                q[2 * h] = _mm512_and_si512(v, low4);
-                q[2 * h + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
-            }
-            for (int c = 0; c < 4; c++)
-                s[c] = _mm512_permutexvar_epi16(idx[c], sc);
+            const uint8_t *b = slice_at(w, qtype, k, r0 + r, k0);
+            __m512i q[4], s[4];
+            __m512 off;
+            float d;
+            prefetch_ahead(b, row_bytes(qtype, SLICE));
+            direct_decode(qtype, b, q, s, &off, &d);
             for (int i = 0; i < m; i++) {
                 const int8_t *a = xq + i * k + k0;
                 __m512i t = _mm512_setzero_si512();
@@ -258,7 +313,7 @@ static rows8_fn *pick8(int isa)
         return NULL;
 #if defined(__x86_64__) || defined(__i386__)
     if (isa >= AVX512 && __builtin_cpu_supports("avx512vnni"))
-        return rows8_avx512;
+        return rows8_direct;
     if (isa >= AVX2)
         return rows8_avx2;
 #endif
@@ -275,9 +330,9 @@ int ssd_ggml_linear_q8(int isa, int qtype, const float *x, int64_t m, int64_t k,
         return -1;
     if (!q8_type(qtype))
         return -3;
-    int direct = 0;                 /* rows8_q4k_avx512 */
+    int direct = 0;                 /* rows8_direct */
 #if defined(__x86_64__) || defined(__i386__)
-    direct = qtype == Q4_K && rows == rows8_avx512;
+    direct = rows == rows8_direct;
 #endif
     int8_t *xq = malloc((size_t)(m * k));
     float *da = malloc(sizeof(float) * (size_t)(m * (k / SLICE))), *xs = malloc(sizeof(float) * (size_t)(m * (k / 16)));
@@ -285,19 +340,18 @@ int ssd_ggml_linear_q8(int isa, int qtype, const float *x, int64_t m, int64_t k,
         free(xq), free(da), free(xs);
         return -2;
     }
+    void (*quantize)(const float *, int64_t, int, int8_t *, float *, float *) = q8_quantize;
+#if defined(__x86_64__) || defined(__i386__)
+    if (rows != rows8_scalar)
+        quantize = q8_quantize_avx2;
+#endif
     for (int64_t i = 0; i < m; i++)
-        q8_quantize(x + i * k, k, direct, xq + i * k, da + i * (k / SLICE), xs + i * (k / 16));
+        quantize(x + i * k, k, direct && qtype == Q4_K, xq + i * k, da + i * (k / SLICE), xs + i * (k / 16));
     int64_t groups = (n + NR - 1) / NR;
     for (int64_t m0 = 0; m0 < m; m0 += MCHUNK) {
         int mc = m - m0 < MCHUNK ? (int)(m - m0) : MCHUNK;
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t g = 0; g < groups; g++)
-#if defined(__x86_64__) || defined(__i386__)
-            if (direct)
-                rows8_q4k_avx512(xq + m0 * k, da + m0 * (k / SLICE), xs + m0 * (k / 16), mc, k, w, n, g * NR,
-                                 g * NR + NR < n ? g * NR + NR : n, bias, y + m0 * n);
-            else
-#endif
             rows(qtype, xq + m0 * k, da + m0 * (k / SLICE), xs + m0 * (k / 16), mc, k, w, n, g * NR,
                  g * NR + NR < n ? g * NR + NR : n, bias, y + m0 * n);
     }
