@@ -122,16 +122,21 @@ static inline void dot8_scalar(const int8_t *q, const int16_t *sc16, const int8_
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+/* q8_scales for dot8_avx2: each of the 16 scales repeated over the 8 int16 lanes of its sub-block
+ * (sc16[128]), so that a dot loads them instead of building them per activation row. */
 static inline X86_TARGET void q8_scales_x86(int qtype, const uint8_t *b, int16_t *sc16, float *d)
 {
+    int16_t one[16];
     if (qtype == Q4_K) {            /* u0 u0 u1 u1 ... u7 u7 */
         __m128i u = q4k_scales_avx2(b + 4);
-        _mm256_storeu_si256((__m256i *)sc16, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(u, u)));
+        _mm256_storeu_si256((__m256i *)one, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(u, u)));
         *d = f16c(b);
     } else {
-        _mm256_storeu_si256((__m256i *)sc16, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192))));
+        _mm256_storeu_si256((__m256i *)one, _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192))));
         *d = f16c(b + 208);
     }
+    for (int s = 0; s < 16; s++)
+        _mm_storeu_si128((__m128i *)(sc16 + 8 * s), _mm_set1_epi16(one[s]));
 }
 
 static inline __attribute__((always_inline)) X86_TARGET void
@@ -141,10 +146,9 @@ dot8_avx2(const int8_t *q, const int16_t *sc16, const int8_t *a, float dd, const
     __m256i t = _mm256_setzero_si256();
 #pragma GCC unroll 8
     for (int c = 0; c < 8; c++) {   /* sub-blocks 2c and 2c + 1 */
-        __m256i s = _mm256_set_m128i(_mm_set1_epi16(sc16[2 * c + 1]), _mm_set1_epi16(sc16[2 * c]));
         __m256i p = _mm256_maddubs_epi16(_mm256_load_si256((const __m256i *)(q + 32 * c)),
                                          _mm256_loadu_si256((const __m256i *)(a + 32 * c)));
-        t = _mm256_add_epi32(t, _mm256_madd_epi16(p, s));
+        t = _mm256_add_epi32(t, _mm256_madd_epi16(p, _mm256_loadu_si256((const __m256i *)(sc16 + 16 * c))));
     }
     __m256 o = _mm256_fmadd_ps(_mm256_loadu_ps(off), _mm256_loadu_ps(xs), _mm256_load_ps(offs));
     _mm256_store_ps(offs, _mm256_fmadd_ps(_mm256_loadu_ps(off + 8), _mm256_loadu_ps(xs + 8), o));
@@ -162,7 +166,7 @@ static TARGET void rows8_##SFX(int qtype, const int8_t *xq, const float *da, con
 {                                                                                                               \
     float acc[NR][MCHUNK][VL] __attribute__((aligned(64))), offs[NR][MCHUNK][VL] __attribute__((aligned(64)));   \
     int8_t q[NR][SLICE] __attribute__((aligned(64)));                                                           \
-    int16_t sc16[NR][16];                                                                                       \
+    int16_t sc16[NR][128];          /* the scalar build's 16, or q8_scales_x86's 128 */                         \
     float d[NR], sc[SLICE / 16], off[NR][SLICE / 16];                                                           \
     int rows = (int)(r1 - r0);                                                                                  \
     int64_t slice_bytes = row_bytes(qtype, SLICE);                                                              \
