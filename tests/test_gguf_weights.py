@@ -183,3 +183,23 @@ def test_int8_activations_model_is_near_and_greedy_sd_equals_ar(tmp_path):
     runs = {mode: LLM.from_models(load_tokenizer(path), a8, dense, mode=mode, k=3).generate(prompts, params)
             for mode in ("ar", "sd")}
     assert [c.token_ids for c in runs["sd"]] == [c.token_ids for c in runs["ar"]]
+
+
+def test_int8_activations_target_is_sampled_exactly(tmp_path):
+    """SD against a gguf-a8 target (every product Q4_K or Q6_K, so int8 activations throughout):
+    the first two tokens of 4000 rows follow the target's exact distribution (exactness.py's
+    chi-square check, the reference from the target's own logits). Temperature 10: this random
+    model's logits spread over ~40 nats; so tempered, ~27 two-token outcomes carry the mass."""
+    from exactness import chi_square_check, exact_target_distribution
+    from tiny import tiny_model as tiny_native
+
+    path = write_gguf(tiny_model("qwen2", True, **SIZES), tmp_path / "m.gguf",
+                      lambda n: Q.Q6_K if "down_proj" in n or "embed" in n else Q.Q4_K)
+    target = load_model(path, weights="gguf-a8")
+    draft = tiny_native(1, vocab=target.vocab_size)
+    params, prompt, n = SamplingParams(temperature=10.0), [5, 17, 42], 4000
+    llm = LLM.from_models(load_tokenizer(path), target, draft, mode="sd", k=3, max_num_seqs=n,
+                          max_model_len=len(prompt) + 2)
+    rows = [SamplingParams(temperature=10.0, max_tokens=2, ignore_eos=True, seed=1000 + i) for i in range(n)]
+    samples = [tuple(c.token_ids) for c in llm.generate([prompt] * n, rows)]
+    chi_square_check(samples, exact_target_distribution(target, params, prompt, 2))
