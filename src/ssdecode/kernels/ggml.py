@@ -13,6 +13,11 @@ embedding lookup).
 A prompt's prefill on AVX2 and AVX-512 goes block by block through oneDNN's GEMM
 (``blockwise.py``: 1.1-1.6x at 150 rows).
 
+``activations="int8"`` (the opt-in gguf-a8 weight format) rounds each activation row to int8 per
+256 values for the Q4_K and Q6_K products of decode and verification, as llama.cpp does, and sums
+integer products (ggml_q8.h): not the stored model computed in fp32, but that model with its
+activations rounded, batch invariant like the fp32 kernels.
+
 The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
 avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
 ``amx`` is AVX-512 plus, from ``amx_min_rows(qtype)`` activation rows on (prefill), the AMX-BF16 tile
