@@ -9,6 +9,8 @@ within one run), each on copies of its weight that together exceed twice the las
 so that every product reads its weight from memory as a model does:
 
 - ``ours``: ssdecode.kernels.ggml on the GGUF blocks (fp32 activations, fp32 sums);
+- ``int8``: the same blocks with the activations rounded to int8 (Q4_K and Q6_K; the opt-in
+  gguf-a8 format, llama.cpp's arithmetic);
 - ``packed``: fp32 F.linear weights in oneDNN's packed layout (today's CPU default);
 - ``dense``: F.linear on the dequantized fp32 weight;
 - ``int4pack``: torch's ``_weight_int4pack_mm_for_cpu`` on the Q4_K shapes (int4 groups of 32,
@@ -135,7 +137,8 @@ def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, worki
     ours = [ggml.pack(b, qtype, n, k) for b in stored]
     dense = copies(torch.randn(n, k), 4 * n * k, working_set)
     packed = [torch.ops.mkldnn._reorder_linear_weight(w, 1) for w in dense]
-    sizes = {"ours": blocks.nbytes, "before": blocks.nbytes, "dense": 4 * n * k, "packed": 4 * n * k}
+    sizes = {"ours": blocks.nbytes, "int8": blocks.nbytes, "before": blocks.nbytes, "dense": 4 * n * k,
+             "packed": 4 * n * k}
     before = baseline and baseline(qtype)
     if qtype == "Q4_K":
         w4, sz = int4pack(n, k)
@@ -149,6 +152,8 @@ def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, worki
             "packed": lambda i: torch.ops.mkldnn._linear_pointwise(x, packed[i % len(packed)], None, "none", [], ""),
             "dense": lambda i: F.linear(x, dense[i % len(dense)]),
         }
+        if qtype in ggml.INT8_QTYPES:
+            methods["int8"] = lambda i: ggml.quantized_linear(x, ours[i % len(ours)], qtype, n, k, activations="int8")
         if before:
             methods["before"] = lambda i: before(x, stored[i % len(stored)], qtype, n, k)
         if qtype == "Q4_K":
@@ -173,7 +178,7 @@ def run(threads: list[int], rows: list[int], repeats: int, shapes: list, baselin
 
 def table(worlds: dict) -> str:
     head = ("| ISA | threads | type | N x K | M | ours ms | ours GB/s | eff | packed fp32 ms | packed GB/s "
-            "| dense fp32 ms | int4pack bf16 ms | packed / ours | before ms | before / ours |")
+            "| dense fp32 ms | int4pack bf16 ms | packed / ours | before ms | before / ours | int8 ms | ours / int8 |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for isa, by_threads in worlds.items():
         for t, res in by_threads.items():
@@ -181,9 +186,10 @@ def table(worlds: dict) -> str:
                 ms, gb = r["ms"], r["gbps"]
                 i4 = f"{ms['int4pack']:.2f}" if "int4pack" in ms else "-"
                 was = f"{ms['before']:.2f} | {ms['before'] / ms['ours']:.2f}x" if "before" in ms else "- | -"
+                a8 = f"{ms['int8']:.2f} | {ms['ours'] / ms['int8']:.2f}x" if "int8" in ms else "- | -"
                 lines.append(f"| {isa} | {t} | {r['type']} | {r['n']}x{r['k']} | {r['m']} | {ms['ours']:.2f} | "
                              f"{gb['ours']:.1f} | {gb['ours'] / res['bandwidth']['read']:.0%} | {ms['packed']:.2f} | "
-                             f"{gb['packed']:.1f} | {ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x | {was} |")
+                             f"{gb['packed']:.1f} | {ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x | {was} | {a8} |")
     return "\n".join(lines)
 
 
