@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ssdecode.kernels import attention
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.linear import Linear
 from ssdecode.models.weights_io import WeightLoader
@@ -109,11 +110,15 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     """Grouped-query attention. ``q [B, T, H, D]``, ``k``/``v`` ``[B, Hkv, Lk, D]`` (views of the
     cache are fine), ``mask`` bool ``[B, T, Lk]`` or None; returns ``[B, T, H * D]``.
 
-    A single query token (decode) folds its head groups into the query axis (heads ``j*G ..
+    On CPU in fp32, decode and verification (a few tokens, not a causal prefill) go to
+    ``kernels/attention.py``: each query row over exactly its visible keys, so a verification row
+    has the bits of the decode step at its position. Elsewhere a single query token folds its head groups into the query axis (heads ``j*G ..
     j*G+G-1`` share kv head ``j``), so it never copies K/V to repeat heads; several tokens under a
     mask (verification, a tree) fold likewise, G x T query rows per kv head (the same numbers as
     ``enable_gqa``, 20-30% faster on CPU at 5 tokens).
     """
+    if attention.applies(q, is_causal):  # CPU decode and verification: each row on its own keys
+        return attention.attend(q, k, v, mask)
     b, t, h, d = q.shape
     hkv = k.shape[1]
     m = None if mask is None else mask[:, None]  # [B, 1, T, Lk]
