@@ -112,10 +112,10 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
 
     On CPU in fp32, decode and verification (a few tokens, not a causal prefill) go to
     ``kernels/attention.py``: each query row over exactly its visible keys, so a verification row
-    has the bits of the decode step at its position. Elsewhere a single query token folds its head groups into the query axis (heads ``j*G ..
-    j*G+G-1`` share kv head ``j``), so it never copies K/V to repeat heads; several tokens under a
-    mask (verification, a tree) fold likewise, G x T query rows per kv head (the same numbers as
-    ``enable_gqa``, 20-30% faster on CPU at 5 tokens).
+    has the bits of the decode step at its position. Elsewhere (SDPA) a single query token folds
+    its head groups into the query axis (heads ``j*G .. j*G+G-1`` share kv head ``j``), so it never
+    copies K/V to repeat heads; several tokens under a mask (verification, a tree) fold likewise,
+    G x T query rows per kv head (the same numbers as ``enable_gqa``).
     """
     if attention.applies(q, is_causal):  # CPU decode and verification: each row on its own keys
         return attention.attend(q, k, v, mask)
