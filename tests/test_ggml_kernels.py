@@ -51,16 +51,18 @@ def test_matches_gguf_dequantize(qtype, k, m):
         assert err <= REL_BOUND, (isa, err)
 
 
-@pytest.mark.parametrize("qtype", ggml.QTYPES)
-def test_threads_and_batch_do_not_change_bits(qtype):
+@pytest.mark.parametrize("qtype,activations", [(q, "fp32") for q in ggml.QTYPES] +
+                         [(q, "int8") for q in ggml.INT8_QTYPES])
+def test_threads_and_batch_do_not_change_bits(qtype, activations):
     n, k = 300, 768
     blocks = ggml.pack(torch.from_numpy(random_blocks(qtype, n, k)), qtype, n, k)
     x = torch.randn(2, 8, k, generator=torch.Generator().manual_seed(1))
     for isa in isas():
-        y = ggml.quantized_linear(x, blocks, qtype, n, k, isa=isa, threads=2)
+        y = ggml.quantized_linear(x, blocks, qtype, n, k, isa=isa, threads=2, activations=activations)
         assert y.shape == (2, 8, n)
-        assert torch.equal(y, ggml.quantized_linear(x, blocks, qtype, n, k, isa=isa, threads=1))
-        one_row = ggml.quantized_linear(x[1, 5], blocks, qtype, n, k, isa=isa)
+        assert torch.equal(y, ggml.quantized_linear(x, blocks, qtype, n, k, isa=isa, threads=1,
+                                                    activations=activations))
+        one_row = ggml.quantized_linear(x[1, 5], blocks, qtype, n, k, isa=isa, activations=activations)
         assert torch.equal(one_row, y[1, 5])
 
 
