@@ -13,6 +13,7 @@ import json
 import torch
 
 from ssdecode.bench.prompts import load_prompts
+from ssdecode.engine.llm import encode_prompt
 from ssdecode.models.loader import load_model, load_tokenizer
 from ssdecode.runtime.runner import ModelRunner
 
@@ -38,9 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=64)
     args = p.parse_args(argv)
     tokenizer = load_tokenizer(args.model)
-    prompts = {s: [tokenizer.apply_chat_template([{"role": "user", "content": x.text}], add_generation_prompt=True,
-                                                 tokenize=True, return_dict=True)["input_ids"] if x.chat
-                   else tokenizer(x.text)["input_ids"] for x in load_prompts(s, args.num_prompts)]
+    prompts = {s: [encode_prompt(tokenizer, x.text, x.chat) for x in load_prompts(s, args.num_prompts)]
                for s in args.prompts.split(",")}
     reference = load_model(args.model, weights="dequant")
     base = {s: [logits_along(reference, ids, None, args.steps) for ids in rows] for s, rows in prompts.items()}

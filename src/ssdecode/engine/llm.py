@@ -60,6 +60,22 @@ def clean_text(text: str) -> str:
         return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text)
 
 
+def encode_prompt(tokenizer, prompt: str, chat: bool = True) -> list[int]:
+    """Token ids of a prompt: one user message through the chat template (when the model has one
+    and ``chat``), else the raw text."""
+    if chat and tokenizer.chat_template:
+        return encode_chat(tokenizer, [{"role": "user", "content": prompt}])
+    return tokenizer.encode(clean_text(prompt))
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation through the chat template, ready for the reply."""
+    messages = [{**m, "content": clean_text(m["content"])} if isinstance(m.get("content"), str) else m
+                for m in messages]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
 class LLM:
     def __init__(self, target: str = DEFAULT_TARGET, draft: str | None = None, mode: str = "ar",
                  k: int | None = None, device: str | None = None, dtype: torch.dtype | None = None,
@@ -181,18 +197,12 @@ class LLM:
         return ids
 
     def encode(self, prompt: str, chat: bool = True) -> list[int]:
-        """Token ids of a prompt: one user message through the chat template (when the model
-        has one and ``chat``), else the raw text."""
-        if chat and self.tokenizer.chat_template:
-            return self.encode_chat([{"role": "user", "content": prompt}])
-        return self.tokenizer.encode(clean_text(prompt))
+        """Token ids of a prompt (``encode_prompt``)."""
+        return encode_prompt(self.tokenizer, prompt, chat)
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
-        """Token ids of a conversation through the chat template, ready for the reply."""
-        messages = [{**m, "content": clean_text(m["content"])} if isinstance(m.get("content"), str) else m
-                    for m in messages]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return self.tokenizer.encode(text, add_special_tokens=False)
+        """Token ids of a conversation (``encode_chat``)."""
+        return encode_chat(self.tokenizer, messages)
 
     def generate(self, prompts: str | list[str] | list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
                  chat: bool = True) -> list[Completion]:

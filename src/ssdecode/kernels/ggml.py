@@ -120,8 +120,9 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
 
     ``activations="int8"`` (``INT8_QTYPES`` only): each row of x rounded to int8 per 256 values
     (scale max|x| / 127), as llama.cpp computes, in the products of decode and verification
-    shapes; a prompt's prefill (blockwise GEMM, or the tile unit) stays fp32. ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during
-    the product."""
+    shapes; a prompt's prefill (blockwise GEMM, or the tile unit) stays fp32.
+
+    ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during the product."""
     isa = _check(qtype, packed, n, k, isa, packed=True)
     if activations not in ACTIVATIONS or (activations == "int8" and qtype not in INT8_QTYPES):
         raise ValueError(f"activations {activations!r}: choose fp32, or int8 for {', '.join(INT8_QTYPES)}")
@@ -144,9 +145,8 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
     rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     y = torch.empty(rows.shape[0], n)
     product = _lib().ssd_ggml_linear_q8 if activations == "int8" and isa != "amx" else _lib().ssd_ggml_linear
-    rc = product(ISAS.index(isa), QTYPES.index(qtype), rows.data_ptr(), rows.shape[0], k,
-                                packed.data_ptr(), n, None if bias is None else bias.data_ptr(), y.data_ptr(),
-                                threads or torch.get_num_threads())
+    rc = product(ISAS.index(isa), QTYPES.index(qtype), rows.data_ptr(), rows.shape[0], k, packed.data_ptr(), n,
+                 None if bias is None else bias.data_ptr(), y.data_ptr(), threads or torch.get_num_threads())
     if rc == -2:
         raise MemoryError("no memory for a copy of the activations")
     if rc:

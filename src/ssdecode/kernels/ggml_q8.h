@@ -6,9 +6,10 @@
  *
  * - Activations: per row and per 256 (one super-block), a = round(x / da) with da = max|x| / 127
  *   (llama.cpp's Q8_K), and xs[s] = da * (the sum of a over the 16 weights of sub-block s).
- * - A super-block of one weight row is decoded once (decode_avx2: unsigned q in weight order, and
- *   the fp32 offsets off[16] of gguf's q * scale - off) with its integer sub-block scales sc16[16]
- *   and d, then every activation row is applied: T = sum_s sc16[s] * sum_{16 of s} q * a in int32
+ * - A super-block of one weight row is decoded once (unsigned q, the fp32 offsets off[16] of
+ *   gguf's q * scale - off, its integer sub-block scales and d: into registers on AVX-512,
+ *   direct_decode; into L1 elsewhere, decode_avx2 or decode_scalar), then every activation row is
+ *   applied: T = sum_s sc16[s] * sum_{16 of s} q * a in int32
  *   (maddubs pairs q (unsigned) with a (signed) without saturating: 2 * 63 * 127 < 32768; the
  *   whole super-block stays below 2^31), then acc += T * (d * da) and offs += off . xs in fp32.
  *   The output is sum(acc) - sum(offs): w . (a * da), w gguf's weight, up to fp32 rounding.

@@ -21,8 +21,9 @@ from ssdecode.models.weights_io import WeightLoader
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim, statistics in float32 whatever the activation dtype. In float32
-    the fused op computes the same bits as Hugging Face's formula below, with one dispatch instead
-    of eight (decode pays per op); in other dtypes it rounds differently, so they keep the formula."""
+    ``F.rms_norm`` computes the same bits as Hugging Face's formula below with less dispatch
+    (decode pays per op: 11 against 17 us a call for one 896-wide row); in other dtypes it rounds
+    differently, so they keep the formula."""
     if x.dtype == torch.float32:
         return F.rms_norm(x, weight.shape, weight, eps)
     xf = x.float()
