@@ -111,8 +111,8 @@ def test_mixed_types_run_unfused(tmp_path, caplog):
     assert caplog.text.count("no kernel for GGUF type Q5_1") == 1
     qkv, gate_up = stored.layers[1].qkv, stored.layers[1].gate_up
     assert isinstance(qkv, SplitLinear) and isinstance(gate_up, SplitLinear)
-    assert [type(p).__name__ for p in qkv.parts][:2] == ["QuantizedLinear"] * 2
-    assert not isinstance(qkv.parts[2], QuantizedLinear)  # Q5_1: dequantized at load
+    assert [type(p).__name__ for p in qkv.linears][:2] == ["QuantizedLinear"] * 2
+    assert not isinstance(qkv.linears[2], QuantizedLinear)  # Q5_1: dequantized at load
     assert_same_logits(stored, dense)
 
 

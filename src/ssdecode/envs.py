@@ -11,3 +11,9 @@ from pathlib import Path
 def cache_dir() -> Path:
     """Root for downloaded wheels, assembled GGUFs and converted models (``SSDECODE_CACHE``)."""
     return Path(os.environ.get("SSDECODE_CACHE") or "~/.cache/ssdecode").expanduser()
+
+
+def fused_layers() -> bool:
+    """Whether CPU decode and verification run a model's layers in one native call
+    (kernels/layers.py); ``SSDECODE_FUSED_LAYERS=0`` keeps PyTorch's op-by-op path (comparisons)."""
+    return os.environ.get("SSDECODE_FUSED_LAYERS", "1") != "0"

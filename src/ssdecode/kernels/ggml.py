@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import functools
 import os
-from ctypes import CDLL, c_int, c_int64, c_void_p
+from ctypes import CDLL, c_int, c_int64, c_void_p, cast
 
 import gguf
 import torch
 
 from ssdecode.kernels import blockwise
 from ssdecode.kernels.build import loads, shared_library
+from ssdecode.kernels.layers import GGML, GGML_Q8, Part
 
 QTYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_0")  # positions are the C code's qtype codes
 INT8_QTYPES = ("Q4_K", "Q6_K")  # the types with a kernel for int8 activations (activations="int8")
@@ -152,6 +153,20 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
     if rc:
         raise _no_isa(isa)
     return y if x.dim() == 2 else y.reshape(*x.shape[:-1], n)
+
+
+def decode_part(packed: torch.Tensor, qtype: str, n: int, k: int, bias: torch.Tensor | None,
+                activations: str = "fp32"):
+    """The product ``quantized_linear`` computes for decode and verification rows, as a
+    ``layers.Part`` for the fused layers: the same kernel and instruction set (avx512 where the
+    CPU has amx: the tile unit is for prefill; here for 16 tokens too, which ``quantized_linear``
+    would put on the tile unit)."""
+    isa = _check(qtype, packed, n, k, None, packed=True)
+    isa = "avx512" if isa == "amx" else isa
+    q8 = activations == "int8"
+    fn = _lib().ssd_ggml_linear_q8 if q8 else _lib().ssd_ggml_linear
+    return Part(GGML_Q8 if q8 else GGML, ISAS.index(isa), QTYPES.index(qtype), n, k, k, packed.data_ptr(), None,
+                None if bias is None else bias.data_ptr(), cast(fn, c_void_p).value)
 
 
 def dequantize_rows(blocks: torch.Tensor, qtype: str, rows, k: int, *, threads: int | None = None,

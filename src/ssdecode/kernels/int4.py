@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import functools
 import os
-from ctypes import CDLL, c_int, c_int64, c_void_p
+from ctypes import CDLL, c_int, c_int64, c_void_p, cast
 from typing import NamedTuple
 
 import torch
 
 from ssdecode.kernels import blockwise
 from ssdecode.kernels.build import loads, shared_library
+from ssdecode.kernels.layers import INT4, Part
 
 ISAS = ("scalar", "avx2", "vnni", "amx")  # positions are the C code's isa codes
 BLOCK, GROUP = 32, 128  # weights per scale; weights per 64 bytes (k is padded to a multiple)
@@ -109,3 +110,12 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None =
     if rc:
         raise RuntimeError(f"this CPU cannot run the {isa} int4 kernel (best: {best_isa()})")
     return y.reshape(*x.shape[:-1], n)
+
+
+def decode_part(weight: Int4Weight, bias: torch.Tensor | None):
+    """The product ``int4_linear`` computes for decode and verification rows, as a ``layers.Part``
+    for the fused layers."""
+    isa = os.environ.get("SSDECODE_INT4_ISA") or best_isa()
+    return Part(INT4, ISAS.index(isa), 0, weight.nibbles.shape[0], weight.k, weight.nibbles.shape[1] * 2,
+                weight.nibbles.data_ptr(), weight.scales.data_ptr(), None if bias is None else bias.data_ptr(),
+                cast(_lib().ssd_i4_linear, c_void_p).value)

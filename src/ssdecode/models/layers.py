@@ -105,6 +105,11 @@ class LayerWeights:
             down=linear("mlp.down_proj"),
         )
 
+    def fused(self) -> dict:
+        """This layer as ``kernels.layers.plan`` takes it."""
+        return {"in_norm": self.in_norm, "post_norm": self.post_norm, "q_norm": self.q_norm,
+                "k_norm": self.k_norm, **{n: getattr(self, n).parts() for n in ("qkv", "o", "gate_up", "down")}}
+
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
            is_causal: bool) -> torch.Tensor:

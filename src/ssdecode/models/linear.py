@@ -49,6 +49,11 @@ class Linear:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
 
+    def parts(self) -> list | None:
+        """This product for decode and verification rows as native kernels' ``layers.Part``s (one per
+        output block), for the fused layers; None where it has no native kernel."""
+        return None
+
 
 class PackedLinear(Linear):
     """The weight in oneDNN's layout; the dense copy is dropped."""
@@ -116,6 +121,9 @@ class QuantizedLinear(Linear):
         return ggml.quantized_linear(x, self.weight, self.qtype, self.n, self.k, self.bias,
                                      activations=self.activations)
 
+    def parts(self) -> list:
+        return [ggml.decode_part(self.weight, self.qtype, self.n, self.k, self.bias, self.activations)]
+
     def __reduce__(self):  # by value, as PackedLinear's
         return _quantized, (self.weight.numpy(), self.qtype, self.n, self.k, self.bias, self.activations)
 
@@ -130,10 +138,14 @@ class SplitLinear(Linear):
 
     def __init__(self, parts: list[Linear]):
         super().__init__(None)
-        self.parts = parts
+        self.linears = parts
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([p(x) for p in self.parts], dim=-1)
+        return torch.cat([p(x) for p in self.linears], dim=-1)
+
+    def parts(self) -> list | None:
+        each = [p.parts() for p in self.linears]
+        return None if None in each else [part for ps in each for part in ps]
 
 
 class Int4Linear(Linear):
@@ -146,6 +158,9 @@ class Int4Linear(Linear):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return int4.int4_linear(x, self.weight, self.bias)
+
+    def parts(self) -> list:
+        return [int4.decode_part(self.weight, self.bias)]
 
     def __reduce__(self):  # by value, as PackedLinear's
         w = self.weight

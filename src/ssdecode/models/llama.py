@@ -15,13 +15,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ssdecode import envs
+from ssdecode.kernels import layers as fused
 from ssdecode.models.base import CausalLM
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.embedding import Embedding
 from ssdecode.models.layers import LayerWeights, apply_rope, attend, rms_norm, rope_tables
 from ssdecode.models.linear import GGUF_FORMATS, Linear, make_linear, resolve_format
 from ssdecode.models.weights_io import SafetensorsFolder, WeightLoader
-from ssdecode.runtime.attention import ForwardMeta
+from ssdecode.runtime.attention import EagerMeta, ForwardMeta
 from ssdecode.runtime.kv_cache import KVCache
 
 DEFAULT_MAX_LEN = 4096
@@ -100,13 +102,31 @@ class LlamaModel(CausalLM):
         c = self.config
         return KVCache(c.num_layers, num_slots, max_len, c.num_kv_heads, c.head_dim, self.device, self.dtype)
 
+    def fused_plan(self) -> fused.Plan | None:
+        """The layers as one native call for CPU decode and verification (kernels/layers.py),
+        built at first use; None where a product has no native kernel (the fp32 formats), off
+        the CPU, or with ``SSDECODE_FUSED_LAYERS=0``."""
+        if "_fused" not in vars(self):
+            self._fused = None
+            if self.device.type == "cpu" and self.dtype == torch.float32 and envs.fused_layers():
+                self._fused = fused.plan(self.config, [lw.fused() for lw in self.layers], self.cos, self.sin)
+        return self._fused
+
+    def __getstate__(self):
+        return {k: v for k, v in vars(self).items() if k != "_fused"}  # native addresses: rebuilt
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: ForwardMeta) -> torch.Tensor:
-        cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
-        sin = self.sin[positions].unsqueeze(2)
         h = self.embed(input_ids)
-        for i, lw in enumerate(self.layers):
-            h = self._layer(h, lw, meta.cache.k[i], meta.cache.v[i], cos, sin, meta)
+        plan = self.fused_plan() if isinstance(meta, EagerMeta) and fused.applies(h, meta.is_causal) else None
+        if plan is not None:
+            fused.forward(plan, h, positions, meta.cache.k, meta.cache.v, meta.slots, meta.starts, meta.mask,
+                          meta.kv_len)
+        else:
+            cos = self.cos[positions].unsqueeze(2)  # [B, T, 1, D]
+            sin = self.sin[positions].unsqueeze(2)
+            for i, lw in enumerate(self.layers):
+                h = self._layer(h, lw, meta.cache.k[i], meta.cache.v[i], cos, sin, meta)
         h = meta.last(h)
         return self.lm_head(rms_norm(h, self.norm, self.config.rms_norm_eps)).float()
 
