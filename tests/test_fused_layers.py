@@ -100,3 +100,15 @@ def test_each_sequence_is_computed_alone(tree, tmp_path):
         assert torch.equal(out[r, :real], one[0, :real]), r
         for k_b, k_a in zip(batch.cache.k, alone.cache.k):
             assert torch.equal(k_b[s, :n + real], k_a[0, :n + real])
+
+
+def test_positions_and_slots_out_of_range_are_refused(tmp_path):
+    """The native call indexes memory with them: refused before it runs, as PyTorch's path would
+    (its RoPE table lookup raises IndexError too)."""
+    model = model_of("qwen2", "gguf", tmp_path)
+    runner = ModelRunner(model, 2, 64)
+    with pytest.raises(IndexError, match="positions"):
+        runner.forward(torch.tensor([[5]]), torch.tensor([[model.cos.shape[0]]]), [0])
+    with pytest.raises(IndexError, match="slots"):
+        runner.forward(torch.tensor([[5]]), torch.tensor([[0]]), [-1])
+    assert runner.forward(torch.tensor([[5]]), torch.tensor([[0]]), [1]).isfinite().all()

@@ -56,8 +56,9 @@ def is_available() -> bool:
 class Plan:
     """A model's layers as layer_cpu.c reads them: addresses of tensors the model keeps alive."""
 
-    def __init__(self, model: Model, layers):
+    def __init__(self, model: Model, layers, positions: int):
         self.model, self.layers = model, layers  # layers: the array model points into, kept alive
+        self.positions = positions  # rows of the RoPE tables
 
 
 def _lin(parts: Sequence[Part]) -> Lin:
@@ -92,7 +93,7 @@ def plan(config, layers: Sequence[dict], cos: torch.Tensor, sin: torch.Tensor) -
                          *(_lin(ly[n]) for n in ("qkv", "o", "gate_up", "down")))
     spec = Model(len(layers), hid, config.num_heads, config.num_kv_heads, d, config.intermediate_size,
                  config.rms_norm_eps, _address(cos, tuple(cos.shape)), _address(sin, tuple(sin.shape)), array)
-    return Plan(spec, array)
+    return Plan(spec, array, cos.shape[0])
 
 
 def applies(h: torch.Tensor, is_causal: bool) -> bool:
@@ -113,6 +114,10 @@ def forward(p: Plan, h: torch.Tensor, positions: torch.Tensor, k_cache: Sequence
     if not h.is_contiguous():
         raise ValueError("want contiguous activations")
     pos = positions.to(torch.int64).contiguous()
+    if pos.shape != (b, t) or (pos.numel() and not 0 <= int(pos.min()) <= int(pos.max()) < p.positions):
+        raise IndexError(f"positions must be [{b}, {t}] in [0, {p.positions})")
+    if len(slots) != b or len(starts) != b or not all(0 <= s < k_cache[0].shape[0] for s in slots):
+        raise IndexError(f"want {b} slots in [0, {k_cache[0].shape[0]}) and {b} starts, got {slots}, {starts}")
     kc = torch.tensor([x.data_ptr() for x in k_cache], dtype=torch.int64)
     vc = torch.tensor([x.data_ptr() for x in v_cache], dtype=torch.int64)
     rows = torch.tensor([*slots, *starts], dtype=torch.int64)
