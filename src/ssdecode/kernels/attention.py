@@ -35,6 +35,11 @@ def applies(q: torch.Tensor, is_causal: bool) -> bool:
             and q.shape[-1] % 8 == 0 and is_available())
 
 
+def visible_bytes(mask: torch.Tensor | None, b: int, t: int, span: int) -> torch.Tensor | None:
+    """Bool ``mask`` (broadcastable to ``[b, t, span]``) as the contiguous bytes the C kernels read."""
+    return None if mask is None else mask.expand(b, t, span).contiguous().view(torch.uint8)
+
+
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``q [B, T, H, D]``, ``k``/``v`` ``[B, Hkv, Lk, D]`` (views of the cache are fine), ``mask``
     bool ``[B, T, Lk]`` (None: every key) -> ``[B, T, H * D]``, softmax(q k^T / sqrt(D)) v."""
@@ -45,7 +50,7 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     kk, vv = k.transpose(1, 2), v.transpose(1, 2)  # [B, Lk, Hkv, D]: the cache's own layout
     if kk.stride() != vv.stride() or kk.stride(3) != 1 or kk.stride(2) != d:
         kk, vv = kk.contiguous(), vv.contiguous()
-    visible = None if mask is None else mask.expand(b, t, span).contiguous().view(torch.uint8)
+    visible = visible_bytes(mask, b, t, span)
     out = torch.empty(b, t, h * d)
     rc = _lib().ssd_attend(q.data_ptr(), q.stride(0), q.stride(1), kk.data_ptr(), vv.data_ptr(), kk.stride(0),
                            kk.stride(1), span, None if visible is None else visible.data_ptr(), b, t, h, hkv, d,

@@ -83,6 +83,14 @@ def dequantize(weight: Int4Weight) -> torch.Tensor:
     return (q * weight.scales[:, :, None]).view(n, -1)[:, :weight.k]
 
 
+def _isa(isa: str | None) -> str:
+    """``isa``, else ``SSDECODE_INT4_ISA``, else the widest this CPU runs; ValueError if unknown."""
+    isa = isa or os.environ.get("SSDECODE_INT4_ISA") or best_isa()
+    if isa not in ISAS:
+        raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
+    return isa
+
+
 def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None = None, *,
                 threads: int | None = None, isa: str | None = None) -> torch.Tensor:
     """``x[..., k] @ dequantize(weight)^T + bias`` -> ``[..., n]`` fp32, with x rounded to int8 per
@@ -91,9 +99,7 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None =
     n, k, kp = weight.nibbles.shape[0], weight.k, weight.nibbles.shape[1] * 2
     if x.dtype != torch.float32 or x.shape[-1] != k or not x.is_cpu:
         raise ValueError(f"want fp32 CPU activations [..., {k}], got {x.dtype} {tuple(x.shape)} on {x.device}")
-    isa = isa or os.environ.get("SSDECODE_INT4_ISA") or best_isa()
-    if isa not in ISAS:
-        raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
+    isa = _isa(isa)
     threads = threads or torch.get_num_threads()
     if isa in ("avx2", "vnni") and blockwise.applies(x):
         def dequantize(r0: int, count: int, out: torch.Tensor) -> None:
@@ -115,7 +121,6 @@ def int4_linear(x: torch.Tensor, weight: Int4Weight, bias: torch.Tensor | None =
 def decode_part(weight: Int4Weight, bias: torch.Tensor | None):
     """The product ``int4_linear`` computes for decode and verification rows, as a ``layers.Part``
     for the fused layers."""
-    isa = os.environ.get("SSDECODE_INT4_ISA") or best_isa()
-    return Part(INT4, ISAS.index(isa), 0, weight.nibbles.shape[0], weight.k, weight.nibbles.shape[1] * 2,
+    return Part(INT4, ISAS.index(_isa(None)), 0, weight.nibbles.shape[0], weight.k, weight.nibbles.shape[1] * 2,
                 weight.nibbles.data_ptr(), weight.scales.data_ptr(), None if bias is None else bias.data_ptr(),
                 cast(_lib().ssd_i4_linear, c_void_p).value)

@@ -15,6 +15,7 @@ from ssdecode.kernels.build import loads, shared_library
 
 MAX_PARTS = 3
 GGML, GGML_Q8, INT4 = range(3)  # product kinds, as in layer_cpu.c
+PRODUCTS = ("qkv", "o", "gate_up", "down")  # a layer's products, in Layer's field order
 
 
 class Part(Structure):
@@ -86,11 +87,11 @@ def plan(config, layers: Sequence[dict], cos: torch.Tensor, sin: torch.Tensor) -
     hid, d = config.hidden_size, config.head_dim
     array = (Layer * len(layers))()
     for i, ly in enumerate(layers):
-        if any(not ly[n] or len(ly[n]) > MAX_PARTS for n in ("qkv", "o", "gate_up", "down")):
+        if any(not ly[n] or len(ly[n]) > MAX_PARTS for n in PRODUCTS):
             return None
         array[i] = Layer(_address(ly["in_norm"], (hid,)), _address(ly["post_norm"], (hid,)),
                          _address(ly["q_norm"], (d,)), _address(ly["k_norm"], (d,)),
-                         *(_lin(ly[n]) for n in ("qkv", "o", "gate_up", "down")))
+                         *(_lin(ly[n]) for n in PRODUCTS))
     spec = Model(len(layers), hid, config.num_heads, config.num_kv_heads, d, config.intermediate_size,
                  config.rms_norm_eps, _address(cos, tuple(cos.shape)), _address(sin, tuple(sin.shape)), array)
     return Plan(spec, array, cos.shape[0])
@@ -121,7 +122,7 @@ def forward(p: Plan, h: torch.Tensor, positions: torch.Tensor, k_cache: Sequence
     kc = torch.tensor([x.data_ptr() for x in k_cache], dtype=torch.int64)
     vc = torch.tensor([x.data_ptr() for x in v_cache], dtype=torch.int64)
     rows = torch.tensor([*slots, *starts], dtype=torch.int64)
-    visible = None if mask is None else mask.expand(b, t, span).contiguous().view(torch.uint8)
+    visible = attention.visible_bytes(mask, b, t, span)
     rc = _lib().ssd_layers_forward(p.model, h.data_ptr(), b, t, pos.data_ptr(), kc.data_ptr(), vc.data_ptr(),
                                    k_cache[0].shape[1], rows.data_ptr(), rows.data_ptr() + 8 * b,
                                    None if visible is None else visible.data_ptr(), span, torch.get_num_threads())

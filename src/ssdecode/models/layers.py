@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ssdecode.kernels import attention
+from ssdecode.kernels import attention, layers as fused
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.linear import Linear
 from ssdecode.models.weights_io import WeightLoader
@@ -108,7 +108,7 @@ class LayerWeights:
     def fused(self) -> dict:
         """This layer as ``kernels.layers.plan`` takes it."""
         return {"in_norm": self.in_norm, "post_norm": self.post_norm, "q_norm": self.q_norm,
-                "k_norm": self.k_norm, **{n: getattr(self, n).parts() for n in ("qkv", "o", "gate_up", "down")}}
+                "k_norm": self.k_norm, **{n: getattr(self, n).parts() for n in fused.PRODUCTS}}
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
