@@ -6,7 +6,8 @@ gguf's own dequantized weight. The kernel sums exact integer products, so it mus
 fp32 rounding (1e-5 of the largest output), and it must not match the fp32 product (the rounding
 of the activations moves outputs by ~1e-3 of the largest): a kernel that forgot to round, or
 applied a scale or an offset wrongly, fails one of the two. Thread count and batch size change
-no bit (test_ggml_kernels.py, with the fp32 kernels).
+no bit (test_ggml_kernels.py, with the fp32 kernels; here for the interleaved layout, whose kernel
+also takes a prompt's prefill).
 """
 import gguf
 import numpy as np
@@ -20,6 +21,16 @@ from test_ggml_kernels import isas
 pytestmark = pytest.mark.skipif(not ggml.is_available(), reason="the GGUF kernels do not build here")
 
 
+def layouts(qtype: str) -> list[bool]:
+    """The packed layouts (interleaved or not) that this CPU runs for qtype with int8 activations."""
+    return [False] + ([True] if ggml.interleaves(qtype, "int8") else [])
+
+
+def product(x, raw, qtype, n, k, bias=None, *, interleaved, **kw):
+    packed = ggml.pack(torch.from_numpy(raw), qtype, n, k, interleaved=interleaved)
+    return ggml.quantized_linear(x, packed, qtype, n, k, bias, activations="int8", interleaved=interleaved, **kw)
+
+
 def rounded(x: torch.Tensor) -> torch.Tensor:
     """x as the int8 activations stand for it: a * d per 256 values."""
     blocks = x.reshape(*x.shape[:-1], -1, 256)
@@ -30,7 +41,7 @@ def rounded(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("qtype", ggml.INT8_QTYPES)
-@pytest.mark.parametrize("m", [1, 3, 16, 17])
+@pytest.mark.parametrize("m", [1, 3, 5, 16, 17, blockwise.MIN_ROWS + 70])
 def test_matches_the_rounded_reference(qtype, m):
     n, k = 37, 768
     raw = random_blocks(qtype, n, k, seed=m)
@@ -42,10 +53,31 @@ def test_matches_the_rounded_reference(qtype, m):
     fp32 = x.double() @ w.double().T + bias.double()
     scale = want.abs().max().item()
     for isa in isas():
-        y = ggml.quantized_linear(x, ggml.pack(torch.from_numpy(raw), qtype, n, k), qtype, n, k, bias, isa=isa,
-                                  activations="int8")
-        assert (y - want).abs().max().item() <= 1e-5 * scale, isa
-        assert (y - fp32).abs().max().item() >= 1e-4 * scale, isa
+        if m < blockwise.MIN_ROWS:  # a prompt's prefill is fp32 but from the interleaved layout
+            y = product(x, raw, qtype, n, k, bias, interleaved=False, isa=isa)
+            assert (y - want).abs().max().item() <= 1e-5 * scale, isa
+            assert (y - fp32).abs().max().item() >= 1e-4 * scale, isa
+    if True in layouts(qtype):
+        y = product(x, raw, qtype, n, k, bias, interleaved=True)
+        assert (y - want).abs().max().item() <= 1e-5 * scale
+        assert (y - fp32).abs().max().item() >= 1e-4 * scale
+
+
+@pytest.mark.parametrize("qtype", ggml.INT8_QTYPES)
+def test_interleaved_rows_do_not_change_with_threads_batch_or_prefill(qtype):
+    """One row alone, in a verification batch of 5 (tiles of 3 and 2) and in a prompt of 150 rows
+    (passes of 64) gives the same bits, on one thread or two: prefill computes what decode would."""
+    if True not in layouts(qtype):
+        pytest.skip("no interleaved kernel on this CPU (AVX-512 VNNI)")
+    n, k = 45, 768
+    raw = random_blocks(qtype, n, k, seed=3)
+    x = torch.randn(150, k, generator=torch.Generator().manual_seed(3))
+    bias = torch.randn(n)
+    prompt = product(x, raw, qtype, n, k, bias, interleaved=True, threads=2)
+    assert torch.equal(prompt, product(x, raw, qtype, n, k, bias, interleaved=True, threads=1))
+    assert torch.equal(prompt[:5], product(x[:5], raw, qtype, n, k, bias, interleaved=True))
+    for i in (0, 4, 63, 64, 149):
+        assert torch.equal(prompt[i], product(x[i], raw, qtype, n, k, bias, interleaved=True)), i
 
 
 def test_a_prompts_prefill_stays_fp32():
@@ -58,6 +90,16 @@ def test_a_prompts_prefill_stays_fp32():
 
 def test_rejects_other_types_and_modes():
     x = torch.randn(1, 256)
+    q6 = ggml.pack(torch.from_numpy(random_blocks("Q6_K", 8, 256)), "Q6_K", 8, 256)
+    with pytest.raises(ValueError, match="shape"):  # the plain layout read as the interleaved one
+        ggml.quantized_linear(x, q6, "Q6_K", 8, 256, activations="int8", interleaved=True)
+    if ggml.interleaves("Q6_K", "int8"):
+        il = ggml.pack(torch.from_numpy(random_blocks("Q6_K", 8, 256)), "Q6_K", 8, 256, interleaved=True)
+        with pytest.raises(ValueError, match="int8 activations only"):
+            ggml.quantized_linear(x, il, "Q6_K", 8, 256, interleaved=True)
+    else:
+        with pytest.raises(ValueError, match="no interleaved kernel"):
+            ggml.pack(torch.from_numpy(random_blocks("Q6_K", 8, 256)), "Q6_K", 8, 256, interleaved=True)
     q8 = ggml.pack(torch.from_numpy(random_blocks("Q8_0", 8, 256)), "Q8_0", 8, 256)
     with pytest.raises(ValueError, match="int8 for Q4_K"):
         ggml.quantized_linear(x, q8, "Q8_0", 8, 256, activations="int8")
@@ -70,9 +112,10 @@ def test_rejects_other_types_and_modes():
 def test_a_non_finite_activation_is_not_rounded_away(bad):
     """Rounded to int8 a NaN would read as 0: its slice's scale is NaN instead, so the outputs of
     that row are NaN, as the fp32 products give (and the model's check of the logits sees it)."""
-    blocks = ggml.pack(torch.from_numpy(random_blocks("Q4_K", 8, 512)), "Q4_K", 8, 512)
+    raw = random_blocks("Q4_K", 8, 512)
     x = torch.randn(2, 512)
     x[1, 300] = bad
-    for isa in isas():
-        y = ggml.quantized_linear(x, blocks, "Q4_K", 8, 512, isa=isa, activations="int8")
-        assert torch.isfinite(y[0]).all() and torch.isnan(y[1]).all(), isa
+    ys = [product(x, raw, "Q4_K", 8, 512, interleaved=False, isa=isa) for isa in isas()]
+    ys += [product(x, raw, "Q4_K", 8, 512, interleaved=True) for il in layouts("Q4_K") if il]
+    for y in ys:
+        assert torch.isfinite(y[0]).all() and torch.isnan(y[1]).all()

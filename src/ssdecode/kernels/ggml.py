@@ -16,7 +16,11 @@ A prompt's prefill on AVX2 and AVX-512 goes block by block through oneDNN's GEMM
 ``activations="int8"`` (the opt-in gguf-a8 weight format) rounds each activation row to int8 per
 256 values for the Q4_K and Q6_K products of decode and verification, as llama.cpp does, and sums
 integer products (ggml_q8.h): not the stored model computed in fp32, but that model with its
-activations rounded, batch invariant like the fp32 kernels.
+activations rounded, batch invariant like the fp32 kernels. Where the CPU has AVX-512 VNNI
+(``interleaves``), those weights are packed interleaved instead (16 rows, four bytes of each in
+turn: ggml_q8il.h) and one kernel takes every row count, a prompt's prefill included: 1.2-1.5x
+the plain layout at verification shapes, several times the fp32 prefill (docs/benchmarks.md
+section 12).
 
 The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
 avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
@@ -56,6 +60,10 @@ def _lib() -> CDLL:
                                         c_int]
     lib.ssd_ggml_pack.argtypes = [c_int, c_void_p, c_int64, c_int64, c_void_p, c_int]
     lib.ssd_ggml_linear_q8.argtypes = lib.ssd_ggml_linear.argtypes
+    lib.ssd_ggml_linear_q8il.argtypes = lib.ssd_ggml_linear.argtypes
+    lib.ssd_ggml_pack_il.argtypes = lib.ssd_ggml_pack.argtypes
+    lib.ssd_ggml_il_row_bytes.argtypes = [c_int, c_int64]
+    lib.ssd_ggml_il_row_bytes.restype = c_int64
     return lib
 
 
@@ -77,56 +85,82 @@ def amx_min_rows(qtype: str) -> int:
 
 
 @functools.cache
-def group_rows() -> int:
-    """Rows of a group in the packed layout (``pack``)."""
-    return _lib().ssd_ggml_group_rows()
+def group_rows(interleaved: bool = False) -> int:
+    """Rows of a group in the packed layout (``pack``; ``interleaved``: its interleaved form)."""
+    return _lib().ssd_ggml_il_group_rows() if interleaved else _lib().ssd_ggml_group_rows()
 
 
-def _check(qtype: str, blocks: torch.Tensor, n: int, k: int, isa: str | None, packed: bool = False) -> str:
-    """Raise ValueError unless ``blocks`` holds an [n, k] weight of ``qtype`` (``packed``: as
-    ``pack`` makes it); the isa to use."""
-    if qtype not in _SIZES:
-        raise ValueError(f"no kernel for GGML type {qtype!r}; there are {QTYPES}")
-    block, block_bytes = _SIZES[qtype]
-    if k % block:
-        raise ValueError(f"{qtype} rows hold multiples of {block} weights, not {k}")
-    shape = (-(-n // group_rows()) * group_rows() if packed else n, k // block * block_bytes)
-    if blocks.dtype != torch.uint8 or blocks.shape != shape or not blocks.is_contiguous() or not blocks.is_cpu:
-        what = "packed blocks (ggml.pack)" if packed else "blocks"
-        raise ValueError(f"{qtype} [{n}, {k}] weight: want contiguous CPU uint8 {what} of shape {shape}, "
-                         f"got {blocks.dtype} {tuple(blocks.shape)} on {blocks.device}")
+def _isa(isa: str | None) -> str:
     isa = isa or os.environ.get("SSDECODE_KERNEL_ISA") or best_isa()
     if isa not in ISAS:
         raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
     return isa
 
 
+def interleaves(qtype: str, activations: str, isa: str | None = None) -> bool:
+    """Whether a ``qtype`` weight with these activations runs from the interleaved layout here
+    (``pack(interleaved=True)``: Q4_K with int8 activations, on AVX-512 VNNI)."""
+    return (activations == "int8" and qtype in QTYPES and _isa(isa) in ("avx512", "amx")
+            and bool(_lib().ssd_ggml_il_usable(QTYPES.index(qtype))))
+
+
+def _check(qtype: str, blocks: torch.Tensor, n: int, k: int, isa: str | None, packed: bool = False,
+           interleaved: bool = False) -> str:
+    """Raise ValueError unless ``blocks`` holds an [n, k] weight of ``qtype`` (``packed``: as
+    ``pack`` makes it, ``interleaved`` or not); the isa to use."""
+    if qtype not in _SIZES:
+        raise ValueError(f"no kernel for GGML type {qtype!r}; there are {QTYPES}")
+    block, block_bytes = _SIZES[qtype]
+    if k % block:
+        raise ValueError(f"{qtype} rows hold multiples of {block} weights, not {k}")
+    rows = -(-n // group_rows(interleaved)) * group_rows(interleaved) if packed else n
+    width = _lib().ssd_ggml_il_row_bytes(QTYPES.index(qtype), k) if interleaved else k // block * block_bytes
+    shape = (rows, width)
+    if blocks.dtype != torch.uint8 or blocks.shape != shape or not blocks.is_contiguous() or not blocks.is_cpu:
+        what = "packed blocks (ggml.pack)" if packed else "blocks"
+        raise ValueError(f"{qtype} [{n}, {k}] weight: want contiguous CPU uint8 {what} of shape {shape}, "
+                         f"got {blocks.dtype} {tuple(blocks.shape)} on {blocks.device}")
+    return _isa(isa)
+
+
 def _no_isa(isa: str) -> RuntimeError:
     return RuntimeError(f"this CPU cannot run the {isa} kernels (best: {best_isa()})")
 
 
-def pack(blocks: torch.Tensor, qtype: str, n: int, k: int, *, threads: int | None = None) -> torch.Tensor:
+def pack(blocks: torch.Tensor, qtype: str, n: int, k: int, *, threads: int | None = None,
+         interleaved: bool = False) -> torch.Tensor:
     """The [n, k] weight stored as ``blocks`` (GGUF row order) in the layout ``quantized_linear``
-    reads: the same bytes in another order, rows padded with zeros to whole groups (a new tensor)."""
+    reads: the same bytes in another order, rows padded with zeros to whole groups (a new tensor).
+    ``interleaved`` (where ``interleaves``): 16 rows per group, four bytes of each in turn, the
+    scales unpacked to bytes (ggml_q8il.h)."""
     _check(qtype, blocks, n, k, None)
-    out = torch.empty(-(-n // group_rows()) * group_rows(), blocks.shape[1], dtype=torch.uint8)
-    _lib().ssd_ggml_pack(QTYPES.index(qtype), blocks.data_ptr(), n, k, out.data_ptr(), threads or torch.get_num_threads())
+    if interleaved and not interleaves(qtype, "int8"):
+        raise ValueError(f"no interleaved kernel for {qtype} on this CPU (best: {best_isa()})")
+    rows = -(-n // group_rows(interleaved)) * group_rows(interleaved)
+    width = _lib().ssd_ggml_il_row_bytes(QTYPES.index(qtype), k) if interleaved else blocks.shape[1]
+    out = torch.empty(rows, width, dtype=torch.uint8)
+    fn = _lib().ssd_ggml_pack_il if interleaved else _lib().ssd_ggml_pack
+    fn(QTYPES.index(qtype), blocks.data_ptr(), n, k, out.data_ptr(), threads or torch.get_num_threads())
     return out
 
 
 def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, k: int,
                      bias: torch.Tensor | None = None, *, threads: int | None = None,
-                     isa: str | None = None, activations: str = "fp32") -> torch.Tensor:
-    """``x[..., k] @ W^T + bias`` -> ``[..., n]`` fp32, W given as GGML blocks that ``pack`` made.
+                     isa: str | None = None, activations: str = "fp32", interleaved: bool = False) -> torch.Tensor:
+    """``x[..., k] @ W^T + bias`` -> ``[..., n]`` fp32, W given as GGML blocks that ``pack`` made
+    (``interleaved`` or not).
 
     ``activations="int8"`` (``INT8_QTYPES`` only): each row of x rounded to int8 per 256 values
     (scale max|x| / 127), as llama.cpp computes, in the products of decode and verification
-    shapes; a prompt's prefill (blockwise GEMM, or the tile unit) stays fp32.
+    shapes; a prompt's prefill (blockwise GEMM, or the tile unit) stays fp32, except from the
+    interleaved layout, whose kernel takes every row count.
 
     ``threads`` defaults to ``torch.get_num_threads()``. The GIL is released during the product."""
-    isa = _check(qtype, packed, n, k, isa, packed=True)
+    isa = _check(qtype, packed, n, k, isa, packed=True, interleaved=interleaved)
     if activations not in ACTIVATIONS or (activations == "int8" and qtype not in INT8_QTYPES):
         raise ValueError(f"activations {activations!r}: choose fp32, or int8 for {', '.join(INT8_QTYPES)}")
+    if interleaved and activations != "int8":
+        raise ValueError("the interleaved layout has a kernel for int8 activations only")
     if isa == "amx" and blockwise.tokens(x) < amx_min_rows(qtype):
         # the tile unit for prefill only (tokens per sequence, not rows in all): decode and
         # verification stay on one kernel whatever the batch, so a sequence's rounds compute the
@@ -137,7 +171,7 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
     if bias is not None and (bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()
                              or not bias.is_cpu):
         raise ValueError(f"want a contiguous fp32 CPU bias [{n}], got {bias.dtype} {tuple(bias.shape)}")
-    if isa in ("avx2", "avx512") and blockwise.applies(x):
+    if not interleaved and isa in ("avx2", "avx512") and blockwise.applies(x):
         def dequantize(r0: int, count: int, out: torch.Tensor) -> None:
             if _lib().ssd_ggml_dequantize(ISAS.index(isa), QTYPES.index(qtype), packed.data_ptr(), k, 1, None, r0,
                                           count, out.data_ptr(), threads or torch.get_num_threads()):
@@ -145,7 +179,8 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
         return blockwise.linear(x, n, k, dequantize, bias, group_rows())
     rows = x if x.dim() == 2 and x.is_contiguous() else x.reshape(-1, k).contiguous()
     y = torch.empty(rows.shape[0], n)
-    product = _lib().ssd_ggml_linear_q8 if activations == "int8" and isa != "amx" else _lib().ssd_ggml_linear
+    product = (_lib().ssd_ggml_linear_q8il if interleaved else
+               _lib().ssd_ggml_linear_q8 if activations == "int8" and isa != "amx" else _lib().ssd_ggml_linear)
     rc = product(ISAS.index(isa), QTYPES.index(qtype), rows.data_ptr(), rows.shape[0], k, packed.data_ptr(), n,
                  None if bias is None else bias.data_ptr(), y.data_ptr(), threads or torch.get_num_threads())
     if rc == -2:
@@ -156,15 +191,16 @@ def quantized_linear(x: torch.Tensor, packed: torch.Tensor, qtype: str, n: int, 
 
 
 def decode_part(packed: torch.Tensor, qtype: str, n: int, k: int, bias: torch.Tensor | None,
-                activations: str = "fp32"):
+                activations: str = "fp32", interleaved: bool = False):
     """The product ``quantized_linear`` computes for decode and verification rows, as a
     ``layers.Part`` for the fused layers: the same kernel and instruction set (avx512 where the
     CPU has amx: the tile unit is for prefill; here for 16 tokens too, which ``quantized_linear``
     would put on the tile unit)."""
-    isa = _check(qtype, packed, n, k, None, packed=True)
+    isa = _check(qtype, packed, n, k, None, packed=True, interleaved=interleaved)
     isa = "avx512" if isa == "amx" else isa
     q8 = activations == "int8"
-    fn = _lib().ssd_ggml_linear_q8 if q8 else _lib().ssd_ggml_linear
+    fn = (_lib().ssd_ggml_linear_q8il if interleaved else
+          _lib().ssd_ggml_linear_q8 if q8 else _lib().ssd_ggml_linear)
     return Part(GGML_Q8 if q8 else GGML, ISAS.index(isa), QTYPES.index(qtype), n, k, k, packed.data_ptr(), None,
                 None if bias is None else bias.data_ptr(), cast(fn, c_void_p).value)
 

@@ -817,6 +817,7 @@ int ssd_ggml_best_isa(void)
 }
 
 #include "ggml_q8.h"                /* the products with int8 activations (gguf-a8) */
+#include "ggml_q8il.h"              /* and from the interleaved layout, on AVX-512 VNNI */
 
 /* x[m, k] as [k / SLICE][m][SLICE] (the last slice may be partial), in the lookup order of qtype if
  * lut; one row in the given order is already that. */

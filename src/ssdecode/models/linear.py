@@ -106,30 +106,37 @@ class Int8Linear(Linear):
 
 class QuantizedLinear(Linear):
     """A GGML-quantized weight as stored: ``blocks`` uint8 ``[n, row_bytes]`` of ``qtype``, ``[n, k]``,
-    held reordered as the kernel streams it (``ggml.pack``: the same bytes; ``packed``: already so)."""
+    held reordered as the kernel streams it (``ggml.pack``: the same bytes, interleaved where
+    ``ggml.interleaves``; ``packed``: already so, ``interleaved`` or not)."""
 
     def __init__(self, blocks: torch.Tensor, qtype: str, n: int, k: int, bias: torch.Tensor | None = None,
-                 packed: bool = False, activations: str = "fp32"):
+                 packed: bool = False, activations: str = "fp32", interleaved: bool | None = None):
         if not blocks.is_cpu:
             raise ValueError(f"{qtype} weights run on the CPU only, not on {blocks.device}")
         if not ggml.is_available():
             raise RuntimeError(f"{qtype} weights need the GGUF kernels, which do not build here (see the log)")
-        super().__init__(blocks if packed else ggml.pack(blocks, qtype, n, k), bias)
-        self.qtype, self.n, self.k, self.activations = qtype, n, k, activations
+        if interleaved is None:
+            interleaved = ggml.interleaves(qtype, activations)
+        super().__init__(blocks if packed else ggml.pack(blocks, qtype, n, k, interleaved=interleaved), bias)
+        self.qtype, self.n, self.k, self.activations, self.interleaved = qtype, n, k, activations, interleaved
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return ggml.quantized_linear(x, self.weight, self.qtype, self.n, self.k, self.bias,
-                                     activations=self.activations)
+                                     activations=self.activations, interleaved=self.interleaved)
 
     def parts(self) -> list:
-        return [ggml.decode_part(self.weight, self.qtype, self.n, self.k, self.bias, self.activations)]
+        return [ggml.decode_part(self.weight, self.qtype, self.n, self.k, self.bias, self.activations,
+                                 self.interleaved)]
 
     def __reduce__(self):  # by value, as PackedLinear's
-        return _quantized, (self.weight.numpy(), self.qtype, self.n, self.k, self.bias, self.activations)
+        return _quantized, (self.weight.numpy(), self.qtype, self.n, self.k, self.bias, self.activations,
+                            self.interleaved)
 
 
-def _quantized(packed, qtype: str, n: int, k: int, bias: torch.Tensor | None, activations: str) -> QuantizedLinear:
-    return QuantizedLinear(torch.from_numpy(packed), qtype, n, k, bias, packed=True, activations=activations)
+def _quantized(packed, qtype: str, n: int, k: int, bias: torch.Tensor | None, activations: str,
+               interleaved: bool) -> QuantizedLinear:
+    return QuantizedLinear(torch.from_numpy(packed), qtype, n, k, bias, packed=True, activations=activations,
+                           interleaved=interleaved)
 
 
 class SplitLinear(Linear):

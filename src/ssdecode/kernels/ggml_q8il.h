@@ -1,0 +1,322 @@
+/* Q4_K and Q6_K products with int8 activations (gguf-a8) on AVX-512 VNNI from an interleaved layout: one
+ * output row per 32-bit lane, so that a single vpdpbusd applies four weights of each of 16 rows
+ * to four activations broadcast from memory (ggml_cpu.c includes this after ggml_q8.h).
+ *
+ * rows8_direct (ggml_q8.h) decodes a row's super-block into registers and spends, per activation
+ * row and 256 weights, four maddubs, four dpwssd and the fp32 sums of its lanes: at verification
+ * shapes (2-16 rows) that integer work, not memory, bounds the product. Here the 16 rows of a
+ * group share every instruction: per activation row and 256 weights of one row it is four
+ * dpbusd plus a share of the sub-block scaling, about half, and the decode (a mask and a shift
+ * per 8 weights of 16 rows) is shared by IL_MT activation rows.
+ *
+ * The layout (ssd_ggml_pack_il), per group of IR = 16 rows and super-block (q the unsigned weight
+ * integers, 4 bits for Q4_K, 6 for Q6_K):
+ *   lo  2048  [c 4][t 8][row 16][4]: byte b holds the low nibbles of q[64c + 4t + b] and, above,
+ *             of q[64c + 32 + 4t + b]; for Q4_K these are the row's qs bytes 32c + 4t + b
+ *   Q4_K: sc 128 [sub-block 8][row 16] the 6-bit scales as bytes; mn 128 [c 4][row 16][2] the
+ *         mins of sub-blocks 2c, 2c + 1 (an int16 pair per lane); d, dmin [row 16] f16 as stored
+ *         (Q4K_IL bytes: 148 per row and super-block against the file's 144)
+ *   Q6_K: hi 1024 [c 4][u 4][row 16][4]: byte b holds the top two bits of q[64c + 4u + b],
+ *         q[64c + 16 + ...], q[64c + 32 + ...], q[64c + 48 + ...] from the bottom up; sc 256
+ *         [p 8][row 16][2] the int8 scales of sub-blocks 2p, 2p + 1; d [row 16] f16 (Q6K_IL bytes:
+ *         210 per row and super-block, as stored)
+ * The file's numbers, reordered.
+ *
+ * Arithmetic: the integers of ggml_q8.h. Per super-block and output row, with a the int8
+ * activations (scale da per 256) and S_s = sum over sub-block s of q * a (exact in int32),
+ *   Q4_K: y += d * da * sum_s sc_s * S_s  -  dmin * da * sum_s mn_s * (sum over s of a)
+ *   Q6_K: y += d * da * sum_s sc_s * (S_s - 32 * (sum over s of a))
+ * the integer sums exact (below 2^31: 8 * 63 * 32 * 15 * 127; 16 * 128 * 16 * 63 * 127), each
+ * product in fp32, super-blocks in order: an output does not depend on the thread count or on the
+ * other activation rows (batch invariant), and prefill computes what decode would. */
+#define IR 16                       /* rows of a group: one per 32-bit lane */
+#define IL_MT 6                     /* most activation rows sharing one decode of the weights */
+#define IL_CHUNK 64                 /* activation rows per pass over the weight */
+#define Q4K_IL 2368                 /* bytes of a group's super-block */
+#define Q6K_IL 3360
+#define Q6K_MT 4                    /* Q6_K, which keeps four sums per activation row in registers */
+
+static inline int il_bytes(int qtype)
+{
+    return qtype == Q4_K ? Q4K_IL : Q6K_IL;
+}
+
+/* Whether this CPU has the interleaved kernel for qtype. */
+int ssd_ggml_il_usable(int qtype)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    return q8_type(qtype) && ssd_ggml_best_isa() >= AVX512 && __builtin_cpu_supports("avx512vnni");
+#else
+    (void)qtype;
+    return 0;
+#endif
+}
+
+/* Rows of a group in the interleaved layout. */
+int ssd_ggml_il_group_rows(void)
+{
+    return IR;
+}
+
+/* Bytes of one row of k weights in the interleaved layout. */
+int64_t ssd_ggml_il_row_bytes(int qtype, int64_t k)
+{
+    return k / SLICE * (il_bytes(qtype) / IR);
+}
+
+/* One Q4_K super-block b of group row r into the group's block o. */
+static void il_pack_q4k(const uint8_t *b, int r, uint8_t *o)
+{
+    uint32_t words[4];
+    uint8_t u[16];                  /* scales 0-7, mins 0-7 */
+    q4k_scales(b + 4, words);
+    memcpy(u, words, 16);
+    for (int c = 0; c < 4; c++) {
+        for (int t = 0; t < 8; t++)
+            memcpy(o + 512 * c + 64 * t + 4 * r, b + 16 + 32 * c + 4 * t, 4);
+        o[2176 + 32 * c + 2 * r] = u[8 + 2 * c];
+        o[2176 + 32 * c + 2 * r + 1] = u[9 + 2 * c];
+    }
+    for (int s = 0; s < 8; s++)
+        o[2048 + 16 * s + r] = u[s];
+    memcpy(o + 2304 + 2 * r, b, 2);
+    memcpy(o + 2336 + 2 * r, b + 2, 2);
+}
+
+/* The same for Q6_K: its q (gguf's ql / qh layout) re-split into the nibble and bit-pair planes. */
+static void il_pack_q6k(const uint8_t *b, int r, uint8_t *o)
+{
+    uint8_t q[SLICE];
+    for (int h = 0; h < 2; h++) {
+        const uint8_t *ql = b + 64 * h, *qh = b + 128 + 32 * h;
+        for (int l = 0; l < 32; l++) {
+            q[128 * h + l] = (ql[l] & 15) | (qh[l] & 3) << 4;
+            q[128 * h + l + 32] = (ql[l + 32] & 15) | (qh[l] >> 2 & 3) << 4;
+            q[128 * h + l + 64] = (ql[l] >> 4) | (qh[l] >> 4 & 3) << 4;
+            q[128 * h + l + 96] = (ql[l + 32] >> 4) | (qh[l] >> 6 & 3) << 4;
+        }
+    }
+    for (int c = 0; c < 4; c++)
+        for (int e = 0; e < 4; e++) {
+            for (int t = 0; t < 8; t++)
+                o[512 * c + 64 * t + 4 * r + e] = (q[64 * c + 4 * t + e] & 15) | (q[64 * c + 32 + 4 * t + e] & 15) << 4;
+            for (int u = 0; u < 4; u++)
+                o[2048 + 256 * c + 64 * u + 4 * r + e] = (uint8_t)(q[64 * c + 4 * u + e] >> 4 | (q[64 * c + 16 + 4 * u + e] >> 4) << 2
+                                                        | (q[64 * c + 32 + 4 * u + e] >> 4) << 4
+                                                        | (q[64 * c + 48 + 4 * u + e] >> 4) << 6);
+        }
+    for (int p = 0; p < 8; p++) {
+        o[3072 + 32 * p + 2 * r] = b[192 + 2 * p];
+        o[3072 + 32 * p + 2 * r + 1] = b[193 + 2 * p];
+    }
+    memcpy(o + 3328 + 2 * r, b + 208, 2);
+}
+
+/* dst = the n x k Q4_K or Q6_K weight stored as src (GGUF row order) in the interleaved layout,
+ * padded with zero rows (d = 0) to whole groups: dst holds groups * IR rows of ssd_ggml_il_row_bytes. */
+void ssd_ggml_pack_il(int qtype, const uint8_t *src, int64_t n, int64_t k, uint8_t *dst, int threads)
+{
+    int64_t ldw = row_bytes(qtype, k), slices = k / SLICE, groups = (n + IR - 1) / IR, sb = row_bytes(qtype, SLICE);
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t j = 0; j < slices; j++) {
+            uint8_t *o = dst + (g * slices + j) * il_bytes(qtype);
+            memset(o, 0, il_bytes(qtype));
+            for (int r = 0; r < IR && g * IR + r < n; r++)
+                (qtype == Q4_K ? il_pack_q4k : il_pack_q6k)(src + (g * IR + r) * ldw + j * sb, r, o);
+        }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+/* acc + dpbusd(w, the four bytes at p in every lane), the bytes broadcast by the instruction's memory
+ * operand (GCC loads them into a register first: one more instruction per product). */
+static inline __attribute__((always_inline)) VNNI_TARGET __m512i dpbusd_bcast(__m512i acc, __m512i w, const int8_t *p)
+{
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*(const int32_t *)p));
+    return acc;
+}
+
+static inline __attribute__((always_inline)) VNNI_TARGET __m512i bcast4(const void *p)
+{
+    int32_t v;
+    memcpy(&v, p, 4);
+    return _mm512_set1_epi32(v);
+}
+
+/* out[i] (lane r: output row r of the group) for M activation rows: xq rows of k int8, da their
+ * scales per 256, bs their sums per 32 (int16). */
+static inline __attribute__((always_inline)) VNNI_TARGET void
+il_q4k(const int M, const uint8_t *blk, int64_t slices, const int8_t *xq, int64_t k, const float *da,
+       const int16_t *bs, __m512 *out)
+{
+    const __m512i low4 = _mm512_set1_epi8(15);
+    __m512 acc[IL_MT], mins[IL_MT];
+    for (int i = 0; i < M; i++)
+        acc[i] = mins[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < slices; j++, blk += Q4K_IL) {
+        __m512i isum[IL_MT], imin[IL_MT];
+        for (int i = 0; i < M; i++)
+            isum[i] = imin[i] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m512i lo[IL_MT], hi[IL_MT];
+            for (int i = 0; i < M; i++)
+                lo[i] = hi[i] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) {
+                __m512i v = _mm512_loadu_si512(blk + 512 * c + 64 * t);
+                __m512i wl = _mm512_and_si512(v, low4), wh = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+                for (int i = 0; i < M; i++) {
+                    const int8_t *a = xq + i * k + SLICE * j + 64 * c + 4 * t;
+                    lo[i] = dpbusd_bcast(lo[i], wl, a);
+                    hi[i] = dpbusd_bcast(hi[i], wh, a + 32);
+                }
+            }
+            __m512i s0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2048 + 32 * c))),
+                    s1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + 2064 + 32 * c))),
+                    mn = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 2176 + 32 * c)));
+            for (int i = 0; i < M; i++) {
+                isum[i] = _mm512_add_epi32(isum[i], _mm512_add_epi32(_mm512_mullo_epi32(lo[i], s0),
+                                                                     _mm512_mullo_epi32(hi[i], s1)));
+                imin[i] = _mm512_dpwssd_epi32(imin[i], mn, bcast4(bs + i * (k / 32) + 8 * j + 2 * c));
+            }
+        }
+        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 2304))),
+               dmin = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 2336)));
+        for (int i = 0; i < M; i++) {
+            __m512 a = _mm512_set1_ps(da[i * (k / SLICE) + j]);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[i]), _mm512_mul_ps(d, a), acc[i]);
+            mins[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(imin[i]), _mm512_mul_ps(dmin, a), mins[i]);
+        }
+    }
+    for (int i = 0; i < M; i++)
+        out[i] = _mm512_sub_ps(acc[i], mins[i]);
+}
+
+/* il_q4k for Q6_K; bs: the sums of the activations per 16. */
+static inline __attribute__((always_inline)) VNNI_TARGET void
+il_q6k(const int M, const uint8_t *blk, int64_t slices, const int8_t *xq, int64_t k, const float *da,
+       const int16_t *bs, __m512 *out)
+{
+    const __m512i low4 = _mm512_set1_epi8(15), bits45 = _mm512_set1_epi8(0x30);
+    __m512 acc[IL_MT];
+    for (int i = 0; i < M; i++)
+        acc[i] = _mm512_setzero_ps();
+    for (int64_t j = 0; j < slices; j++, blk += Q6K_IL) {
+        __m512i isum[IL_MT], corr[IL_MT];
+        for (int i = 0; i < M; i++)
+            isum[i] = corr[i] = _mm512_setzero_si512();
+        for (int c = 0; c < 4; c++) {
+            __m512i sub[IL_MT][4];     /* S of sub-blocks 4c .. 4c + 3 */
+            for (int i = 0; i < M; i++)
+                for (int e = 0; e < 4; e++)
+                    sub[i][e] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+            for (int u = 0; u < 4; u++) {
+                __m512i h = _mm512_loadu_si512(blk + 2048 + 256 * c + 64 * u),
+                        l0 = _mm512_loadu_si512(blk + 512 * c + 64 * u),
+                        l1 = _mm512_loadu_si512(blk + 512 * c + 64 * u + 256);
+                /* (low & 15) | clean high bits: ternary logic 0xEC is (A & C) | B */
+                __m512i w[4] = {
+                    _mm512_ternarylogic_epi32(l0, _mm512_and_si512(_mm512_slli_epi16(h, 4), bits45), low4, 0xEC),
+                    _mm512_ternarylogic_epi32(l1, _mm512_and_si512(_mm512_slli_epi16(h, 2), bits45), low4, 0xEC),
+                    _mm512_ternarylogic_epi32(_mm512_srli_epi16(l0, 4), _mm512_and_si512(h, bits45), low4, 0xEC),
+                    _mm512_ternarylogic_epi32(_mm512_srli_epi16(l1, 4), _mm512_and_si512(_mm512_srli_epi16(h, 2), bits45),
+                                              low4, 0xEC)};
+                for (int i = 0; i < M; i++)
+                    for (int e = 0; e < 4; e++)     /* w[e]: weights 64c + 16e + 4u .. + 3 */
+                        sub[i][e] = dpbusd_bcast(sub[i][e], w[e], xq + i * k + SLICE * j + 64 * c + 16 * e + 4 * u);
+            }
+            __m512i pa = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 3072 + 64 * c))),
+                    pb = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)(blk + 3104 + 64 * c)));
+            __m512i sc[4] = {_mm512_srai_epi32(_mm512_slli_epi32(pa, 16), 16), _mm512_srai_epi32(pa, 16),
+                             _mm512_srai_epi32(_mm512_slli_epi32(pb, 16), 16), _mm512_srai_epi32(pb, 16)};
+            for (int i = 0; i < M; i++) {
+                const int16_t *b = bs + i * (k / 16) + 16 * j + 4 * c;
+                for (int e = 0; e < 4; e++)
+                    isum[i] = _mm512_add_epi32(isum[i], _mm512_mullo_epi32(sub[i][e], sc[e]));
+                corr[i] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(corr[i], pa, bcast4(b)), pb, bcast4(b + 2));
+            }
+        }
+        __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(blk + 3328)));
+        for (int i = 0; i < M; i++) {
+            __m512i t = _mm512_sub_epi32(isum[i], _mm512_slli_epi32(corr[i], 5));
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(d, _mm512_set1_ps(da[i * (k / SLICE) + j])),
+                                     acc[i]);
+        }
+    }
+    for (int i = 0; i < M; i++)
+        out[i] = acc[i];
+}
+
+/* Rows [i0, i0 + m) of y for group g (its outputs below n); bs: the sums of the activations per
+ * sub-block (32 weights for Q4_K, 16 for Q6_K). */
+static VNNI_TARGET void il_group(int qtype, const uint8_t *w, int64_t g, int64_t k, int64_t n, const int8_t *xq,
+                                 const float *da, const int16_t *bs, int64_t m, const float *bias, float *y)
+{
+    int64_t slices = k / SLICE, sub = qtype == Q4_K ? 32 : 16;
+    const uint8_t *blk = w + g * slices * il_bytes(qtype);
+    __mmask16 keep = n - g * IR >= IR ? 0xffff : (__mmask16)((1u << (n - g * IR)) - 1);
+    __m512 b = bias ? _mm512_maskz_loadu_ps(keep, bias + g * IR) : _mm512_setzero_ps();
+    int most = qtype == Q4_K ? IL_MT : Q6K_MT;
+    for (int64_t i0 = 0; i0 < m;) {
+        int64_t tiles = (m - i0 + most - 1) / most;
+        int mt = (int)((m - i0 + tiles - 1) / tiles);  /* balanced: 5 rows as 3 + 2, not 4 + 1 */
+        __m512 out[IL_MT];
+        const int8_t *x = xq + i0 * k;
+        const float *d = da + i0 * slices;
+        const int16_t *s = bs + i0 * (k / sub);
+#define IL_CASE(M) case M: { if (qtype == Q4_K) il_q4k(M, blk, slices, x, k, d, s, out); \
+                             else il_q6k(M, blk, slices, x, k, d, s, out); } break;
+        switch (mt) {
+        IL_CASE(1) IL_CASE(2) IL_CASE(3) IL_CASE(4) IL_CASE(5) default: IL_CASE(IL_MT)
+        }
+#undef IL_CASE
+        for (int i = 0; i < mt; i++)
+            _mm512_mask_storeu_ps(y + (i0 + i) * n + g * IR, keep, _mm512_add_ps(out[i], b));
+        i0 += mt;
+    }
+}
+#endif
+
+/* y[m, n] = round8(x)[m, k] @ W^T (+ bias[n]) for a Q4_K or Q6_K W packed by ssd_ggml_pack_il (isa is
+ * AVX512 or AMX: the caller's choice, checked). Returns -1 where the kernel cannot run, -2 when out
+ * of memory, else 0. */
+int ssd_ggml_linear_q8il(int isa, int qtype, const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n,
+                         const float *bias, float *y, int threads)
+{
+    if (isa < AVX512 || !ssd_ggml_il_usable(qtype))
+        return -1;
+#if defined(__x86_64__) || defined(__i386__)
+    int64_t slices = k / SLICE, groups = (n + IR - 1) / IR, sub = qtype == Q4_K ? 32 : 16;
+    int8_t *xq = malloc((size_t)(m * k));
+    float *da = malloc(sizeof(float) * (size_t)(m * slices)), *xs = malloc(sizeof(float) * (size_t)(m * (k / 16)));
+    int16_t *bs = malloc(sizeof(int16_t) * (size_t)(m * (k / sub)));
+    if (!xq || !da || !xs || !bs) {
+        free(xq), free(da), free(xs), free(bs);
+        return -2;
+    }
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t i = 0; i < m; i++) {
+        q8_quantize_avx2(x + i * k, k, 0, xq + i * k, da + i * slices, xs + i * (k / 16));
+        for (int64_t j = 0; j < slices; j++)    /* an infinity too: NaN outputs, not inf - inf or inf */
+            da[i * slices + j] = isfinite(da[i * slices + j]) ? da[i * slices + j] : NAN;
+        for (int64_t s = 0; s < k / sub; s++) {
+            int sum = 0;
+            for (int j = 0; j < sub; j++)
+                sum += xq[i * k + sub * s + j];
+            bs[i * (k / sub) + s] = (int16_t)sum;
+        }
+    }
+    for (int64_t m0 = 0; m0 < m; m0 += IL_CHUNK) {
+        int64_t mc = m - m0 < IL_CHUNK ? m - m0 : IL_CHUNK;
+#pragma omp parallel for schedule(static) num_threads(threads)
+        for (int64_t g = 0; g < groups; g++)
+            il_group(qtype, w, g, k, n, xq + m0 * k, da + m0 * slices, bs + m0 * (k / sub), mc, bias, y + m0 * n);
+    }
+    free(xq), free(da), free(xs), free(bs);
+    return 0;
+#else
+    (void)qtype, (void)x, (void)m, (void)k, (void)w, (void)n, (void)bias, (void)y, (void)threads;
+    return -1;
+#endif
+}
