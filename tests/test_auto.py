@@ -170,15 +170,16 @@ def test_cli_defaults_to_auto_and_says_what_it_picked(tmp_path, capsys):
 
 
 def test_auto_weighs_a_requantized_draft_once(tmp_path, monkeypatch):
-    """The draft's own weights against its int4 form: both pairs calibrated the first time, then
-    only the cached calibrations decide (nothing measured again)."""
+    """The draft's own weights against its re-quantized form (q4k where AVX-512 VNNI runs it, else
+    int4): both pairs calibrated the first time, then only the cached calibrations decide (nothing
+    measured again)."""
     from ssdecode.models.loader import load_model
     from ssdecode.plan.auto import pick_draft
 
     target_dir, draft_dir = save_tiny_pair(tmp_path)
     target, draft = load_model(target_dir), load_model(draft_dir)
     model, fmt = pick_draft(target, draft, str(draft_dir), progress=False)
-    assert fmt in ("auto", "int4") and model.weight_format == ("int4" if fmt == "int4" else "packed")
+    assert fmt in ("auto", "q4k", "int4") and model.weight_format == ("packed" if fmt == "auto" else fmt)
     monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: pytest.fail("measured again"))
     assert pick_draft(target, draft, str(draft_dir), progress=False)[1] == fmt
 

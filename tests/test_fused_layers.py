@@ -31,9 +31,9 @@ def model_of(case: str, weights: str, tmp_path):
                    "qwen3": ("qwen3", demo_like)}[case]
     heads = 8 if arch == "qwen3" else 4  # qwen3's head_dim 32: 8 heads make o_proj's rows K-quant wide
     hf = tiny_model(arch, arch == "qwen2", **SIZES, num_attention_heads=heads)
-    if weights == "int4":
+    if weights in ("int4", "q4k"):
         hf.save_pretrained(tmp_path / "hf")
-        return load_model(tmp_path / "hf", weights="int4")
+        return load_model(tmp_path / "hf", weights=weights)
     return load_model(write_gguf(hf, tmp_path / "m.gguf", quant), weights=weights)
 
 
@@ -55,7 +55,9 @@ def run(model, fused: bool, monkeypatch):
 
 
 @pytest.mark.parametrize("case,weights", [("qwen2", "gguf"), ("qwen2", "gguf-a8"), ("llama-split", "gguf"),
-                                          ("qwen3", "gguf-a8"), ("qwen2", "int4")])
+                                          ("qwen3", "gguf-a8"), ("qwen2", "int4"),
+                                          pytest.param("qwen2", "q4k", marks=pytest.mark.skipif(
+                                              not (ggml.is_available() and ggml.interleaves("Q4_K", "int8")), reason="no VNNI"))])
 def test_fused_layers_compute_the_op_by_op_model(case, weights, tmp_path, monkeypatch):
     model = model_of(case, weights, tmp_path)
     fused, torch_path = run(model, True, monkeypatch), run(model, False, monkeypatch)

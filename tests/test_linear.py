@@ -18,7 +18,11 @@ from tiny import tiny_model
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("fmt, rel_tol", [("dense", 1e-6), ("packed", 1e-5), ("int8", 3e-2), ("int4", 0.2)])
+Q4K = ggml.is_available() and ggml.interleaves("Q4_K", "int8")
+
+
+@pytest.mark.parametrize("fmt, rel_tol", [("dense", 1e-6), ("packed", 1e-5), ("int8", 3e-2), ("int4", 0.2),
+                                          pytest.param("q4k", 0.2, marks=pytest.mark.skipif(not Q4K, reason="no VNNI"))])
 @pytest.mark.parametrize("bias", [False, True])
 def test_formats_compute_the_product(fmt, rel_tol, bias):
     torch.manual_seed(0)
@@ -44,6 +48,7 @@ def test_auto_resolves_per_device_and_dtype():
 @pytest.mark.parametrize("fmt, device, dtype", [("packed", "cpu", torch.bfloat16), ("packed", "cuda", torch.float32),
                                                 ("int8", "cuda", torch.float32), ("int8", "cpu", torch.float16),
                                                 ("int4", "cuda", torch.float32), ("int4", "cpu", torch.bfloat16),
+                                                ("q4k", "cuda", torch.float32),
                                                 ("gguf", "cpu", torch.bfloat16), ("gguf", "cuda", torch.float32),
                                                 ("fp4", "cpu", torch.float32)])
 def test_impossible_formats_are_refused(fmt, device, dtype):

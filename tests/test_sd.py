@@ -7,6 +7,7 @@ import pytest
 
 from ssdecode.decoding.vocab import IncompatibleModels
 from ssdecode.engine.llm import LLM
+from ssdecode.kernels import ggml
 from ssdecode.params import InvalidParams, SamplingParams
 from ssdecode.runtime.kv_cache import ContextOverflow
 from tiny import tiny_model, tiny_tokenizer
@@ -37,7 +38,10 @@ def test_greedy_sd_equals_ar(models, k, same_draft):
         assert sd[0].stats["acceptance_rate"] == 1.0
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4"])
+Q4K = ggml.is_available() and ggml.interleaves("Q4_K", "int8")
+
+
+@pytest.mark.parametrize("fmt", ["int8", "int4", pytest.param("q4k", marks=pytest.mark.skipif(not Q4K, reason="no VNNI"))])
 def test_greedy_sd_with_a_quantized_draft_equals_ar(models, fmt):
     target, _ = models
     params = SamplingParams(max_tokens=24, ignore_eos=True)

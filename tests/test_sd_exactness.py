@@ -11,6 +11,7 @@ import pytest
 
 from exactness import chi_square_check, exact_target_distribution
 from ssdecode.engine.llm import LLM
+from ssdecode.kernels import ggml
 from ssdecode.models.base import CausalLM
 from ssdecode.params import SamplingParams
 from tiny import tiny_model, tiny_tokenizer
@@ -55,6 +56,7 @@ CASES = {
     "poor-draft-t15-topp08-k1": dict(draft="poor", temperature=1.5, top_p=0.8, k=1),
     "int8-draft-t1-k5": dict(draft="int8", temperature=1.0, k=5),
     "int4-draft-t07-k3": dict(draft="int4", temperature=0.7, k=3),
+    "q4k-draft-t1-k4": dict(draft="q4k", temperature=1.0, k=4),
 }
 
 
@@ -62,12 +64,15 @@ def make_draft(kind: str, target):
     return {"same": lambda: target, "poor": lambda: tiny_model(1, vocab=VOCAB),
             "adversarial": lambda: Adversarial(target),
             "int8": lambda: tiny_model(0, vocab=VOCAB, weights="int8"),
-            "int4": lambda: tiny_model(0, vocab=VOCAB, weights="int4")}[kind]()
+            "int4": lambda: tiny_model(0, vocab=VOCAB, weights="int4"),
+            "q4k": lambda: tiny_model(0, vocab=VOCAB, weights="q4k")}[kind]()
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_sd_matches_target_distribution(name, target):
     case = dict(CASES[name])
+    if case["draft"] == "q4k" and not (ggml.is_available() and ggml.interleaves("Q4_K", "int8")):
+        pytest.skip("no interleaved Q4_K kernel here (AVX-512 VNNI)")
     draft, k = make_draft(case.pop("draft"), target), case.pop("k")
     params = SamplingParams(**case)
     samples = sd_samples(target, draft, params, k, n_tokens=2)

@@ -99,7 +99,7 @@ def _isa(isa: str | None) -> str:
 
 def interleaves(qtype: str, activations: str, isa: str | None = None) -> bool:
     """Whether a ``qtype`` weight with these activations runs from the interleaved layout here
-    (``pack(interleaved=True)``: Q4_K with int8 activations, on AVX-512 VNNI)."""
+    (``pack(interleaved=True)``: Q4_K and Q6_K with int8 activations, on AVX-512 VNNI)."""
     return (activations == "int8" and qtype in QTYPES and _isa(isa) in ("avx512", "amx")
             and bool(_lib().ssd_ggml_il_usable(QTYPES.index(qtype))))
 
@@ -111,10 +111,11 @@ def _check(qtype: str, blocks: torch.Tensor, n: int, k: int, isa: str | None, pa
     if qtype not in _SIZES:
         raise ValueError(f"no kernel for GGML type {qtype!r}; there are {QTYPES}")
     block, block_bytes = _SIZES[qtype]
-    if k % block:
+    if k % block and not interleaved:  # the interleaved kernel pads a row's last super-block
         raise ValueError(f"{qtype} rows hold multiples of {block} weights, not {k}")
     rows = -(-n // group_rows(interleaved)) * group_rows(interleaved) if packed else n
-    width = _lib().ssd_ggml_il_row_bytes(QTYPES.index(qtype), k) if interleaved else k // block * block_bytes
+    width = (_lib().ssd_ggml_il_row_bytes(QTYPES.index(qtype), k) if interleaved and packed
+             else -(-k // block) * block_bytes)
     shape = (rows, width)
     if blocks.dtype != torch.uint8 or blocks.shape != shape or not blocks.is_contiguous() or not blocks.is_cpu:
         what = "packed blocks (ggml.pack)" if packed else "blocks"
@@ -133,7 +134,7 @@ def pack(blocks: torch.Tensor, qtype: str, n: int, k: int, *, threads: int | Non
     reads: the same bytes in another order, rows padded with zeros to whole groups (a new tensor).
     ``interleaved`` (where ``interleaves``): 16 rows per group, four bytes of each in turn, the
     scales unpacked to bytes (ggml_q8il.h)."""
-    _check(qtype, blocks, n, k, None)
+    _check(qtype, blocks, n, k, None, interleaved=interleaved)
     if interleaved and not interleaves(qtype, "int8"):
         raise ValueError(f"no interleaved kernel for {qtype} on this CPU (best: {best_isa()})")
     rows = -(-n // group_rows(interleaved)) * group_rows(interleaved)

@@ -58,10 +58,10 @@ int ssd_ggml_il_group_rows(void)
     return IR;
 }
 
-/* Bytes of one row of k weights in the interleaved layout. */
+/* Bytes of one row of k weights in the interleaved layout (a partial super-block padded with zeros). */
 int64_t ssd_ggml_il_row_bytes(int qtype, int64_t k)
 {
-    return k / SLICE * (il_bytes(qtype) / IR);
+    return (k + SLICE - 1) / SLICE * (il_bytes(qtype) / IR);
 }
 
 /* One Q4_K super-block b of group row r into the group's block o. */
@@ -112,11 +112,13 @@ static void il_pack_q6k(const uint8_t *b, int r, uint8_t *o)
     memcpy(o + 3328 + 2 * r, b + 208, 2);
 }
 
-/* dst = the n x k Q4_K or Q6_K weight stored as src (GGUF row order) in the interleaved layout,
- * padded with zero rows (d = 0) to whole groups: dst holds groups * IR rows of ssd_ggml_il_row_bytes. */
+/* dst = the n x k Q4_K or Q6_K weight stored as src (GGUF row order, each row a whole number of
+ * super-blocks: k rounded up) in the interleaved layout, padded with zero rows (d = 0) to whole
+ * groups: dst holds groups * IR rows of ssd_ggml_il_row_bytes. */
 void ssd_ggml_pack_il(int qtype, const uint8_t *src, int64_t n, int64_t k, uint8_t *dst, int threads)
 {
-    int64_t ldw = row_bytes(qtype, k), slices = k / SLICE, groups = (n + IR - 1) / IR, sb = row_bytes(qtype, SLICE);
+    int64_t slices = (k + SLICE - 1) / SLICE, ldw = row_bytes(qtype, slices * SLICE), sb = row_bytes(qtype, SLICE);
+    int64_t groups = (n + IR - 1) / IR;
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t g = 0; g < groups; g++)
         for (int64_t j = 0; j < slices; j++) {
@@ -278,7 +280,8 @@ static VNNI_TARGET void il_group(int qtype, const uint8_t *w, int64_t g, int64_t
 }
 #endif
 
-/* y[m, n] = round8(x)[m, k] @ W^T (+ bias[n]) for a Q4_K or Q6_K W packed by ssd_ggml_pack_il (isa is
+/* y[m, n] = round8(x)[m, k] @ W^T (+ bias[n]) for a Q4_K or Q6_K W packed by ssd_ggml_pack_il (k
+ * need not be a multiple of 256: x is padded with zeros as W was; isa is
  * AVX512 or AMX: the caller's choice, checked). Returns -1 where the kernel cannot run, -2 when out
  * of memory, else 0. */
 int ssd_ggml_linear_q8il(int isa, int qtype, const float *x, int64_t m, int64_t k, const uint8_t *w, int64_t n,
@@ -287,33 +290,37 @@ int ssd_ggml_linear_q8il(int isa, int qtype, const float *x, int64_t m, int64_t 
     if (isa < AVX512 || !ssd_ggml_il_usable(qtype))
         return -1;
 #if defined(__x86_64__) || defined(__i386__)
-    int64_t slices = k / SLICE, groups = (n + IR - 1) / IR, sub = qtype == Q4_K ? 32 : 16;
-    int8_t *xq = malloc((size_t)(m * k));
-    float *da = malloc(sizeof(float) * (size_t)(m * slices)), *xs = malloc(sizeof(float) * (size_t)(m * (k / 16)));
-    int16_t *bs = malloc(sizeof(int16_t) * (size_t)(m * (k / sub)));
-    if (!xq || !da || !xs || !bs) {
-        free(xq), free(da), free(xs), free(bs);
+    int64_t kp = (k + SLICE - 1) / SLICE * SLICE, slices = kp / SLICE, groups = (n + IR - 1) / IR;
+    int64_t sub = qtype == Q4_K ? 32 : 16;
+    int8_t *xq = malloc((size_t)(m * kp));
+    float *da = malloc(sizeof(float) * (size_t)(m * slices)), *xs = malloc(sizeof(float) * (size_t)(m * (kp / 16)));
+    float *padded = k == kp ? NULL : calloc((size_t)(m * kp), sizeof(float));
+    int16_t *bs = malloc(sizeof(int16_t) * (size_t)(m * (kp / sub)));
+    if (!xq || !da || !xs || !bs || (k != kp && !padded)) {
+        free(xq), free(da), free(xs), free(bs), free(padded);
         return -2;
     }
 #pragma omp parallel for schedule(static) num_threads(threads)
     for (int64_t i = 0; i < m; i++) {
-        q8_quantize_avx2(x + i * k, k, 0, xq + i * k, da + i * slices, xs + i * (k / 16));
+        if (padded)                 /* a weight of k weights per row is stored padded to kp with zeros */
+            memcpy(padded + i * kp, x + i * k, sizeof(float) * (size_t)k);
+        q8_quantize_avx2(padded ? padded + i * kp : x + i * k, kp, 0, xq + i * kp, da + i * slices, xs + i * (kp / 16));
         for (int64_t j = 0; j < slices; j++)    /* an infinity too: NaN outputs, not inf - inf or inf */
             da[i * slices + j] = isfinite(da[i * slices + j]) ? da[i * slices + j] : NAN;
-        for (int64_t s = 0; s < k / sub; s++) {
+        for (int64_t s = 0; s < kp / sub; s++) {
             int sum = 0;
             for (int j = 0; j < sub; j++)
-                sum += xq[i * k + sub * s + j];
-            bs[i * (k / sub) + s] = (int16_t)sum;
+                sum += xq[i * kp + sub * s + j];
+            bs[i * (kp / sub) + s] = (int16_t)sum;
         }
     }
     for (int64_t m0 = 0; m0 < m; m0 += IL_CHUNK) {
         int64_t mc = m - m0 < IL_CHUNK ? m - m0 : IL_CHUNK;
 #pragma omp parallel for schedule(static) num_threads(threads)
         for (int64_t g = 0; g < groups; g++)
-            il_group(qtype, w, g, k, n, xq + m0 * k, da + m0 * slices, bs + m0 * (k / sub), mc, bias, y + m0 * n);
+            il_group(qtype, w, g, kp, n, xq + m0 * kp, da + m0 * slices, bs + m0 * (kp / sub), mc, bias, y + m0 * n);
     }
-    free(xq), free(da), free(xs), free(bs);
+    free(xq), free(da), free(xs), free(bs), free(padded);
     return 0;
 #else
     (void)qtype, (void)x, (void)m, (void)k, (void)w, (void)n, (void)bias, (void)y, (void)threads;

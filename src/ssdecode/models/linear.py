@@ -12,6 +12,9 @@
 - ``int4``: 4-bit blocks of 32 with a scale each (GGML's Q4_0 rule) made from the fp32 weight,
   with the activations rounded to int8 per row: integer dot products by our own kernel
   (``kernels/int4.py``), half int8's bytes. For DRAFT models only, as ``int8``; CPU only.
+- ``q4k``: GGML's Q4_K blocks made from the fp32 weight (``kernels/q4k.py``), run interleaved with
+  int8 activations (``kernels/ggml_q8il.h``): 4.5 bits a weight and about 1.5x int4's speed for a
+  draft step. For DRAFT models only, as ``int8``; needs AVX-512 VNNI.
 - ``gguf``: a GGUF file's quantized tensors run as stored (``kernels/ggml.py``: Q4_K, Q6_K, Q8_0,
   Q5_0, Q4_0; other types are dequantized at load), read by
   ``models/gguf_weights.py``; fp32 activations on CPU. The same model as its fp32 conversion at a
@@ -19,8 +22,9 @@
 - ``gguf-a8``: as ``gguf``, but the Q4_K and Q6_K products of decode and verification round each
   activation row to int8 per 256 values, as llama.cpp does (a prompt's prefill stays fp32). About
   1.5x faster per token where fp32 activations are bound by instructions; the logits move by about
-  what llama.cpp's do (docs/benchmarks.md section 11). Opt-in: speculative decoding is then exact
-  to this model, which is no longer the fp32 conversion.
+  what llama.cpp's do (docs/benchmarks.md section 11). With AVX-512 VNNI the prefill is int8 too
+  (the interleaved kernel takes every row count, so a prompt computes what decode would). Opt-in:
+  speculative decoding is then exact to this model, which is no longer the fp32 conversion.
 
 ``auto`` is ``gguf`` for a model that came from a GGUF (on CPU in fp32, where the kernels build:
 the loader decides, as only it knows where a model came from), else ``dequant``: the fp32
@@ -33,9 +37,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from ssdecode.kernels import ggml, int4
+from ssdecode.kernels import ggml, int4, q4k
 
-FORMATS = ("auto", "dequant", "dense", "packed", "int8", "int4", "gguf", "gguf-a8")
+FORMATS = ("auto", "dequant", "dense", "packed", "int8", "int4", "q4k", "gguf", "gguf-a8")
 GGUF_FORMATS = ("gguf", "gguf-a8")  # the GGUF's tensors as stored
 _QUANT_CHUNK = 1 << 22  # elements quantized at a time
 
@@ -139,6 +143,15 @@ def _quantized(packed, qtype: str, n: int, k: int, bias: torch.Tensor | None, ac
                            interleaved=interleaved)
 
 
+class Q4KLinear(QuantizedLinear):
+    """The weight as Q4_K blocks made at load (``kernels.q4k``), run interleaved with int8 activations."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        n, k = weight.shape
+        super().__init__(q4k.quantize(weight), "Q4_K", n, k, None if bias is None else bias.float().contiguous(),
+                         activations="int8", interleaved=True)
+
+
 class SplitLinear(Linear):
     """Parts that cannot be fused (q/k/v of different GGML types), outputs concatenated: the
     copy costs little next to the products (2-3 us against ~400 us at 1-5 rows, 1536 -> 2048)."""
@@ -199,6 +212,8 @@ def resolve_format(fmt: str, device: torch.device, dtype: torch.dtype) -> str:
         raise ValueError(f"weight format {fmt!r} needs fp32 on a CPU where the GGUF kernels build")
     if fmt == "int4" and not (cpu_fp32 and int4.is_available()):
         raise ValueError("weight format 'int4' needs fp32 on a CPU where its kernel builds")
+    if fmt == "q4k" and not (cpu_fp32 and ggml.is_available() and ggml.interleaves("Q4_K", "int8")):
+        raise ValueError("weight format 'q4k' needs fp32 on a CPU with AVX-512 VNNI (else use int4)")
     if fmt == "int8" and not (cpu_fp32 and "fbgemm" in torch.backends.quantized.supported_engines):
         raise ValueError("weight format 'int8' needs fp32 on a CPU with fbgemm (x86)")
     return fmt
@@ -211,4 +226,5 @@ def runs_gguf(device: torch.device, dtype: torch.dtype) -> bool:
 
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: str) -> Linear:
     """``fmt`` as returned by ``resolve_format``, other than gguf (whose weights are not dense)."""
-    return {"dense": Linear, "packed": PackedLinear, "int8": Int8Linear, "int4": Int4Linear}[fmt](weight, bias)
+    return {"dense": Linear, "packed": PackedLinear, "int8": Int8Linear, "int4": Int4Linear,
+            "q4k": Q4KLinear}[fmt](weight, bias)

@@ -12,7 +12,7 @@ from ssdecode.plan.calibrate import K_MAX, cached, load_or_calibrate
 from ssdecode.plan.planner import Choice, rank
 
 log = logging.getLogger(__name__)
-REQUANTIZED = "int4"  # the draft format auto weighs against the draft's own
+REQUANTIZED = ("q4k", "int4")  # the draft formats auto weighs against the draft's own, first that runs
 
 
 def explain(choices: list[Choice], measured_at: str, a: float) -> str:
@@ -43,8 +43,9 @@ def build_auto_strategy(target: CausalLM, draft: CausalLM, draft_spec: str | Non
 
 def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bool = True) -> tuple[CausalLM, str]:
     """For auto with the draft's weights left to ``auto`` on a CPU: also weigh the draft's fp32
-    conversion in REQUANTIZED form (int4: half int8's bytes at about its acceptance,
-    docs/benchmarks.md section 11) and keep the draft whose pair is predicted faster, with its format.
+    conversion in a REQUANTIZED form (the first this machine runs: q4k, Q4_K blocks on the
+    interleaved int8 kernel; int4, half int8's bytes at about its acceptance, docs/benchmarks.md
+    section 11) and keep the draft whose pair is predicted faster, with its format.
 
     Why a draft may be re-quantized when the target never is: speculation stays exact whatever
     the draft computes (the verifier uses the distribution the draft sampled from), so its format
@@ -52,20 +53,24 @@ def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bo
     from ssdecode.models.linear import resolve_format
     from ssdecode.models.loader import load_model
 
-    if spec is None or getattr(draft, "weight_format", REQUANTIZED) == REQUANTIZED:
-        return draft, "auto"
-    try:
-        resolve_format(REQUANTIZED, draft.device, draft.dtype)
-    except ValueError:  # not a CPU where the kernel runs
+    def runs(fmt: str) -> bool:
+        try:
+            resolve_format(fmt, draft.device, draft.dtype)
+        except ValueError:  # not a CPU where the kernel runs
+            return False
+        return True
+
+    fmt = next((f for f in REQUANTIZED if runs(f)), None)
+    if spec is None or fmt is None or getattr(draft, "weight_format", fmt) in REQUANTIZED:
         return draft, "auto"
     requantized = None
-    other = cached(target, SimpleNamespace(name=draft.name, weight_format=REQUANTIZED, dtype=draft.dtype,
+    other = cached(target, SimpleNamespace(name=draft.name, weight_format=fmt, dtype=draft.dtype,
                                            device=draft.device))
     if other is None:
-        requantized = load_model(spec, device=draft.device, dtype=draft.dtype, weights=REQUANTIZED)
+        requantized = load_model(spec, device=draft.device, dtype=draft.dtype, weights=fmt)
         other = load_or_calibrate(target, requantized, progress=progress)
     own = load_or_calibrate(target, draft, progress=progress)
     if rank(other, PRIOR_A)[0].tokens_per_s <= rank(own, PRIOR_A)[0].tokens_per_s:
         return draft, "auto"
-    log.info("auto: the %s draft is predicted faster than its %s weights", REQUANTIZED, draft.weight_format)
-    return requantized or load_model(spec, device=draft.device, dtype=draft.dtype, weights=REQUANTIZED), REQUANTIZED
+    log.info("auto: the %s draft is predicted faster than its %s weights", fmt, draft.weight_format)
+    return requantized or load_model(spec, device=draft.device, dtype=draft.dtype, weights=fmt), fmt
