@@ -3,6 +3,7 @@ devices and dtypes it cannot run on; a whole model gives the same logits in dens
 (The gguf format's whole-model checks are in test_gguf_weights.py.)"""
 from __future__ import annotations
 
+import os
 import pickle
 
 import gguf
@@ -95,3 +96,23 @@ def test_step_benchmark_reports_every_format(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out["seconds"]) == {"dense", "packed", "int8"}
     assert all(s > 0 for row in out["seconds"].values() for s in row.values())
+
+
+def test_step_benchmark_alternates_formats_with_load_time_settings(tmp_path, capsys, monkeypatch):
+    import json
+
+    from transformers import Qwen2ForCausalLM
+
+    from ssdecode.bench import steps
+    from tiny import tiny_hf_config
+
+    seen = []
+    real = steps.load_model
+    monkeypatch.setattr(steps, "load_model", lambda *a, **k: seen.append(os.environ.get("SSDECODE_PROBE")) or real(*a, **k))
+    monkeypatch.delenv("SSDECODE_PROBE", raising=False)
+    Qwen2ForCausalLM(tiny_hf_config(vocab=1024, context=512)).save_pretrained(tmp_path / "m")
+    steps.main(["--model", str(tmp_path / "m"), "--weights", "packed,packed@SSDECODE_PROBE=0", "--tokens", "1,4",
+                "--repeats", "1", "--rounds", "2"])
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["seconds"]) == {"packed", "packed@SSDECODE_PROBE=0"} and seen == [None, "0"]
+    assert "SSDECODE_PROBE" not in os.environ  # set only while that model loaded

@@ -11,6 +11,8 @@ so that every product reads its weight from memory as a model does:
 - ``ours``: ssdecode.kernels.ggml on the GGUF blocks (fp32 activations, fp32 sums);
 - ``int8``: the same blocks with the activations rounded to int8 (Q4_K and Q6_K; the opt-in
   gguf-a8 format, llama.cpp's arithmetic);
+- ``il``: as ``int8`` from the interleaved layout (``ggml.interleaves``: AVX-512 VNNI), what
+  gguf-a8 runs there;
 - ``packed``: fp32 F.linear weights in oneDNN's packed layout (today's CPU default);
 - ``dense``: F.linear on the dequantized fp32 weight;
 - ``int4pack``: torch's ``_weight_int4pack_mm_for_cpu`` on the Q4_K shapes (int4 groups of 32,
@@ -144,6 +146,9 @@ def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, worki
         w4, sz = int4pack(n, k)
         sizes["int4pack"] = w4.nbytes + sz.nbytes
         w4s = copies(w4, sizes["int4pack"], working_set)
+    il = [ggml.pack(b, qtype, n, k, interleaved=True) for b in stored] if ggml.interleaves(qtype, "int8") else []
+    if il:
+        sizes["il"] = il[0].nbytes
     results = []
     for m in rows:
         x = torch.randn(m, k)
@@ -154,6 +159,9 @@ def bench_shape(qtype: str, n: int, k: int, rows: list[int], repeats: int, worki
         }
         if qtype in ggml.INT8_QTYPES:
             methods["int8"] = lambda i: ggml.quantized_linear(x, ours[i % len(ours)], qtype, n, k, activations="int8")
+        if il:
+            methods["il"] = lambda i: ggml.quantized_linear(x, il[i % len(il)], qtype, n, k, activations="int8",
+                                                            interleaved=True)
         if before:
             methods["before"] = lambda i: before(x, stored[i % len(stored)], qtype, n, k)
         if qtype == "Q4_K":
@@ -178,7 +186,8 @@ def run(threads: list[int], rows: list[int], repeats: int, shapes: list, baselin
 
 def table(worlds: dict) -> str:
     head = ("| ISA | threads | type | N x K | M | ours ms | ours GB/s | eff | packed fp32 ms | packed GB/s "
-            "| dense fp32 ms | int4pack bf16 ms | packed / ours | before ms | before / ours | int8 ms | ours / int8 |")
+            "| dense fp32 ms | int4pack bf16 ms | packed / ours | before ms | before / ours | int8 ms | ours / int8 "
+            "| il ms | il GB/s | il eff | int8 / il |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for isa, by_threads in worlds.items():
         for t, res in by_threads.items():
@@ -187,9 +196,11 @@ def table(worlds: dict) -> str:
                 i4 = f"{ms['int4pack']:.2f}" if "int4pack" in ms else "-"
                 was = f"{ms['before']:.2f} | {ms['before'] / ms['ours']:.2f}x" if "before" in ms else "- | -"
                 a8 = f"{ms['int8']:.2f} | {ms['ours'] / ms['int8']:.2f}x" if "int8" in ms else "- | -"
+                il = (f"{ms['il']:.2f} | {gb['il']:.1f} | {gb['il'] / res['bandwidth']['read']:.0%} | "
+                      f"{ms['int8'] / ms['il']:.2f}x" if "il" in ms else "- | - | - | -")
                 lines.append(f"| {isa} | {t} | {r['type']} | {r['n']}x{r['k']} | {r['m']} | {ms['ours']:.2f} | "
                              f"{gb['ours']:.1f} | {gb['ours'] / res['bandwidth']['read']:.0%} | {ms['packed']:.2f} | "
-                             f"{gb['packed']:.1f} | {ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x | {was} | {a8} |")
+                             f"{gb['packed']:.1f} | {ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x | {was} | {a8} | {il} |")
     return "\n".join(lines)
 
 

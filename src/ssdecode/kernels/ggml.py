@@ -39,6 +39,7 @@ from ctypes import CDLL, c_int, c_int64, c_void_p, cast
 import gguf
 import torch
 
+from ssdecode import envs
 from ssdecode.kernels import blockwise
 from ssdecode.kernels.build import loads, shared_library
 from ssdecode.kernels.layers import GGML, GGML_Q8, Part
@@ -99,8 +100,9 @@ def _isa(isa: str | None) -> str:
 
 def interleaves(qtype: str, activations: str, isa: str | None = None) -> bool:
     """Whether a ``qtype`` weight with these activations runs from the interleaved layout here
-    (``pack(interleaved=True)``: Q4_K and Q6_K with int8 activations, on AVX-512 VNNI)."""
-    return (activations == "int8" and qtype in QTYPES and _isa(isa) in ("avx512", "amx")
+    (``pack(interleaved=True)``: Q4_K and Q6_K with int8 activations, on AVX-512 VNNI, unless
+    ``SSDECODE_INTERLEAVED=0``)."""
+    return (activations == "int8" and qtype in QTYPES and _isa(isa) in ("avx512", "amx") and envs.interleaved()
             and bool(_lib().ssd_ggml_il_usable(QTYPES.index(qtype))))
 
 

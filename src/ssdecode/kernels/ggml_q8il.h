@@ -157,6 +157,7 @@ il_q4k(const int M, const uint8_t *blk, int64_t slices, const int8_t *xq, int64_
         acc[i] = mins[i] = _mm512_setzero_ps();
     for (int64_t j = 0; j < slices; j++, blk += Q4K_IL) {
         __m512i isum[IL_MT], imin[IL_MT];
+        prefetch_ahead(blk, Q4K_IL);
         for (int i = 0; i < M; i++)
             isum[i] = imin[i] = _mm512_setzero_si512();
         for (int c = 0; c < 4; c++) {
@@ -205,6 +206,7 @@ il_q6k(const int M, const uint8_t *blk, int64_t slices, const int8_t *xq, int64_
         acc[i] = _mm512_setzero_ps();
     for (int64_t j = 0; j < slices; j++, blk += Q6K_IL) {
         __m512i isum[IL_MT], corr[IL_MT];
+        prefetch_ahead(blk, Q6K_IL);
         for (int i = 0; i < M; i++)
             isum[i] = corr[i] = _mm512_setzero_si512();
         for (int c = 0; c < 4; c++) {
@@ -300,7 +302,7 @@ int ssd_ggml_linear_q8il(int isa, int qtype, const float *x, int64_t m, int64_t 
         free(xq), free(da), free(xs), free(bs), free(padded);
         return -2;
     }
-#pragma omp parallel for schedule(static) num_threads(threads)
+#pragma omp parallel for schedule(static) num_threads(threads) if (m >= IL_CHUNK)  /* a prompt */
     for (int64_t i = 0; i < m; i++) {
         if (padded)                 /* a weight of k weights per row is stored padded to kp with zeros */
             memcpy(padded + i * kp, x + i * k, sizeof(float) * (size_t)k);
