@@ -18,9 +18,8 @@ A prompt's prefill on AVX2 and AVX-512 goes block by block through oneDNN's GEMM
 integer products (ggml_q8.h): not the stored model computed in fp32, but that model with its
 activations rounded, batch invariant like the fp32 kernels. Where the CPU has AVX-512 VNNI
 (``interleaves``), those weights are packed interleaved instead (16 rows, four bytes of each in
-turn: ggml_q8il.h) and one kernel takes every row count, a prompt's prefill included: 1.2-1.5x
-the plain layout at verification shapes, several times the fp32 prefill (docs/benchmarks.md
-section 12).
+turn: ggml_q8il.h) and one kernel takes every row count, a prompt's prefill included: 1.1-2.6x
+the plain layout at 1-16 rows (docs/benchmarks.md section 11, eighth run).
 
 The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
 avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.

@@ -7,7 +7,10 @@
  * shapes (2-16 rows) that integer work, not memory, bounds the product. Here the 16 rows of a
  * group share every instruction: per activation row and 256 weights of one row it is four
  * dpbusd plus a share of the sub-block scaling, about half, and the decode (a mask and a shift
- * per 8 weights of 16 rows) is shared by IL_MT activation rows.
+ * per 8 weights of 16 rows) is shared by IL_MT activation rows. A group's super-blocks are read in
+ * memory order, each prefetching PREFETCH bytes ahead: without that the hardware prefetchers did
+ * not ramp up within a layer's small products (a decode step of the demo target 29-31 ms against
+ * the plain layout's 26-27; with it 19-25 ms, docs/benchmarks.md section 11).
  *
  * The layout (ssd_ggml_pack_il), per group of IR = 16 rows and super-block (q the unsigned weight
  * integers, 4 bits for Q4_K, 6 for Q6_K):

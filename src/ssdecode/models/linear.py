@@ -13,8 +13,8 @@
   with the activations rounded to int8 per row: integer dot products by our own kernel
   (``kernels/int4.py``), half int8's bytes. For DRAFT models only, as ``int8``; CPU only.
 - ``q4k``: GGML's Q4_K blocks made from the fp32 weight (``kernels/q4k.py``), run interleaved with
-  int8 activations (``kernels/ggml_q8il.h``): 4.5 bits a weight and about 1.5x int4's speed for a
-  draft step. For DRAFT models only, as ``int8``; needs AVX-512 VNNI.
+  int8 activations (``kernels/ggml_q8il.h``): 4.5 bits a weight and 1.6x int4's speed for the
+  demo draft's step. For DRAFT models only, as ``int8``; needs AVX-512 VNNI.
 - ``gguf``: a GGUF file's quantized tensors run as stored (``kernels/ggml.py``: Q4_K, Q6_K, Q8_0,
   Q5_0, Q4_0; other types are dequantized at load), read by
   ``models/gguf_weights.py``; fp32 activations on CPU. The same model as its fp32 conversion at a
