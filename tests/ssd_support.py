@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import torch
 
+from ssdecode.config.settings import DecodingSettings
+from ssdecode.decoding.build import Models, build_strategy
 from ssdecode.engine.core import EngineCore
-from ssdecode.params import SamplingParams
 from ssdecode.models.base import CausalLM
+from ssdecode.params import SamplingParams
 from ssdecode.runtime.runner import ModelRunner
 from tiny import tiny_model as _tiny_model
 from tiny import tiny_tokenizer
@@ -18,6 +20,9 @@ def tiny_model(seed: int, vocab: int = 24, **kwargs):
     return _tiny_model(seed, vocab=vocab, context=CONTEXT, **kwargs)
 
 
+def ssd_strategy(target, draft, k: int, options: dict | None = None):
+    """The SSD strategy ``build_strategy`` makes for K and CLI-style SSD ``options``."""
+    return build_strategy(DecodingSettings.build("ssd", k=k, ssd=options), Models(target, draft))[0]
 
 
 def greedy_reference(model, prompt: list[int], n: int) -> list[int]:

@@ -11,14 +11,14 @@ import pytest
 from exactness import chi_square_check, exact_target_distribution
 from server_support import save_tiny_pair
 from ssdecode.cli import main
-from ssdecode.decoding import adaptive
-from ssdecode.decoding.adaptive import AutoStrategy, KPolicy
+from ssdecode.decoding import auto as adaptive
+from ssdecode.decoding.auto import AutoStrategy, KPolicy
 from ssdecode.decoding.base import StepOutput
 from ssdecode.engine.llm import LLM
 from ssdecode.params import SamplingParams
 from ssdecode.plan import calibrate
 from ssdecode.plan.calibrate import Calibration, load_or_calibrate
-from ssdecode.plan.planner import rank
+from ssdecode.plan.planner import PRIOR_A, rank
 from tiny import tiny_model, tiny_tokenizer
 
 VOCAB, PROMPT = 12, [3, 7, 1]
@@ -76,13 +76,13 @@ def test_policy_learns_acceptance_and_probes_from_ar():
     picks = [policy.choose([0]) for _ in range(adaptive.PROBE_EVERY)]
     assert sum(p > 0 for p in picks) == 1  # AR, with a drafting round now and then
     policy.forget([0])
-    assert policy.acceptance(0) == adaptive.PRIOR_A
+    assert policy.acceptance(0) == PRIOR_A
 
 
 def test_calibration_is_cached_and_remeasured_when_unreadable(monkeypatch, caplog):
     target, draft = tiny_model(0, vocab=VOCAB), tiny_model(1, vocab=VOCAB)
     first = load_or_calibrate(target, draft)
-    assert set(first.target_s) == set(range(1, calibrate.K_MAX + 2)) and first.contention >= 1.0
+    assert set(first.target_s) == set(range(1, calibrate.AUTO_K_MAX + 2)) and first.contention >= 1.0
     path = calibrate._path(first.key)
     assert json.loads(path.read_text())["measured_at"] == first.measured_at
     with monkeypatch.context() as m:
@@ -174,7 +174,7 @@ def test_auto_weighs_a_requantized_draft_once(tmp_path, monkeypatch):
     int4): both pairs calibrated the first time, then only the cached calibrations decide (nothing
     measured again)."""
     from ssdecode.models.loader import load_model
-    from ssdecode.plan.auto import pick_draft
+    from ssdecode.plan.pick import pick_draft
 
     target_dir, draft_dir = save_tiny_pair(tmp_path)
     target, draft = load_model(target_dir), load_model(draft_dir)

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 import pytest
 
 from exactness import chi_square_check, exact_target_distribution
-from ssd_support import CONTEXT
+from ssd_support import CONTEXT, ssd_strategy
 from ssdecode.decoding.speculative import SDStrategy
-from ssdecode.decoding.ssd.strategy import build_ssd_strategy
 from ssdecode.engine.core import EngineCore
 from ssdecode.params import SamplingParams
 from tiny import tiny_tokenizer
@@ -152,7 +151,7 @@ def test_ssd_exact_while_requests_join_and_leave(pair8, exact):
     """uniform:2 fan-out over 8 tokens: some outcomes are cached (hits), many are not (neural
     backup), so both kinds of speculation meet joining and leaving rows."""
     target, draft = pair8
-    strategy = build_ssd_strategy(target, draft, None, K, {"fanout": "uniform:2", "transport": "thread"})
+    strategy = ssd_strategy(target, draft, K, {"fanout": "uniform:2", "transport": "thread"})
     try:
         c = churn(strategy, make_jobs(N_MEASURED, N_OTHER, seed=2), seed=2)
         stats = strategy.stats()

@@ -12,13 +12,12 @@ import random
 
 import pytest
 
-from core_support import K, VOCAB, Tracker, greedy, make_core
-from ssd_support import CONTEXT, greedy_reference, prompts_for
+from core_support import VOCAB, K, Tracker, greedy, make_core
+from ssd_support import CONTEXT, greedy_reference, prompts_for, ssd_strategy
 from ssdecode.decoding.autoregressive import ARStrategy
 from ssdecode.decoding.speculative import SDStrategy
-from ssdecode.decoding.ssd.strategy import build_ssd_strategy
+from ssdecode.kv.cache import ContextOverflow
 from ssdecode.params import InvalidParams, SamplingParams
-from ssdecode.runtime.kv_cache import ContextOverflow
 from ssdecode.transport.messages import Outcome, Setup, Start
 from tiny import tiny_tokenizer
 
@@ -64,7 +63,7 @@ def make_strategy(kind: str, target, draft):
     if kind == "sd":
         return SDStrategy(target, draft, K)
     transport = "process" if kind == "ssd-process" else "thread"
-    strategy = build_ssd_strategy(target, draft, None, K,
+    strategy = ssd_strategy(target, draft, K,
                                   {"fanout": "uniform:2", "transport": transport, "draft_threads": 1})
     strategy._new_client = lambda cancel, new=strategy._new_client: RecordingClient(new(cancel))
     return strategy
@@ -238,17 +237,17 @@ def test_seeded_sampling_does_not_depend_on_the_batch(kind, target, draft):
 def test_ssd_worker_is_set_up_once_for_many_requests(target, draft, monkeypatch):
     """Through the LLM API: several generate calls and a stream, one Setup (counted by the
     worker itself) for all of them."""
-    import ssdecode.decoding.ssd.worker as worker_module
+    import ssdecode.decoding.ssd.strategy as strategy_module
     from ssdecode.engine.llm import LLM
 
     handled = []
 
-    class CountingWorker(worker_module.DraftWorker):
+    class CountingWorker(strategy_module.DraftWorker):
         def handle(self, msg):
             handled.append(type(msg))
             return super().handle(msg)
 
-    monkeypatch.setattr(worker_module, "DraftWorker", CountingWorker)
+    monkeypatch.setattr(strategy_module, "DraftWorker", CountingWorker)
     llm = LLM.from_models(tiny_tokenizer(VOCAB), target, draft, mode="ssd", k=K, max_num_seqs=2,
                           max_model_len=40, ssd={"fanout": "uniform:2", "transport": "thread"})
     try:

@@ -15,8 +15,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from server_support import save_tiny_pair
-from test_loaders import _fake_wheels, tiny_model as tiny_hf, write_gguf
-from tiny import tiny_model, tiny_tokenizer
 from ssdecode.cli import main
 from ssdecode.engine.llm import LLM
 from ssdecode.models import demo
@@ -27,6 +25,9 @@ from ssdecode.models.llama import LlamaModel
 from ssdecode.models.loader import check_folder, load_model
 from ssdecode.params import SamplingParams
 from ssdecode.runtime.runner import ModelRunner
+from test_loaders import _fake_wheels, write_gguf
+from test_loaders import tiny_model as tiny_hf
+from tiny import tiny_model, tiny_tokenizer
 
 DEAD_PID = 999999999  # above any pid_max
 

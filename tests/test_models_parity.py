@@ -6,15 +6,14 @@ ragged batches and tree masks are all checked against the same ground truth.
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 import transformers as tf
 
+from ssdecode.kv.cache import ContextOverflow
 from ssdecode.models.hf_fallback import HFCausalLM
-from ssdecode.runtime.runner import ModelRunner
 from ssdecode.models.llama import LlamaModel
-from ssdecode.runtime.kv_cache import ContextOverflow
+from ssdecode.runtime.runner import ModelRunner
 
 TOL = 1e-4
 VOCAB = 97

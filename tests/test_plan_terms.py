@@ -18,7 +18,7 @@ CASES = [(0.3, 0.9, 0.4, 4), (0.1, 0.95, 0.6, 8), (0.6, 0.8, 0.2, 3), (0.0, 0.85
 
 
 def simulate(u: float, a_conf: float, a_unconf: float, k: int, rounds: int = 200_000) -> tuple:
-    """Gated drafting, round by round, as decoding/drafting.py and verification do it: each of K
+    """Gated drafting, round by round, as decoding/sample_steps.py and verification do it: each of K
     draft tokens is below the threshold with probability u and accepted with a_unconf (else
     a_conf); the draft proposes up to and including its first unconfident token; the round
     commits the leading accepted proposals plus the target's token. Returns the mean proposals

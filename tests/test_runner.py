@@ -13,8 +13,8 @@ import torch
 from exactness import chi_square_check, exact_target_distribution
 from ssd_support import greedy_reference, prompts_for
 from ssdecode.engine.llm import LLM
+from ssdecode.kv import forward_meta
 from ssdecode.params import SamplingParams
-from ssdecode.runtime import attention
 from ssdecode.runtime.graphs import BATCH_BUCKETS, TOKEN_BUCKETS, bucket
 from ssdecode.runtime.runner import ModelRunner
 from tiny import tiny_tokenizer
@@ -101,7 +101,7 @@ def test_static_sampled_exact(pair8, exact3, mode, settings):
 
 def test_planted_static_mask_bug_fails(pair8, exact3, monkeypatch):
     """A causal mask that hides each token's own key (keys < start + i instead of <=)."""
-    plan = attention.StaticMeta.plan
+    plan = forward_meta.StaticMeta.plan
 
     def off_by_one(base, buffers):
         meta = plan(base, buffers)
@@ -110,6 +110,6 @@ def test_planted_static_mask_bug_fails(pair8, exact3, monkeypatch):
             meta.mask[..., 0] |= ~meta.mask.any(-1)  # keep every softmax row non-empty
         return meta
 
-    monkeypatch.setattr(attention.StaticMeta, "plan", staticmethod(off_by_one))
+    monkeypatch.setattr(forward_meta.StaticMeta, "plan", staticmethod(off_by_one))
     with pytest.raises(AssertionError, match="do not follow"):
         chi_square_check(_sampled(pair8, "sd", N, 50_000, k=2), exact3)

@@ -6,8 +6,15 @@ import torch
 
 from exactness import chi_square_check
 from ssdecode.params import SamplingParams
-from ssdecode.sampling import (SamplingTensors, draw_uniforms, make_generator, probs_from_logits,
-                               sample, sample_from_uniform, saguaro_reweight)
+from ssdecode.sampling import (
+    SamplingTensors,
+    draw_uniforms,
+    make_generator,
+    probs_from_logits,
+    saguaro_reweight,
+    sample,
+    sample_from_uniform,
+)
 
 
 def st_of(*params: SamplingParams) -> SamplingTensors:

@@ -8,8 +8,8 @@ import pytest
 from ssdecode.decoding.vocab import IncompatibleModels
 from ssdecode.engine.llm import LLM
 from ssdecode.kernels import ggml
+from ssdecode.kv.cache import ContextOverflow
 from ssdecode.params import InvalidParams, SamplingParams
-from ssdecode.runtime.kv_cache import ContextOverflow
 from tiny import tiny_model, tiny_tokenizer
 
 PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]

@@ -20,8 +20,18 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from server_support import (MODEL, call, chat_tokenizer, client, next_event, open_stream, running,
-                            save_tiny_pair, tiny_llm, wait_until)
+from server_support import (
+    MODEL,
+    call,
+    chat_tokenizer,
+    client,
+    next_event,
+    open_stream,
+    running,
+    save_tiny_pair,
+    tiny_llm,
+    wait_until,
+)
 from ssd_support import SlowModel, tiny_model
 from ssdecode.engine.llm import LLM
 from ssdecode.params import SamplingParams

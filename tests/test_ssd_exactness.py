@@ -11,7 +11,7 @@ import pytest
 
 from exactness import chi_square_check, exact_target_distribution
 from ssd_support import run
-from ssdecode.decoding.ssd.config import SSDConfig
+from ssdecode.config.ssd import SSDConfig
 from ssdecode.decoding.ssd.strategy import SSDStrategy
 from ssdecode.params import SamplingParams
 

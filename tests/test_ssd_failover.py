@@ -14,13 +14,13 @@ import pytest
 
 from exactness import chi_square_check, exact_target_distribution
 from ssd_support import greedy_reference, prompts_for, run, tiny_model
+from ssdecode.config.deploy import DraftDeployment
+from ssdecode.config.ssd import SSDConfig
 from ssdecode.decoding.ssd import supervisor
-from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.strategy import SSDStrategy
 from ssdecode.decoding.ssd.worker import DraftWorker
 from ssdecode.engine.core import EngineCore
 from ssdecode.params import SamplingParams
-from ssdecode.transport.deploy import DraftDeployment
 from tiny import tiny_tokenizer
 
 TOKENS = 24
@@ -135,7 +135,7 @@ def test_a_killed_worker_process_hands_over_to_ar_without_a_local_draft(target, 
     """No in-process draft (the worker was handed the model to load): the fallback is AR."""
     prompts = prompts_for(2, seed=5)
     deploy = DraftDeployment(transport="process", draft_threads=1, max_restarts=0)
-    strategy = SSDStrategy(target, SSDConfig(k=3, fanout="uniform:2"), draft=None, draft_spec=draft, deploy=deploy)
+    strategy = SSDStrategy(target, SSDConfig(k=3, fanout="uniform:2"), draft=None, draft_source=draft, deploy=deploy)
     pid = []
 
     def kill(n):

@@ -3,9 +3,9 @@ sampling SSD is reproducible and identical across transports; failures shut the 
 import pytest
 import torch
 
-from ssd_support import greedy_reference, prompts_for, run, tiny_model
-from ssdecode.decoding.ssd.config import SSDConfig
-from ssdecode.decoding.ssd.strategy import SSDStrategy, build_ssd_strategy
+from ssd_support import greedy_reference, prompts_for, run, ssd_strategy, tiny_model
+from ssdecode.config.ssd import SSDConfig
+from ssdecode.decoding.ssd.strategy import SSDStrategy
 from ssdecode.models.base import CausalLM
 from ssdecode.params import SamplingParams
 
@@ -22,7 +22,7 @@ def references(target):
 
 
 def _ssd(target, draft, **cfg):
-    return build_ssd_strategy(target, draft, None, cfg.pop("k", 3), cfg)
+    return ssd_strategy(target, draft, cfg.pop("k", 3), cfg)
 
 
 def _check(strategy, prompts, references):
@@ -114,7 +114,7 @@ def test_greedy_process_transport(target, draft, references):
 
 
 def test_build_from_cli_options(target, draft, references):
-    s = build_ssd_strategy(target, draft, None, 3, {"fanout": "uniform:2", "budget": None, "saguaro_c": 1.0,
+    s = ssd_strategy(target, draft, 3, {"fanout": "uniform:2", "budget": None, "saguaro_c": 1.0,
                                                     "backup": "fast", "transport": "thread", "draft_device": None,
                                                     "draft_threads": 1})
     _check(s, prompts_for(1), references)

@@ -6,12 +6,12 @@ import time
 import pytest
 
 from ssd_support import SlowModel, prompts_for, tiny_model
-from ssdecode.decoding.ssd.config import SSDConfig
-from ssdecode.decoding.ssd.strategy import SSDStrategy
+from ssdecode.config.deploy import DraftDeployment
+from ssdecode.config.ssd import SSDConfig
 from ssdecode.decoding.sequence import Sequence
-from ssdecode.transport.deploy import DraftDeployment
-from ssdecode.sampling import make_generator
+from ssdecode.decoding.ssd.strategy import SSDStrategy
 from ssdecode.params import SamplingParams
+from ssdecode.sampling import make_generator
 
 V, K, VERIFY_S, DRAFT_S = 8, 2, 0.3, 0.1  # glue + K tree steps = 3 draft forwards = 0.3 s
 ROUNDS = 4

@@ -5,16 +5,26 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from ssdecode.config.ssd import SSDConfig
 from ssdecode.decoding.ssd.backup import AdaptiveBackup, ngram_lookup
-from ssdecode.plan.theory import batch_throughput as expected_throughput
-from ssdecode.plan.theory import round_throughput
-from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.stats import WorkerStats
 from ssdecode.params import SamplingParams
+from ssdecode.plan.theory import batch_throughput as expected_throughput
+from ssdecode.plan.theory import round_throughput
 from ssdecode.transport.codec import decode, encode
 from ssdecode.transport.dist import CHUNK
-from ssdecode.transport.messages import (NewSequence, Outcome, Ready, Setup, Shutdown, Speculation, Start, Stats,
-                                         StatsRequest, WorkerError)
+from ssdecode.transport.messages import (
+    NewSequence,
+    Outcome,
+    Ready,
+    Setup,
+    Shutdown,
+    SpeculationBatch,
+    Start,
+    Stats,
+    StatsRequest,
+    WorkerError,
+)
 
 
 def _roundtrip(msg):
@@ -47,7 +57,7 @@ def test_codec_roundtrips_every_message():
 
 def test_codec_ships_q_only_for_sampling_rows():
     probs = torch.rand(1, 3, 10)
-    spec = Speculation([4, 5, 6], torch.tensor([[1, 2, 3], [4, 5, 6], [7, 0, 0]]), [3, 3, 1], [True, False, True],
+    spec = SpeculationBatch([4, 5, 6], torch.tensor([[1, 2, 3], [4, 5, 6], [7, 0, 0]]), [3, 3, 1], [True, False, True],
                        [True, False, True], probs, [1], 0.5, 0.25)
     ints, floats = encode(spec)
     assert floats.numel() == probs.numel()
@@ -56,7 +66,7 @@ def test_codec_ships_q_only_for_sampling_rows():
     assert (got.seq_ids, got.num_draft, got.hit, got.point_mass, got.prob_rows) == ([4, 5, 6], [3, 3, 1],
                                                                                       [True, False, True],
                                                                                       [True, False, True], [1])
-    greedy = Speculation([4], torch.tensor([[1, 2, 3]]), [3], [False], [True], None, [])
+    greedy = SpeculationBatch([4], torch.tensor([[1, 2, 3]]), [3], [False], [True], None, [])
     ints, floats = encode(greedy)
     assert floats is None and decode(ints).probs is None
 

@@ -14,7 +14,8 @@ import time
 import pytest
 
 from server_support import call, client, save_tiny_pair
-from ssdecode.bench.faults import alive, main as fault_soak, worker_pids
+from ssdecode.bench.faults import alive, worker_pids
+from ssdecode.bench.faults import main as fault_soak
 
 
 def free_port() -> int:

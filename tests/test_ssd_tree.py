@@ -6,15 +6,15 @@ import pytest
 import torch
 
 from ssd_support import tiny_model
-from ssdecode.decoding.ssd.config import SSDConfig
+from ssdecode.config.deploy import DraftDeployment
+from ssdecode.config.settings import DecodingSettings
+from ssdecode.config.ssd import SSDConfig
 from ssdecode.decoding.ssd.fanout import FanoutPolicy, fit_power, position_caps
-from ssdecode.plan.theory import geometric_fanout, round_to_budget
-from ssdecode.transport.deploy import DraftDeployment
-from ssdecode.plan.theory import outcome_probs
 from ssdecode.decoding.ssd.tree import TreeRow, build_branches, fork
 from ssdecode.params import InvalidParams, SamplingParams
-from ssdecode.sampling import SamplingTensors, probs_from_logits, saguaro_reweight
+from ssdecode.plan.theory import geometric_fanout, outcome_probs, round_to_budget
 from ssdecode.runtime.runner import ModelRunner
+from ssdecode.sampling import SamplingTensors, probs_from_logits, saguaro_reweight
 
 V, K = 24, 3
 
@@ -166,19 +166,20 @@ def test_deployment_rejects_bad_values(bad):
 
 
 def test_ssd_options_split_into_algorithm_and_deployment():
-    from ssdecode.decoding.ssd.strategy import build_ssd_strategy
-
-    s = build_ssd_strategy(None, object(), None, 4, {"fanout": "uniform:2", "transport": "thread",
-                                                     "draft_threads": None, "backup": "fast"})
-    assert s.config == SSDConfig(k=4, fanout="uniform:2", backup="fast") and s.deploy == DraftDeployment()
+    s = DecodingSettings.build("ssd", k=4, ssd={"fanout": "uniform:2", "transport": "thread",
+                                                "draft_threads": None, "backup": "fast"})
+    assert s.ssd == SSDConfig(k=4, fanout="uniform:2", backup="fast") and s.deploy == DraftDeployment()
     with pytest.raises(InvalidParams, match="unknown SSD options"):
-        build_ssd_strategy(None, object(), None, 4, {"fanuot": 3})
+        DecodingSettings.build("ssd", k=4, ssd={"fanuot": 3})
+    with pytest.raises(InvalidParams, match="unknown SSD options"):  # set from the loaded draft
+        DecodingSettings.build("ssd", k=4, ssd={"draft_weights": "int4"})
 
 
 def test_config_builds_from_cli_dict_and_json():
-    cfg = SSDConfig.build(4, {"fanout": "geometric", "budget": None, "saguaro_c": 0.5, "backup": "adaptive"})
+    cfg = DecodingSettings.build("ssd", k=4, ssd={"fanout": "geometric", "budget": None, "saguaro_c": 0.5,
+                                                   "backup": "adaptive"}).ssd
     assert cfg.k == 4 and cfg.total_budget == 15 and cfg.saguaro_c == 0.5
     assert SSDConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     listed = SSDConfig(k=2, fanout=(1, 2, 3))
     assert SSDConfig.from_dict(json.loads(json.dumps(listed.to_dict()))) == listed and listed.total_budget == 6
-    assert math.isclose(SSDConfig.build(2, None).acceptance, 0.7)
+    assert math.isclose(DecodingSettings.build("ssd", k=2).ssd.acceptance, 0.7)

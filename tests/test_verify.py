@@ -11,8 +11,7 @@ import torch
 from exactness import chi_square_check, distribution_distance, exact_sequence_distribution
 from ssdecode.decoding.verify import VerifyResult, verify
 from ssdecode.params import SamplingParams
-from ssdecode.sampling import (SamplingTensors, make_generator, probs_from_logits, sample,
-                               saguaro_reweight)
+from ssdecode.sampling import SamplingTensors, make_generator, probs_from_logits, saguaro_reweight, sample
 
 V, ROWS, START = 6, 20000, 0
 # Row x: the next-token logits after token x.

@@ -5,7 +5,7 @@ __all__ = ["SamplingParams", "LLM"]
 
 
 def __getattr__(name):
-    # LLM pulls in torch and transformers; import it lazily so `import ssdecode` stays cheap.
+    # lazy start-up: LLM pulls in torch and transformers; `import ssdecode` stays cheap.
     if name == "LLM":
         from ssdecode.engine.llm import LLM
 

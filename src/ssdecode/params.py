@@ -4,9 +4,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
-MODES = ("auto", "ar", "sd", "ssd")  # decoding modes (engine/llm.py)
-
-
 class InvalidParams(ValueError):
     """A sampling or engine parameter is out of range; the message names it."""
 

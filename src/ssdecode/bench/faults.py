@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
+
+from ssdecode.bench.prompts import load_prompts
 
 KILL_KINDS = (signal.SIGKILL, signal.SIGSTOP)
 
@@ -45,7 +48,7 @@ def metric(text: str, name: str) -> float:
 
 class Soak:
     def __init__(self, url: str, prompts: list[str], max_tokens: int, model: str):
-        import openai
+        import openai  # the server extra: optional
 
         self.client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
         self.prompts, self.max_tokens, self.model = prompts, max_tokens, model
@@ -162,8 +165,6 @@ def main(argv=None) -> int:
 
 
 def _load(name: str, n: int):
-    from ssdecode.bench.prompts import load_prompts
-
     return load_prompts(name, n)
 
 
@@ -175,8 +176,6 @@ def alive(pid: int) -> bool:
 
 
 def _get(url: str, path: str) -> str:
-    import urllib.request
-
     with urllib.request.urlopen(url + path, timeout=60) as r:
         return r.read().decode()
 

@@ -3,12 +3,11 @@ with ``assistant_model`` (assisted generation), on the same weights as ours."""
 from __future__ import annotations
 
 import torch
+from transformers import AutoModelForCausalLM
 
 
 class HFPeer:
     def __init__(self, target_dir, draft_dir=None, device: str = "cpu"):
-        from transformers import AutoModelForCausalLM
-
         dtype = torch.float32 if device == "cpu" else torch.bfloat16
         self.target = AutoModelForCausalLM.from_pretrained(target_dir, dtype=dtype).to(device).eval()
         self.draft = None

@@ -37,6 +37,7 @@ Seen with llama.cpp 0c1e570 (llama-cpp-python 0.3.36's vendored tree) on the dem
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -45,6 +46,10 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from ssdecode.bench.prompts import load_prompts
+from ssdecode.engine.llm import clean_text
+from ssdecode.models.loader import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +360,6 @@ def render_prompts(prompts, tokenizer) -> list[str]:
     """``Prompt`` objects (bench.prompts) as the strings ``LLM.encode`` tokenizes: chat prompts as
     one user message through ``tokenizer``'s chat template, raw ones as they are (text cleaned the
     same way)."""
-    from ssdecode.engine.llm import clean_text
 
     out = []
     for p in prompts:
@@ -377,8 +381,6 @@ def find_bin_dir(root) -> Path:
 
 
 def main(argv=None) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m ssdecode.bench.llamacpp", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, help="directory of the llama.cpp binaries (or its build dir)")
     ap.add_argument("--target", default=str(Path("~/.cache/ssdecode/gguf/qwen2.5-coder-1.5b-instruct.gguf").expanduser()))
@@ -400,13 +402,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
-    from ssdecode.bench.prompts import load_prompts
 
     tokenizer = None
     names = args.prompts.split(",")
     sets = {n: load_prompts(n, args.num_prompts) for n in names}
     if any(p.chat for ps in sets.values() for p in ps):
-        from ssdecode.models.loader import load_tokenizer
         tokenizer = load_tokenizer(args.tokenizer or args.target)
     texts = {n: render_prompts(ps, tokenizer) for n, ps in sets.items()}
     try:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 def draw(summary: dict, out_dir: str | Path) -> list[Path]:
     """Write the plots that ``summary`` (bench JSON) has data for; returns their paths."""
-    import matplotlib
+    import matplotlib  # the bench extra: optional
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

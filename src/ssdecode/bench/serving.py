@@ -116,7 +116,7 @@ async def _one(client, model: str, prompt, max_tokens: int) -> RequestTiming:
 
 async def run_level(base_url: str, prompts: list, concurrency: int, max_tokens: int) -> tuple[float, list[RequestTiming]]:
     """``concurrency`` closed-loop clients over ``prompts``; (wall seconds, timings in prompt order)."""
-    from openai import AsyncOpenAI
+    from openai import AsyncOpenAI  # the server extra: optional
 
     client = AsyncOpenAI(base_url=base_url, api_key=os.environ.get("SSDECODE_API_KEY", "none"), max_retries=0,
                          timeout=3600)

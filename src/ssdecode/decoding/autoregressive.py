@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from ssdecode.decoding.base import StepOutput, Strategy
-from ssdecode.decoding.drafting import autoregress
+from ssdecode.decoding.sample_steps import autoregress
 from ssdecode.decoding.sequence import Sequence
 from ssdecode.models.base import CausalLM
 from ssdecode.runtime.runner import ModelRunner
@@ -14,8 +14,8 @@ from ssdecode.sampling import SamplingTensors
 class ARStrategy(Strategy):
     name = "ar"
 
-    def __init__(self, target: CausalLM):
-        self.target = target
+    def __init__(self, target: CausalLM, backend: str | None = None):
+        self.target, self.backend = target, backend
         self.runner = None
 
     def setup(self, num_slots: int, max_len: int, trunner: ModelRunner | None = None) -> None:

@@ -1,5 +1,10 @@
 """The strategy seam: the engine loop never branches on AR / SD / SSD.
 
+A strategy is built by ``decoding/build.py`` (``build_strategy``, the only place a mode becomes a
+strategy) and is the engine's whole view of decoding: besides the rounds, it reports its health
+(``health``: degraded or not, draft worker failures and restarts), does its background work when
+the engine is idle (``poll``) and gives its own metrics (``stats``).
+
 A strategy owns the models' runners (and their KV caches) for the sequences it is given. ``prefill`` commits the
 first token of each new sequence; ``step`` runs one round (one target forward) for the active
 sequences and returns what each committed, in order. The engine trims at EOS / stop strings /
@@ -23,6 +28,13 @@ class StepOutput:
     time_verify: float = 0.0  # seconds in the target forward + verification
 
 
+@dataclass(frozen=True)
+class Health:
+    degraded: str | None = None  # why rounds run without a part of the strategy (SSD: its draft worker)
+    worker_failures: int = 0  # draft worker failures so far
+    worker_restarts: int = 0  # draft workers brought up again after a failure
+
+
 class Strategy(ABC):
     name: str
     backend: str | None = None  # the model runners' attention backend (runtime/runner.py); None: by device
@@ -44,6 +56,14 @@ class Strategy(ABC):
 
     def close(self) -> None:
         """Stop background workers; the strategy is not used afterwards."""
+
+    def health(self) -> Health:
+        """Whether every part of the strategy serves (the output distribution never depends on it)."""
+        return Health()
+
+    def poll(self) -> None:
+        """Background work while the engine is idle between rounds (SSD: take a restarted worker
+        back, so an idle server does not stay degraded)."""
 
     def stats(self) -> dict:
         """Strategy-level metrics the engine cannot see (SSD: hit rate by k, T_p, fan-out)."""

@@ -15,9 +15,9 @@ import torch
 
 from ssdecode.decoding.autoregressive import prefill_target
 from ssdecode.decoding.base import StepOutput, Strategy
-from ssdecode.decoding.drafting import autoregress, feed_batch
-from ssdecode.decoding.verify import verify
+from ssdecode.decoding.sample_steps import autoregress, feed_batch
 from ssdecode.decoding.sequence import Sequence
+from ssdecode.decoding.verify import verify
 from ssdecode.models.base import CausalLM
 from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors
@@ -26,11 +26,12 @@ from ssdecode.sampling import SamplingTensors
 class SDStrategy(Strategy):
     name = "sd"
 
-    def __init__(self, target: CausalLM, draft: CausalLM, k: int, min_confidence: float | None = None):
-        """``k``: draft tokens per round (at most, with ``min_confidence``: see drafting.py)."""
-        if k < 1:
-            raise ValueError(f"K (draft tokens per round) must be >= 1, got {k}")
+    def __init__(self, target: CausalLM, draft: CausalLM, k: int, min_confidence: float | None = None,
+                 backend: str | None = None):
+        """``k``: draft tokens per round (at most, with ``min_confidence``: see sample_steps.py); the
+        settings were validated (config/settings.py)."""
         self.target, self.draft, self.k, self.min_confidence = target, draft, k, min_confidence
+        self.backend = backend
         self.trunner = self.drunner = None
         self.uncached: dict[int, int] = {}  # slot -> trailing committed tokens the draft cache lacks
 

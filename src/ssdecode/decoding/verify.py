@@ -10,8 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ssdecode.sampling import (Generators, SamplingTensors, draw_uniforms, probs_from_logits,
-                               sample_from_uniform)
+from ssdecode.sampling import Generators, SamplingTensors, draw_uniforms, probs_from_logits, sample_from_uniform
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 
+from ssdecode.config.settings import DEFAULT_MAX_NUM_SEQS, check_limits
 from ssdecode.decoding.base import StepOutput, Strategy
 from ssdecode.decoding.sequence import Sequence
 from ssdecode.engine.detokenizer import IncrementalDetokenizer
@@ -23,20 +24,12 @@ from ssdecode.engine.metrics import RequestMetrics
 from ssdecode.engine.request import Request, RequestOutput
 from ssdecode.engine.scheduler import Scheduler
 from ssdecode.engine.stopping import StopChecker
+from ssdecode.kv.cache import ContextOverflow
 from ssdecode.params import InvalidParams, SamplingParams
-from ssdecode.runtime.kv_cache import ContextOverflow
 from ssdecode.sampling import make_generator
 
-DEFAULT_MAX_NUM_SEQS, DEFAULT_MAX_MODEL_LEN = 8, 4096
+DEFAULT_MAX_MODEL_LEN = 4096
 _request_ids = itertools.count()  # process-wide: ids stay unique across cores and configure()
-
-
-def check_limits(max_num_seqs, max_model_len) -> None:
-    """The engine's sizes, as far as they can be checked without the model (its context)."""
-    if not isinstance(max_num_seqs, int) or max_num_seqs < 1:
-        raise InvalidParams(f"max_num_seqs must be an integer >= 1, got {max_num_seqs!r}")
-    if max_model_len is not None and (not isinstance(max_model_len, int) or max_model_len < 2):
-        raise InvalidParams(f"max_model_len must be an integer >= 2, got {max_model_len!r}")
 
 
 class EngineCore:

@@ -12,15 +12,18 @@ from typing import Iterator
 
 import torch
 
-from ssdecode.engine.core import DEFAULT_MAX_NUM_SEQS, EngineCore, check_limits
+from ssdecode.config.settings import DEFAULT_MAX_NUM_SEQS, DecodingSettings, EngineSettings, check_limits
+from ssdecode.decoding.base import Health
+from ssdecode.decoding.build import Models, build_strategy
+from ssdecode.decoding.vocab import check_compatible
+from ssdecode.engine.core import EngineCore
 from ssdecode.engine.request import Request
 from ssdecode.models.base import CausalLM
-from ssdecode.params import MODES, InvalidParams, SamplingParams
+from ssdecode.models.loader import load_model, load_tokenizer
+from ssdecode.params import InvalidParams, SamplingParams
+from ssdecode.plan.pick import pick_draft
 
 log = logging.getLogger(__name__)
-
-DEFAULT_TARGET, DEFAULT_DRAFT = "demo-target", "demo-draft"
-DEFAULT_K = 5
 
 
 @dataclass
@@ -34,20 +37,6 @@ class Completion:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def check_settings(mode: str, k: int, ssd, min_confidence: float | None) -> None:
-    """The decoding settings, checked without any model (InvalidParams names the bad one)."""
-    if mode not in MODES:
-        raise InvalidParams(f"mode must be one of {MODES}, got {mode!r}")
-    if min_confidence is not None and not 0.0 < min_confidence < 1.0:
-        raise InvalidParams(f"draft confidence threshold must be in (0, 1), got {min_confidence}")
-    if k is not None and (not isinstance(k, int) or k < 1):
-        raise InvalidParams(f"K (draft tokens per round) must be an integer >= 1, got {k!r}")
-    if mode in ("ssd", "auto"):  # auto may pick SSD
-        from ssdecode.decoding.ssd.strategy import ssd_settings
-
-        ssd_settings(k or DEFAULT_K, ssd)
 
 
 def clean_text(text: str) -> str:
@@ -77,112 +66,84 @@ def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
 
 
 class LLM:
-    def __init__(self, target: str = DEFAULT_TARGET, draft: str | None = None, mode: str = "ar",
-                 k: int | None = None, device: str | None = None, dtype: torch.dtype | None = None,
-                 ssd=None, min_confidence: float | None = None, draft_weights: str = "auto",
-                 max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None,
-                 weights: str = "auto", cuda_graphs: bool | None = None):
-        """Load ``target`` (and ``draft`` for sd/ssd, default the demo draft) by spec: an alias
-        (demo-target, demo-draft), an HF folder, a .gguf file or a hub id. ``weights`` and
-        ``draft_weights``: the matmul weight formats (``models/linear.py``; auto runs a GGUF
-        model's tensors as stored; a draft's ``int8`` or ``int4`` keeps decoding exact, since the verifier
-        uses the q the draft sampled from).
-        ``max_num_seqs`` requests run at once (more wait), each up to ``max_model_len`` tokens.
-        ``cuda_graphs``: run decode, verification and the draft's steps with static shapes, as
-        CUDA graphs on CUDA (runtime/graphs.py); None = on CUDA only; False = eager addressing."""
-        from ssdecode.models.loader import load_model, load_tokenizer
-
-        check_settings(mode, k, ssd, min_confidence)  # bad options fail before the slow load
-        check_limits(max_num_seqs, max_model_len)
-        device = device or default_device()
-        tokenizer = load_tokenizer(target)
-        target_model = load_model(target, device=device, dtype=dtype, weights=weights)
-        draft_model = draft_tokenizer = None
-        # auto without a draft speculates with the demo draft only for the demo target: another
-        # target's tokenizer would not match it
-        if draft is not None or mode in ("sd", "ssd") or (mode == "auto" and target == DEFAULT_TARGET):
-            draft = draft or DEFAULT_DRAFT
-            draft_tokenizer = load_tokenizer(draft)
-            draft_model = load_model(draft, device=device, dtype=dtype, weights=draft_weights)
-            if mode == "auto" and draft_weights == "auto":
-                from ssdecode.plan.auto import pick_draft
-
-                draft_model, draft_weights = pick_draft(target_model, draft_model, draft)
-        self._attach(tokenizer, target_model, draft_model, draft_tokenizer, draft, draft_weights,
-                     max_num_seqs, max_model_len, cuda_graphs)
-        self.configure(mode, k, ssd, min_confidence)
+    def __init__(self, settings: EngineSettings | None = None, **kwargs):
+        """Load the models of ``settings`` (or of keyword arguments, ``EngineSettings.build``'s:
+        ``target``, ``draft``, ``mode``, ``k``, ``device``, ``weights``, ``draft_weights``, ``ssd``,
+        ``max_num_seqs``, ...). A model is named by an alias (demo-target, demo-draft), an HF folder,
+        a .gguf file or a hub id; its weights run in the format asked for (models/linear.py; auto
+        runs a GGUF model's tensors as stored; a draft's ``int8``, ``int4`` or ``q4k`` keeps decoding
+        exact, since the verifier uses the q the draft sampled from). Bad settings fail before the
+        slow load."""
+        if settings is None:
+            settings = EngineSettings.build(**kwargs)
+        elif kwargs:
+            raise InvalidParams("pass EngineSettings or keyword arguments, not both")
+        device = settings.device or default_device()
+        tokenizer = load_tokenizer(settings.target)
+        target = load_model(settings.target, device=device, dtype=settings.dtype, weights=settings.weights)
+        draft = draft_tokenizer = None
+        draft_source, draft_weights = settings.draft_source, settings.draft_weights
+        if draft_source is not None:
+            draft_tokenizer = load_tokenizer(draft_source)
+            draft = load_model(draft_source, device=device, dtype=settings.dtype, weights=draft_weights)
+            if settings.decoding.mode == "auto" and draft_weights == "auto":
+                draft, draft_weights = pick_draft(target, draft, draft_source)
+        self._attach(tokenizer, Models(target, draft, draft_source, draft_weights), draft_tokenizer,
+                     settings.max_num_seqs, settings.max_model_len)
+        self.configure(settings.decoding)
 
     @classmethod
-    def from_models(cls, tokenizer, target: CausalLM, draft: CausalLM | None = None, mode: str = "ar",
-                    k: int | None = None, ssd=None, draft_tokenizer=None, draft_spec: str | None = None,
-                    min_confidence: float | None = None, draft_weights: str = "auto",
-                    max_num_seqs: int = DEFAULT_MAX_NUM_SEQS, max_model_len: int | None = None,
-                    cuda_graphs: bool | None = None) -> "LLM":
-        """An LLM over already-built models (tests, embedding in another program)."""
+    def from_models(cls, tokenizer, target: CausalLM, draft: CausalLM | None = None,
+                    decoding: DecodingSettings | None = None, draft_tokenizer=None, draft_source=None,
+                    draft_weights: str = "auto", max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
+                    max_model_len: int | None = None, **kwargs) -> LLM:
+        """An LLM over already-built models (tests, embedding in another program); ``decoding``,
+        or keyword arguments for ``DecodingSettings.build`` (``mode``, ``k``, ``ssd``, ...)."""
+        check_limits(max_num_seqs, max_model_len)
         llm = cls.__new__(cls)
-        llm._attach(tokenizer, target, draft, draft_tokenizer or tokenizer, draft_spec, draft_weights,
-                    max_num_seqs, max_model_len, cuda_graphs)
-        llm.configure(mode, k, ssd, min_confidence)
+        llm._attach(tokenizer, Models(target, draft, draft_source, draft_weights), draft_tokenizer or tokenizer,
+                    max_num_seqs, max_model_len)
+        llm.configure(decoding, **kwargs)
         return llm
 
-    def _attach(self, tokenizer, target: CausalLM, draft: CausalLM | None, draft_tokenizer,
-                draft_spec: str | None, draft_weights: str, max_num_seqs: int,
-                max_model_len: int | None, cuda_graphs: bool | None) -> None:
-        from ssdecode.decoding.vocab import check_compatible
-
-        if draft is not None:
-            check_compatible(tokenizer, draft_tokenizer, target, draft)
-        self.tokenizer, self.target, self.draft, self.draft_spec = tokenizer, target, draft, draft_spec
-        self.draft_weights = draft_weights  # what a worker process loading ``draft_spec`` uses
-        self.device = target.device
+    def _attach(self, tokenizer, models: Models, draft_tokenizer, max_num_seqs: int,
+                max_model_len: int | None) -> None:
+        if models.draft is not None:
+            check_compatible(tokenizer, draft_tokenizer, models.target, models.draft)
+        self.tokenizer, self.models = tokenizer, models
+        self.target, self.draft = models.target, models.draft
+        self.device = models.target.device
         self.max_num_seqs, self.max_model_len = max_num_seqs, max_model_len
-        self.backend = None if cuda_graphs is None else "static" if cuda_graphs else "eager"
         self.strategy = self.core = None
 
-    def configure(self, mode: str, k: int | None = None, ssd=None, min_confidence: float | None = None) -> None:
-        """Switch decoding strategy, keeping the loaded models (benchmarks compare modes so).
-        Builds a new engine core; requests still in the old one are dropped. ``k``: draft tokens
-        per round (default 5), for auto the most it may pick (default 8).
-
-        ``min_confidence`` (sd): stop a round's drafting after a token the draft is less sure of
-        (K is then the most drafted per round)."""
-        from ssdecode.decoding.autoregressive import ARStrategy
-        from ssdecode.decoding.speculative import SDStrategy
-        from ssdecode.decoding.vocab import align_draft
-
-        check_settings(mode, k, ssd, min_confidence)
-        if mode in ("sd", "ssd") and self.draft is None:
-            raise InvalidParams(f"mode {mode!r} needs a draft model; this LLM was loaded without one")
+    def configure(self, decoding: DecodingSettings | str | None = None, **kwargs) -> None:
+        """Switch decoding strategy, keeping the loaded models (benchmarks compare modes so):
+        ``decoding``, or a mode and keyword arguments for ``DecodingSettings.build`` (``k``,
+        ``min_confidence``, ``ssd``, ``cuda_graphs``). Builds a new engine core; requests still
+        in the old one are dropped."""
+        if not isinstance(decoding, DecodingSettings):
+            decoding = DecodingSettings.build(decoding or kwargs.pop("mode", "ar"), **kwargs)
+        elif kwargs:
+            raise InvalidParams("pass DecodingSettings or keyword arguments, not both")
+        strategy, choice = build_strategy(decoding, self.models)
         if self.core is not None:
             self.core.close()
-        if mode in ("ssd", "auto") and (ssd is None or isinstance(ssd, dict)):
-            ssd = dict(ssd or {})  # a worker process loads the draft like this LLM did
-            ssd["draft_weights"] = ssd.get("draft_weights") or self.draft_weights
-        self.choice = ""  # auto: what it picked and why
-        if mode == "ar" or self.draft is None:
-            self.strategy = ARStrategy(self.target)
-            self.choice = "" if mode == "ar" else "ar: no draft model (pass one with --draft to speculate)"
-        elif mode == "sd":
-            self.strategy = SDStrategy(self.target, align_draft(self.draft, self.target), k or DEFAULT_K,
-                                       min_confidence)
-        elif mode == "auto":
-            from ssdecode.plan.auto import build_auto_strategy
-
-            self.strategy, self.choice = build_auto_strategy(
-                self.target, align_draft(self.draft, self.target), self.draft_spec, k, ssd, min_confidence)
-        else:
-            from ssdecode.decoding.ssd.strategy import build_ssd_strategy
-
-            self.strategy = build_ssd_strategy(self.target, align_draft(self.draft, self.target),
-                                               self.draft_spec, k or DEFAULT_K, ssd)
-        self.strategy.backend = self.backend
-        self.mode = mode
+        self.strategy, self.choice, self.decoding, self.core = strategy, choice, decoding, None
         try:
-            self.core = EngineCore(self.strategy, self.tokenizer, self._eos_ids(), self.target.max_context,
+            self.core = EngineCore(strategy, self.tokenizer, self._eos_ids(), self.target.max_context,
                                    self.target.vocab_size, self.max_num_seqs, self.max_model_len)
         except BaseException:
-            self.strategy.close()
+            strategy.close()
             raise
+
+    @property
+    def mode(self) -> str:
+        return self.decoding.mode
+
+    @property
+    def strategy_name(self) -> str:
+        """What runs the rounds: ar, sd, ssd or auto (auto that picked SSD runs ssd)."""
+        return self.strategy.name
 
     @property
     def mode_label(self) -> str:
@@ -253,6 +214,18 @@ class LLM:
     def _completion(req: Request) -> Completion:
         return Completion(req.text, list(req.output_ids), req.finish_reason, len(req.seq.prompt_ids),
                           req.metrics.summary())
+
+    def health(self) -> Health:
+        """Whether every part of the strategy serves (SSD: its draft worker); exact either way."""
+        return self.strategy.health()
+
+    def poll(self) -> None:
+        """The strategy's background work while idle (on the thread that drives the engine)."""
+        self.strategy.poll()
+
+    def stats(self) -> dict:
+        """The strategy's own metrics (SSD: the worker's; on the thread that drives the engine)."""
+        return self.strategy.stats()
 
     def close(self) -> None:
         self.core.close()

@@ -2,7 +2,7 @@
 decode, verification and tree decode.
 
 ``CausalLM.forward(input_ids, positions, meta)`` takes ``[B, T]`` token ids and LOGICAL positions
-(RoPE) and the attention metadata the runner built for this call (runtime/attention.py: the
+(RoPE) and the attention metadata the runner built for this call (kv/forward_meta.py: the
 cache, each row's slot, start and real token count, the tree mask, and the backend's device-side
 addressing), writes the new K/V where the metadata says and returns float32 logits ``[B, T, V]``,
 or ``[B, 1, V]`` at each row's last real token when ``meta.last_only``. It neither moves cache
@@ -15,9 +15,9 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from ssdecode.kv.cache import KVCache
+from ssdecode.kv.forward_meta import EagerMeta, ForwardMeta
 from ssdecode.models.errors import NonFiniteLogits
-from ssdecode.runtime.attention import ForwardMeta
-from ssdecode.runtime.kv_cache import KVCache
 
 
 class CausalLM(ABC):
@@ -34,6 +34,14 @@ class CausalLM(ABC):
 
     @abstractmethod
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: ForwardMeta) -> torch.Tensor: ...
+
+    @torch.inference_mode()
+    def probe(self) -> None:
+        """One eager forward of one token, so weights that compute NaN/inf fail the load (and get
+        the folder checked) instead of printing '!!!!' later; a single NaN weight spoils every token."""
+        ids = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        meta = ForwardMeta(self.new_cache(1, 1), [0], [0], [1], None, False)
+        self.check_finite(self.forward(ids, ids, EagerMeta.plan(meta, 1, self.device)), [1])
 
     def check_finite(self, logits: torch.Tensor, counts: list[int]) -> None:
         """Raise ``NonFiniteLogits`` naming the model when a real position's logits are NaN/inf.

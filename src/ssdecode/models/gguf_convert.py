@@ -23,7 +23,12 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+import gguf
 import numpy as np
+from gguf.quants import dequantize
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from ssdecode import envs
 from ssdecode.models import manifest
@@ -158,8 +163,6 @@ def cached_conversions() -> list[Path]:
 
 
 def _open_reader(path: Path):
-    import gguf
-
     try:
         reader = gguf.GGUFReader(path)
         arch = reader.fields["general.architecture"].contents()
@@ -183,8 +186,6 @@ def _field(reader, key: str, default=None):
 
 def _write_config_and_tokenizer(path: Path, reader, out: Path):
     """config.json, generation_config.json and tokenizer files; returns the HF config."""
-    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     arch = _field(reader, "general.architecture")
     config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -260,7 +261,6 @@ def hf_tensors(path: Path, reader, num_heads: int, num_kv_heads: int):
 def _write_weights(path: Path, reader, config, file: Path, progress: bool) -> str:
     """Stream every tensor, dequantized to fp32 under its HF name, into one safetensors file;
     return the file's sha256 (hashed as written, so the manifest costs no second read)."""
-    from tqdm.auto import tqdm
 
     plan, header, offset = [], {"__metadata__": {"format": "pt"}}, 0
     for t, name, shape, permute in hf_tensors(path, reader, config.num_attention_heads, config.num_key_value_heads):
@@ -288,7 +288,6 @@ def _write_weights(path: Path, reader, config, file: Path, progress: bool) -> st
 
 def _fp32_chunks(t, shape: list[int], permute_heads: int | None) -> Iterator[np.ndarray]:
     """Dequantize ``t`` in row chunks (row-major order), or whole when its rows must be unpermuted."""
-    from gguf.quants import dequantize
 
     if permute_heads:
         yield _unpermute(dequantize(t.data, t.tensor_type).reshape(shape), permute_heads)

@@ -21,8 +21,8 @@ import torch
 
 from ssdecode.kernels import ggml
 from ssdecode.models.config import ModelConfig
-from ssdecode.models.errors import ModelLoadError
 from ssdecode.models.embedding import Embedding, QuantizedEmbedding
+from ssdecode.models.errors import ModelLoadError
 from ssdecode.models.gguf_convert import _fp32_chunks, _unpermute, fingerprint, hf_tensors, read_marker
 from ssdecode.models.gguf_file import GGUFFile
 from ssdecode.models.linear import Linear, QuantizedLinear, SplitLinear, make_linear, resolve_format

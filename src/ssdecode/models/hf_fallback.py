@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM
 
+from ssdecode.kv.cache import KVCache
+from ssdecode.kv.forward_meta import ForwardMeta
 from ssdecode.models.base import CausalLM
-from ssdecode.runtime.attention import ForwardMeta
-from ssdecode.runtime.kv_cache import KVCache
 
 DEFAULT_MAX_LEN = 4096
 
@@ -38,7 +39,6 @@ class HFCausalLM(CausalLM):
         """``model``: a built Transformers causal LM (used as is: ``device``/``dtype`` only apply
         when loading) or a folder / hub id to load."""
         if isinstance(model, (str, Path)):
-            from transformers import AutoModelForCausalLM
 
             self.name = str(model)
             model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device)

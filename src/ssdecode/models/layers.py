@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ssdecode.kernels import attention, layers as fused
+from ssdecode.kernels import attention
+from ssdecode.kernels import layers as fused
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.linear import Linear
 from ssdecode.models.weights_io import WeightLoader

@@ -37,10 +37,9 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ssdecode.config.formats import FORMATS, GGUF_FORMATS
 from ssdecode.kernels import ggml, int4, q4k
 
-FORMATS = ("auto", "dequant", "dense", "packed", "int8", "int4", "q4k", "gguf", "gguf-a8")
-GGUF_FORMATS = ("gguf", "gguf-a8")  # the GGUF's tensors as stored
 _QUANT_CHUNK = 1 << 22  # elements quantized at a time
 
 

@@ -4,7 +4,7 @@ Qwen2/2.5 (qkv bias), Qwen3 (per-head q/k RMSNorm) and Mistral (as Llama, full a
 It owns the weights and implements the ``CausalLM.forward`` contract of ``models/base.py`` over
 the slot ``KVCache``: explicit positions, one cache slot per row, ragged rows and an optional
 tree mask, so prefill, decode, verification and tree decode are the same code path. Cache
-addressing comes from the runner's attention metadata (eager or static, runtime/attention.py),
+addressing comes from the runner's attention metadata (eager or static, kv/forward_meta.py),
 built once per forward and read by every layer.
 """
 from __future__ import annotations
@@ -14,17 +14,19 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig
 
 from ssdecode import envs
 from ssdecode.kernels import layers as fused
+from ssdecode.kv.cache import KVCache
+from ssdecode.kv.forward_meta import EagerMeta, ForwardMeta
 from ssdecode.models.base import CausalLM
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.embedding import Embedding
+from ssdecode.models.gguf_weights import GGUFWeights, gguf_source
 from ssdecode.models.layers import LayerWeights, apply_rope, attend, rms_norm, rope_tables
 from ssdecode.models.linear import GGUF_FORMATS, Linear, make_linear, resolve_format
 from ssdecode.models.weights_io import SafetensorsFolder, WeightLoader
-from ssdecode.runtime.attention import EagerMeta, ForwardMeta
-from ssdecode.runtime.kv_cache import KVCache
 
 DEFAULT_MAX_LEN = 4096
 
@@ -82,11 +84,9 @@ class LlamaModel(CausalLM):
         """Load an HF folder: ``config.json`` plus ``*.safetensors`` (sharded or not). For the gguf
         weight format, a converted folder whose weights are read as stored from ``gguf``, by
         default the GGUF its marker records."""
-        from transformers import AutoConfig
 
         config = ModelConfig.from_hf(AutoConfig.from_pretrained(str(path)))
         if weights in GGUF_FORMATS:
-            from ssdecode.models.gguf_weights import GGUFWeights, gguf_source
 
             source = GGUFWeights(gguf or gguf_source(Path(path)), config, "int8" if weights == "gguf-a8" else "fp32")
         else:

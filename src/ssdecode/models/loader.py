@@ -19,7 +19,10 @@ from pathlib import Path
 from typing import Callable, TypeVar
 
 import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from safetensors import SafetensorError
+from transformers import AutoConfig, AutoTokenizer
 
 from ssdecode.models import manifest
 from ssdecode.models.base import CausalLM
@@ -28,8 +31,9 @@ from ssdecode.models.demo import DEMO_MODELS, ensure_demo_model
 from ssdecode.models.errors import ModelLoadError, NonFiniteLogits
 from ssdecode.models.gguf_convert import add_manifest, convert_gguf, discard, fingerprint, read_marker
 from ssdecode.models.gguf_weights import gguf_source
+from ssdecode.models.hf_fallback import HFCausalLM
 from ssdecode.models.linear import GGUF_FORMATS, resolve_format, runs_gguf
-from ssdecode.runtime.runner import ModelRunner
+from ssdecode.models.llama import LlamaModel
 
 __all__ = ["ModelLoadError", "resolve_model", "load_model", "load_tokenizer", "verify_model"]
 
@@ -125,9 +129,6 @@ def _locate(spec: str | os.PathLike, progress: bool) -> Path:
 
 
 def _from_hub(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
-
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
     except (HfHubHTTPError, LocalEntryNotFoundError, ValueError) as e:
@@ -157,7 +158,6 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
     spec, or a demo model) as stored where it can (``gguf``: config and tokenizer from its
     conversion, tensors from the GGUF), else its fp32 conversion (``dequant``).
     """
-    from transformers import AutoConfig
 
     device = torch.device(device)
     dtype = _dtype(dtype, device)
@@ -171,16 +171,14 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
                 raise ModelLoadError(f"weight format {weights!r} needs the native runtime, and {folder} "
                                      f"is not a supported architecture ({e})") from e
             logger.warning("%s: %s; using the Transformers fallback (correct but slower)", folder, e)
-            from ssdecode.models.hf_fallback import HFCausalLM
 
             model = HFCausalLM(str(folder), device, dtype)
         else:
-            from ssdecode.models.llama import LlamaModel
 
             gguf = _stored_gguf(spec, folder, weights, device, dtype)
             fmt = (weights if weights in GGUF_FORMATS else "gguf") if gguf else resolve_format(weights, device, dtype)
             model = LlamaModel.from_folder(folder, device, dtype, fmt, gguf)
-        _probe(model)
+        model.probe()
         add_manifest(folder)  # an old conversion that loads and computes gets its manifest now
         return model
 
@@ -209,16 +207,8 @@ def _stored_gguf(spec, folder: Path, weights: str, device: torch.device, dtype: 
 
 def load_tokenizer(spec_or_dir: str | os.PathLike):
     """The Transformers tokenizer (with chat template, when the model has one) of ``spec_or_dir``."""
-    from transformers import AutoTokenizer
 
     return _load_checked(resolve_model(spec_or_dir), AutoTokenizer.from_pretrained, "tokenizer")
-
-
-def _probe(model: CausalLM) -> None:
-    """One forward of one token, so weights that compute NaN/inf fail the load (and get the
-    folder checked) instead of printing '!!!!' later; a single NaN weight spoils every token."""
-    ids = torch.zeros((1, 1), dtype=torch.long, device=model.device)
-    ModelRunner(model, 1, 1, backend="eager").forward(ids, ids, [0])
 
 
 def _load_checked(folder: Path, load: Callable[[Path], T], what: str) -> T:

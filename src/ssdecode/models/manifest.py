@@ -11,6 +11,8 @@ import contextlib
 import hashlib
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 BLOCK = 8 << 20  # bytes hashed per read
 
 
@@ -60,7 +62,6 @@ def _bar(folder: Path, files: dict[str, dict], show: bool):
     (the resource tracker then warns at exit)."""
     if not show:
         return contextlib.nullcontext()
-    from tqdm.auto import tqdm
 
     return tqdm(total=sum(w["size"] for w in files.values()), unit="B", unit_scale=True,
                 desc=f"checking {folder.name}")

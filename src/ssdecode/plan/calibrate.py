@@ -23,8 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ssdecode import envs
+from ssdecode.config.settings import AUTO_K_MAX
 from ssdecode.models.base import CausalLM
 from ssdecode.runtime.runner import ModelRunner
 
@@ -33,7 +35,6 @@ log = logging.getLogger(__name__)
 CONTEXT = 128  # cached tokens before each timed forward: a short prompt plus some output
 LONG_CONTEXT = 384  # ... and again after this many, for the context term (its prefill costs seconds)
 LONG_WIDTHS = (1, 9)  # target widths timed at LONG_CONTEXT (the slope is linear in width); the draft: 1 row
-K_MAX = 8  # verification widths measured: K = 1..K_MAX
 DRAFT_WIDTHS = (1, 4, 8, 16)  # drafting, and SSD tree steps by fan-out budget
 ATTEMPTS = 3  # calibrations tried before a disturbed one is used uncached
 SLACK = 0.8  # a wider forward may be this much faster than a narrower one (timer noise), no more
@@ -160,13 +161,12 @@ def _sync(model: CausalLM) -> None:
 
 
 def calibrate(target: CausalLM, draft: CausalLM, repeats: int = 3, progress: bool = False) -> Calibration:
-    """Measure the pair (a few seconds on the demo pair): target widths 1..K_MAX+1, draft widths
+    """Measure the pair (a few seconds on the demo pair): target widths 1..AUTO_K_MAX+1, draft widths
     DRAFT_WIDTHS, the target's K=4 verification while the draft decodes beside it, then target
     widths LONG_WIDTHS and one draft row after LONG_CONTEXT."""
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=5, desc="calibrating", unit="part", disable=not progress)
-    target_s = widths_seconds(target, list(range(1, K_MAX + 2)), repeats)
+    target_s = widths_seconds(target, list(range(1, AUTO_K_MAX + 2)), repeats)
     bar.update()
     draft_s = widths_seconds(draft, list(DRAFT_WIDTHS), repeats, row_widths=True)
     bar.update()

@@ -85,7 +85,7 @@ def geometric_fanout(budget: int, a: float, r: float, k: int, caps: list[int]) -
 
 
 def gated_lengths(u: float, k: int) -> list[float]:
-    """Confidence gating at threshold c (decoding/drafting.py): P(n = j), j = 1..K, of a round
+    """Confidence gating at threshold c (decoding/sample_steps.py): P(n = j), j = 1..K, of a round
     proposing n tokens when each draft token independently falls below c with probability u.
     The row stops after its first such token (which is still proposed), so n is geometric,
     truncated at K: P(n = j) = (1-u)^(j-1) u for j < K, and (1-u)^(K-1) for j = K."""

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ssdecode.kv.cache import KVCache
+from ssdecode.kv.forward_meta import EagerMeta, ForwardMeta, StaticBuffers, StaticMeta
 from ssdecode.models.base import CausalLM
-from ssdecode.runtime.attention import EagerMeta, ForwardMeta, StaticBuffers, StaticMeta
-from ssdecode.runtime.kv_cache import KVCache
 
 log = logging.getLogger(__name__)
 

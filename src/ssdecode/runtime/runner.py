@@ -2,7 +2,7 @@
 the tree decode call ``ModelRunner.forward``; never ``model.forward``.
 
 A runner owns its model's KV cache. Per call it checks the arguments, reserves cache rows, builds
-one attention-metadata object (runtime/attention.py) that every layer reads, runs the model,
+one attention-metadata object (kv/forward_meta.py) that every layer reads, runs the model,
 advances the cache lengths and checks the logits are finite. Where the metadata comes from is
 the attention backend:
 
@@ -34,8 +34,9 @@ from __future__ import annotations
 
 import torch
 
+from ssdecode.kv.forward_meta import EagerMeta, ForwardMeta
 from ssdecode.models.base import CausalLM
-from ssdecode.runtime.attention import EagerMeta, ForwardMeta
+from ssdecode.runtime.graphs import StaticForwards
 
 BACKENDS = ("eager", "static")
 
@@ -55,7 +56,6 @@ class ModelRunner:
         self.model, self.backend = model, backend
         self.graphs = self.nonfinite = None
         if backend == "static":
-            from ssdecode.runtime.graphs import StaticForwards
 
             # one slot more: the scratch slot padding rows and out-of-range padding tokens write to
             self.cache = model.new_cache(num_slots + 1, max_len)

@@ -31,7 +31,7 @@ def build_app(llm, model_name: str, api_key: str | None = None, max_queue: int =
     """An app serving ``llm`` as ``model_name``. It owns the LLM from startup on: shutdown aborts
     what is in flight and closes it. ``api_key``: required as ``Authorization: Bearer <key>`` on
     /v1 routes (/health and /metrics stay open)."""
-    metrics = ServerMetrics(llm.strategy.name)  # auto may have picked ssd
+    metrics = ServerMetrics(llm.strategy_name)  # auto may have picked ssd
     engine = AsyncEngine(llm, max_queue, metrics)
 
     @asynccontextmanager
@@ -85,11 +85,10 @@ def build_app(llm, model_name: str, api_key: str | None = None, max_queue: int =
     @app.get("/metrics")
     async def prometheus_metrics():
         stats = {}
-        if llm.strategy.name == "ssd":
-            try:
-                stats = await engine.call(llm.strategy.stats)
-            except EngineStopped:
-                pass
+        try:
+            stats = await engine.call(llm.stats)
+        except EngineStopped:
+            pass
         return Response(metrics.render(engine.state, stats), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -22,13 +22,13 @@ import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import AsyncIterator, Callable
 
-from ssdecode.engine.metrics import RequestMetrics
 from ssdecode.engine.request import RequestOutput
 from ssdecode.params import SamplingParams
 from ssdecode.server.metrics import ServerMetrics
+from ssdecode.server.state import EngineState
 
 log = logging.getLogger(__name__)
 IDLE_POLL_S = 0.5  # how often an idle engine without its SSD draft worker looks for a restarted one
@@ -40,20 +40,6 @@ class QueueFull(Exception):
 
 class EngineStopped(Exception):
     """The engine is shutting down (or failed) and takes no more requests."""
-
-
-@dataclass(frozen=True)
-class EngineState:
-    """What the engine thread publishes after each iteration (read by /health and /metrics)."""
-
-    running: int = 0
-    waiting: int = 0  # in the core's waiting queue
-    free_slots: int = 0
-    totals: RequestMetrics = field(default_factory=RequestMetrics)  # the core's run metrics (copy)
-    failed: bool = False
-    degraded: str | None = None  # why the strategy runs without its draft worker (SSD fallback)
-    worker_failures: int = 0  # SSD draft worker failures so far
-    worker_restarts: int = 0  # SSD draft workers brought up again after a failure
 
 
 @dataclass
@@ -230,7 +216,7 @@ class AsyncEngine:
                 if self.state.degraded is None:
                     self._cv.wait()
                 elif not self._cv.wait(IDLE_POLL_S):  # idle without a draft worker: is one back?
-                    self.llm.strategy.poll_worker()
+                    self.llm.poll()
                     self._publish()
             commands, self._commands = self._commands, []
             stopping = self._stopping
@@ -301,14 +287,8 @@ class AsyncEngine:
 
     def _publish(self) -> None:
         core = self.core
+        health = self.llm.health()
         self.state = EngineState(core.num_running, core.num_waiting, core.num_free_slots,
-                                 copy.deepcopy(core.run_metrics), **_worker_health(self.llm.strategy))
+                                 copy.deepcopy(core.run_metrics), False, health.degraded,
+                                 health.worker_failures, health.worker_restarts)
 
-
-def _worker_health(strategy) -> dict:
-    """EngineState's draft-worker fields (strategies without a worker: none of them)."""
-    worker = getattr(strategy, "worker", None)
-    if worker is None:
-        return {}
-    return {"degraded": strategy.failure, "worker_failures": len(worker.failures),
-            "worker_restarts": worker.restarts}

@@ -14,8 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from ssdecode.kv.cache import ContextOverflow
 from ssdecode.params import InvalidParams
-from ssdecode.runtime.kv_cache import ContextOverflow
 from ssdecode.server.engine_loop import EngineStopped, QueueFull
 from ssdecode.server.metrics import ServerMetrics
 

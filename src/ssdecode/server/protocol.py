@@ -13,8 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ssdecode.kv.cache import ContextOverflow
 from ssdecode.params import SamplingParams
-from ssdecode.runtime.kv_cache import ContextOverflow
 from ssdecode.server.errors import APIError
 
 # Output-changing parameters, accepted only at one of these values.

@@ -12,11 +12,21 @@ import json
 import torch
 
 from ssdecode.params import SamplingParams
-from ssdecode.transport.messages import (NewSequence, Outcome, Ready, Setup, Shutdown, Speculation, Start, Stats,
-                                         StatsRequest, WorkerError)
+from ssdecode.transport.messages import (
+    NewSequence,
+    Outcome,
+    Ready,
+    Setup,
+    Shutdown,
+    SpeculationBatch,
+    Start,
+    Stats,
+    StatsRequest,
+    WorkerError,
+)
 
 HEADER = 3  # type, num_ints, num_floats
-TYPES = [Setup, Ready, Start, Speculation, Outcome, StatsRequest, Stats, Shutdown, WorkerError]
+TYPES = [Setup, Ready, Start, SpeculationBatch, Outcome, StatsRequest, Stats, Shutdown, WorkerError]
 TYPE_ID = {t: i for i, t in enumerate(TYPES)}
 
 
@@ -114,7 +124,7 @@ def encode(msg) -> tuple[torch.Tensor, torch.Tensor | None]:
         for xs in (msg.seq_ids, msg.accepted, msg.next_token, msg.released):
             w.ints(xs)
         w.float(msg.verify_time)
-    elif isinstance(msg, Speculation):
+    elif isinstance(msg, SpeculationBatch):
         b, k = msg.tokens.shape
         w.int(b)
         w.int(k)
@@ -154,7 +164,7 @@ def decode(ints: torch.Tensor, floats: torch.Tensor | None = None):
     if kind is Outcome:
         seq_ids, accepted, nxt, released = r.ints(), r.ints(), r.ints(), r.ints()
         return Outcome(seq_ids, accepted, nxt, released, r.float())
-    if kind is Speculation:
+    if kind is SpeculationBatch:
         b, k = r.int(), r.int()
         seq_ids, num_draft, hit, point_mass, prob_rows = (r.ints() for _ in range(5))
         backup_time, tree_time, vocab = r.float(), r.float(), r.int()
@@ -162,7 +172,7 @@ def decode(ints: torch.Tensor, floats: torch.Tensor | None = None):
         probs = None
         if prob_rows:
             probs = floats.reshape(len(prob_rows), k, vocab).clone()
-        return Speculation(seq_ids, tokens, num_draft, [bool(x) for x in hit], [bool(x) for x in point_mass],
+        return SpeculationBatch(seq_ids, tokens, num_draft, [bool(x) for x in hit], [bool(x) for x in point_mass],
                            probs, prob_rows, backup_time, tree_time)
     if kind is Stats:
         return Stats(json.loads(r.text()))

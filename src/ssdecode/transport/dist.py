@@ -20,9 +20,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ssdecode.config.deploy import DraftDeployment
 from ssdecode.transport.base import Channel, DraftClient
 from ssdecode.transport.codec import HEADER, decode, encode
-from ssdecode.transport.deploy import DraftDeployment
 from ssdecode.transport.messages import Shutdown
 
 log = logging.getLogger(__name__)

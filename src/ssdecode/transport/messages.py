@@ -1,7 +1,7 @@
 """Typed messages between the target side (SSDStrategy) and the draft worker.
 
-One request and one reply per round: ``Outcome`` -> ``Speculation``. A session starts with
-``Setup`` -> ``Ready``; new sequences arrive in ``Start`` -> ``Speculation``; ``Stats`` may be
+One request and one reply per round: ``Outcome`` -> ``SpeculationBatch``. A session starts with
+``Setup`` -> ``Ready``; new sequences arrive in ``Start`` -> ``SpeculationBatch``; ``Stats`` may be
 asked for between rounds; ``Shutdown`` has no reply. Any request may be answered by
 ``WorkerError`` (the worker then only waits for ``Shutdown``).
 
@@ -63,6 +63,26 @@ class Outcome:
 
 @dataclass
 class Speculation:
+    """One sequence's speculation, the one type both sides use (the worker makes it, the target
+    verifies it); it travels inside a ``SpeculationBatch``."""
+
+    tokens: list[int]  # s_1..s_n (n <= K)
+    probs: torch.Tensor | None  # [n or K, V] the q_i each s_i was sampled from; None for point masses
+    point_mass: bool  # not drawn from a kept q (greedy row, fast backup): q = delta(s_i)
+    # "hit" (from the speculation cache), "neural" or "fast" (a backup speculator's); the target
+    # side learns only hit or not: "miss"
+    origin: str
+    fanout: list[int] = field(default_factory=list)  # worker side: F_0..F_K it was reweighted for
+
+    @property
+    def hit(self) -> bool:
+        return self.origin == "hit"
+
+
+@dataclass
+class SpeculationBatch:
+    """The worker's reply: a speculation per row, padded into tensors for the transport."""
+
     seq_ids: list[int]  # [B] rows, in the request's order
     tokens: torch.Tensor  # [B, K] long: s_1..s_K (entries past num_draft[b] are 0)
     num_draft: list[int]  # [B] real draft tokens (K, fewer from a fast backup)
@@ -72,6 +92,25 @@ class Speculation:
     prob_rows: list[int]  # [R] the rows b (indices into seq_ids) whose q's are in probs
     backup_time: float = 0.0  # seconds this reply spent in the backup speculator
     tree_time: float = 0.0  # seconds of glue + fork + tree decode after the previous reply
+
+    @classmethod
+    def pack(cls, seq_ids: list[int], specs: list[Speculation], k: int, backup_time: float = 0.0,
+             tree_time: float = 0.0) -> SpeculationBatch:
+        tokens = torch.zeros(len(specs), k, dtype=torch.long)
+        for b, spec in enumerate(specs):
+            tokens[b, :len(spec.tokens)] = torch.tensor(spec.tokens, dtype=torch.long)
+        prob_rows = [b for b, spec in enumerate(specs) if spec.probs is not None]
+        probs = torch.stack([_pad_rows(specs[b].probs, k) for b in prob_rows]) if prob_rows else None
+        return cls(seq_ids, tokens, [len(spec.tokens) for spec in specs], [spec.hit for spec in specs],
+                   [spec.point_mass for spec in specs], probs, prob_rows, backup_time, tree_time)
+
+    def unpack(self) -> dict[int, Speculation]:
+        """Seq id -> its speculation (as the target side sees it: hit or miss)."""
+        tokens = self.tokens.tolist()
+        probs = {b: self.probs[i] for i, b in enumerate(self.prob_rows)}
+        return {sid: Speculation(tokens[b][:self.num_draft[b]], probs.get(b), self.point_mass[b],
+                                 "hit" if self.hit[b] else "miss")
+                for b, sid in enumerate(self.seq_ids)}
 
 
 @dataclass
@@ -99,4 +138,9 @@ class DraftWorkerError(RuntimeError):
 
 
 REQUESTS = (Setup, Start, Outcome, StatsRequest, Shutdown)
-REPLIES = (Ready, Speculation, Stats, WorkerError)
+REPLIES = (Ready, SpeculationBatch, Stats, WorkerError)
+
+
+def _pad_rows(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """[n, V] -> [k, V] (zeros past n; those positions are never verified)."""
+    return probs if probs.shape[0] == k else torch.cat([probs, probs.new_zeros(k - probs.shape[0], probs.shape[1])])

@@ -16,10 +16,11 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from ssdecode.decoding.drafting import autoregress
-from ssdecode.decoding.ssd.state import SeqState, Spec
+from ssdecode.decoding.sample_steps import autoregress
+from ssdecode.decoding.ssd.state import SeqState
 from ssdecode.plan import theory
 from ssdecode.sampling import SamplingTensors, saguaro_reweight
+from ssdecode.transport.messages import Speculation
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class Backup(ABC):
     name: str
 
     @abstractmethod
-    def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
+    def propose(self, worker, seqs: list[SeqState]) -> list[Speculation]:
         """Speculations for ``seqs``, whose draft caches hold exactly their committed tokens but
         the last (``worker`` gives model, runner, config and the current fan-out)."""
 
@@ -36,7 +37,7 @@ class Backup(ABC):
 class NeuralBackup(Backup):
     name = "neural"
 
-    def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
+    def propose(self, worker, seqs: list[SeqState]) -> list[Speculation]:
         model, cfg = worker.model, worker.config
         fanout = list(worker.fanout.fanout)
         # Near the end of the context, draft only what fits (positions stay < max_context).
@@ -50,18 +51,18 @@ class NeuralBackup(Backup):
         draft = autoregress(worker.runner, [s.slot for s in seqs], [[s.history[-1]] for s in seqs], k,
                             st, gens, keep_probs=keep, reweight=reweight)
         tokens = draft.tokens.tolist()
-        return [Spec(tokens[b], draft.probs[b] if s.samples else None, not s.samples, fanout, "neural")
+        return [Speculation(tokens[b], draft.probs[b] if s.samples else None, not s.samples, "neural", fanout)
                 for b, s in enumerate(seqs)]
 
 
 class FastBackup(Backup):
     name = "fast"
 
-    def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
+    def propose(self, worker, seqs: list[SeqState]) -> list[Speculation]:
         cfg = worker.config
         fanout = list(worker.fanout.fanout)
         room = [max(0, min(cfg.k, worker.model.max_context - 1 - s.prefix_len)) for s in seqs]
-        return [Spec(ngram_lookup(s.history, cfg.fast_ngram, n), None, True, fanout, "fast")
+        return [Speculation(ngram_lookup(s.history, cfg.fast_ngram, n), None, True, "fast", fanout)
                 for s, n in zip(seqs, room)]
 
 
@@ -101,7 +102,7 @@ class AdaptiveBackup(Backup):
         fast = theory.round_throughput(batch, misses, e_hit, e_fast, t_p, stats.t_b("fast") or 0.0)
         return self.neural if neural >= fast else self.fast
 
-    def propose(self, worker, seqs: list[SeqState]) -> list[Spec]:
+    def propose(self, worker, seqs: list[SeqState]) -> list[Speculation]:
         return self.choose(worker, len(seqs), len(seqs)).propose(worker, seqs)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
-from ssdecode.decoding.ssd.config import SSDConfig
+from ssdecode.config.ssd import SSDConfig
 from ssdecode.plan.theory import geometric_fanout
 
 

@@ -9,18 +9,7 @@ import torch
 from ssdecode.decoding.ssd.tree import Branches
 from ssdecode.params import SamplingParams
 from ssdecode.sampling import SamplingTensors
-
-
-
-@dataclass
-class Spec:
-    """A speculation s_1..s_n as sent to the target."""
-
-    tokens: list[int]
-    probs: torch.Tensor | None  # [n, V] q_i the tokens were sampled from (sampling rows), else None
-    point_mass: bool  # not drawn from kept q's (greedy row or fast backup)
-    fanout: list[int]  # F_0..F_K it was reweighted for; its fork uses the same widths
-    source: str  # "hit" | "neural" | "fast"
+from ssdecode.transport.messages import Speculation
 
 
 @dataclass
@@ -31,7 +20,7 @@ class SeqState:
     st: SamplingTensors  # one row
     generator: torch.Generator | None  # draft randomness; None for greedy rows
     history: list[int]  # committed tokens: prompt + output
-    spec: Spec | None = None
+    spec: Speculation | None = None  # the one in flight
     branches: Branches | None = None  # the speculation cache of ``spec``, once prepared
 
     @property

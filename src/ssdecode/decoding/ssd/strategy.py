@@ -24,56 +24,48 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 
 import torch
 
-from ssdecode.decoding.autoregressive import prefill_target
-from ssdecode.decoding.base import StepOutput, Strategy
-from ssdecode.decoding.autoregressive import ARStrategy
+from ssdecode.config.deploy import DraftDeployment
+from ssdecode.config.ssd import SSDConfig
+from ssdecode.decoding.autoregressive import ARStrategy, prefill_target
+from ssdecode.decoding.base import Health, StepOutput, Strategy
 from ssdecode.decoding.sequence import Sequence
 from ssdecode.decoding.speculative import SDStrategy, verify_proposals
-from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.supervisor import WorkerSupervisor
-from ssdecode.runtime.runner import ModelRunner
+from ssdecode.decoding.ssd.worker import DraftWorker
+from ssdecode.decoding.ssd.worker_main import spawned_worker
 from ssdecode.models.base import CausalLM
 from ssdecode.params import InvalidParams
+from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors
-from ssdecode.transport.deploy import DraftDeployment
-from ssdecode.transport.messages import NewSequence, Outcome, Setup, Speculation, Start, StatsRequest
+from ssdecode.transport.dist import DistClient
+from ssdecode.transport.messages import NewSequence, Outcome, Setup, Speculation, SpeculationBatch, Start, StatsRequest
+from ssdecode.transport.thread import ThreadClient
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PendingSpeculation:
-    """A sequence's speculation for its next round, as the worker sent it."""
-
-    tokens: list[int]  # s_1..s_n (n <= K)
-    point_mass: bool  # not drawn from a kept q (greedy row, fast backup): q = delta(s_i)
-    probs: torch.Tensor | None  # [n or K, V] q_i each s_i was sampled from; None for point masses
-    hit: bool  # it came from the speculation cache
 
 
 class SSDStrategy(Strategy):
     name = "ssd"
 
-    def __init__(self, target: CausalLM, config: SSDConfig, draft: CausalLM | None = None, draft_spec=None,
-                 deploy: DraftDeployment | None = None):
+    def __init__(self, target: CausalLM, config: SSDConfig, draft: CausalLM | None = None, draft_source=None,
+                 deploy: DraftDeployment | None = None, backend: str | None = None):
         """``draft``: the draft model (thread transport; for a spawned process it is shared with
-        the worker through shared memory when no ``draft_spec`` is given). ``draft_spec``: what the
+        the worker through shared memory when no ``draft_source`` is given). ``draft_source``: what the
         worker process loads (a loader spec string, a picklable zero-argument factory, or a
-        ``transport.spec.StateDictSpec``). ``deploy``: where the worker runs (default: a thread)."""
+        ``transport.model_source.StateDictFile``). ``deploy``: where the worker runs (default: a thread)."""
         deploy = deploy or DraftDeployment()
         if deploy.transport == "thread" and draft is None:
             raise InvalidParams("the thread transport needs the draft model")
-        if deploy.transport == "process" and deploy.launch == "spawn" and draft is None and draft_spec is None:
+        if deploy.transport == "process" and deploy.launch == "spawn" and draft is None and draft_source is None:
             raise InvalidParams("the process transport needs a draft spec (or a draft model to share)")
-        self.target, self.config, self.deploy = target, config, deploy
-        self.draft, self.draft_spec = draft, draft_spec
+        self.target, self.config, self.deploy, self.backend = target, config, deploy, backend
+        self.draft, self.draft_source = draft, draft_source
         self.worker: WorkerSupervisor | None = None
         self.trunner = None
-        self.specs: dict[int, PendingSpeculation] = {}  # seq id -> its next speculation
+        self.specs: dict[int, Speculation] = {}  # seq id -> its next speculation
         self.released: list[int] = []
         self.rounds = 0
         self.time_verify = self.time_wait = 0.0
@@ -85,14 +77,8 @@ class SSDStrategy(Strategy):
     # -- lifecycle ---------------------------------------------------------------------------
     def _new_client(self, cancel: threading.Event):
         if self.deploy.transport == "thread":
-            from ssdecode.decoding.ssd.worker import DraftWorker
-            from ssdecode.transport.thread import ThreadClient
-
             return ThreadClient(DraftWorker(self.draft))
-        from ssdecode.decoding.ssd.worker_main import spawned_worker
-        from ssdecode.transport.dist import DistClient
-
-        spec = self.draft_spec if self.draft_spec is not None else self.draft
+        spec = self.draft_source if self.draft_source is not None else self.draft
         return DistClient(spec, self.deploy, self.target.device, entry=spawned_worker, cancel=cancel)
 
     def setup(self, num_slots: int, max_len: int) -> None:
@@ -107,10 +93,11 @@ class SSDStrategy(Strategy):
             self.worker.start()
             self.specs, self.released, self.degraded, self.fallback = {}, [], False, None
 
-    @property
-    def failure(self) -> str | None:
-        """Why rounds run without the draft worker now (None while it serves)."""
-        return self.worker.failure if self.degraded and self.worker is not None else None
+    def health(self) -> Health:
+        if self.worker is None:
+            return Health()
+        return Health(self.worker.failure if self.degraded else None, len(self.worker.failures),
+                      self.worker.restarts)
 
     def cache_tokens_needed(self) -> int:
         return self.config.k + 1
@@ -172,9 +159,8 @@ class SSDStrategy(Strategy):
     def _fail(self, error: Exception) -> None:
         reason = self.worker.fail(error)
         if self.fallback is None:
-            self.fallback = (SDStrategy(self.target, self.draft, self.config.k) if self.draft is not None
-                             else ARStrategy(self.target))
-            self.fallback.backend = self.backend
+            self.fallback = (SDStrategy(self.target, self.draft, self.config.k, backend=self.backend)
+                             if self.draft is not None else ARStrategy(self.target, backend=self.backend))
             self.fallback.setup(*self.sizes, trunner=self.trunner)
         self.degraded, self.specs, self.released = True, {}, []
         log.warning("the draft worker failed (%s); running sequences continue with %s, exactly",
@@ -190,7 +176,7 @@ class SSDStrategy(Strategy):
         self._ask(Start([NewSequence(s.seq_id, s.slot, list(s.prompt_ids) + s.output_ids[:-1], s.last_token,
                                      s.params, self._stream()) for s in seqs]))
 
-    def poll_worker(self) -> None:
+    def poll(self) -> None:
         """Between rounds: with no sequence on the fallback, a restarted worker is taken at once
         (else the next ``step`` takes it), so an idle server does not report itself degraded."""
         if self.degraded and not self.adopted and self.worker.take_restarted():
@@ -206,7 +192,7 @@ class SSDStrategy(Strategy):
         self.adopted.update(s.seq_id for s in new)
         return self.fallback.step(seqs)
 
-    def _batch(self, seqs: list[Sequence], specs: list[PendingSpeculation]):
+    def _batch(self, seqs: list[Sequence], specs: list[Speculation]):
         """Speculations as the verifier takes them: [B, W] tokens (W = longest), num_draft [B] (host)
         (trimmed so verification positions stay inside the context), point_mass [B], q [B, W, V]."""
         device = self.target.device
@@ -226,15 +212,11 @@ class SSDStrategy(Strategy):
                     probs[b] = spec.probs[:width].to(device)
         return tokens.to(device), num_draft, point_mass.to(device), probs
 
-    def _store(self, reply: Speculation) -> None:
+    def _store(self, reply: SpeculationBatch) -> None:
         if reply.probs is not None and reply.probs.is_cuda:
             # Made on the worker's stream (thread transport): keep its memory until our stream is done.
             reply.probs.record_stream(torch.cuda.current_stream(reply.probs.device))
-        tokens = reply.tokens.tolist()
-        probs = {b: reply.probs[i] for i, b in enumerate(reply.prob_rows)}
-        for b, sid in enumerate(reply.seq_ids):
-            self.specs[sid] = PendingSpeculation(tokens[b][:reply.num_draft[b]], reply.point_mass[b], probs.get(b),
-                                                 reply.hit[b])
+        self.specs.update(reply.unpack())
 
     def _take_released(self) -> list[int]:
         out, self.released = self.released, []
@@ -280,25 +262,3 @@ class _CloseOnError:
             except Exception:  # keep the original error
                 log.exception("closing the draft worker after an error failed")
         return False
-
-
-def ssd_settings(k: int, options=None) -> tuple[SSDConfig, DraftDeployment]:
-    """Validated settings from ``options``: None, an SSDConfig, or a dict (CLI) of SSDConfig and
-    DraftDeployment fields, split here; ``None`` values mean "default". ``k`` wins over the
-    options' K. Needs no model, so bad options fail before anything loads."""
-    if options is None or isinstance(options, SSDConfig):
-        return SSDConfig.build(k, options), DraftDeployment()
-    deploy_keys = DraftDeployment.field_names()
-    unknown = set(options) - deploy_keys - SSDConfig.option_names()
-    if unknown:
-        raise InvalidParams(f"unknown SSD options {sorted(unknown)}; known: "
-                            f"{sorted(deploy_keys | SSDConfig.option_names())}")
-    deploy = DraftDeployment(**{key: v for key, v in options.items() if key in deploy_keys and v is not None})
-    algo = {key: v for key, v in options.items() if key not in deploy_keys}
-    return SSDConfig.build(k, algo), deploy
-
-
-def build_ssd_strategy(target: CausalLM, draft: CausalLM | None, draft_spec, k: int, options=None) -> SSDStrategy:
-    """The LLM API's entry point (``options`` as for ``ssd_settings``)."""
-    config, deploy = ssd_settings(k, options)
-    return SSDStrategy(target, config, draft=draft, draft_spec=draft_spec, deploy=deploy)

@@ -15,8 +15,8 @@ import time
 import weakref
 from typing import Callable
 
+from ssdecode.config.deploy import DraftDeployment
 from ssdecode.transport.base import DraftClient
-from ssdecode.transport.deploy import DraftDeployment
 from ssdecode.transport.messages import Outcome, Ready, Setup
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ssdecode.decoding.drafting import feed_batch
+from ssdecode.decoding.sample_steps import feed_batch
 from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors, probs_from_logits, saguaro_reweight, sample_from_uniform
 

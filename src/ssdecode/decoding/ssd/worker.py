@@ -19,17 +19,18 @@ from dataclasses import replace
 
 import torch
 
-from ssdecode.decoding.drafting import feed_batch
-from ssdecode.runtime.runner import ModelRunner
+from ssdecode.config.ssd import SSDConfig
+from ssdecode.decoding.sample_steps import feed_batch
 from ssdecode.decoding.ssd.backup import AdaptiveBackup, FastBackup, NeuralBackup, make_backup
-from ssdecode.decoding.ssd.config import SSDConfig
 from ssdecode.decoding.ssd.fanout import FanoutPolicy, position_caps
-from ssdecode.decoding.ssd.state import SeqState, Spec
+from ssdecode.decoding.ssd.state import SeqState
 from ssdecode.decoding.ssd.stats import WorkerStats
 from ssdecode.decoding.ssd.tree import TreeRow, build_branches
+from ssdecode.decoding.vocab import AlignedVocab
 from ssdecode.models.base import CausalLM
+from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors, make_generator
-from ssdecode.transport.messages import Outcome, Ready, Setup, Speculation, Start, Stats, StatsRequest
+from ssdecode.transport.messages import Outcome, Ready, Setup, Speculation, SpeculationBatch, Start, Stats, StatsRequest
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +77,6 @@ class DraftWorker:
         raise TypeError(f"unexpected request {type(msg).__name__}")
 
     def _setup(self, msg: Setup) -> Ready:
-        from ssdecode.decoding.vocab import AlignedVocab
-
         cfg = self.config = SSDConfig.from_dict(msg.config)
         base = self.base_model
         self.model = base if base.vocab_size == msg.vocab_size else AlignedVocab(base, msg.vocab_size)
@@ -104,7 +103,7 @@ class DraftWorker:
         self.seqs, self.pending, self.stats = {}, [], WorkerStats()
         return Ready(base.vocab_size, self.cache.max_len)
 
-    def _start(self, msg: Start) -> Speculation:
+    def _start(self, msg: Start) -> SpeculationBatch:
         self._release(msg.released)
         device = self.model.device
         states = []
@@ -115,7 +114,7 @@ class DraftWorker:
             self.cache.reset(s.slot)
             states.append(state)
         if not states:
-            return self._reply([], [], 0.0)
+            return self._reply([], 0.0)
         slots = [s.slot for s in states]
         ids, positions, num_new = feed_batch(self.cache, slots, [s.history[:-1] for s in states], device)
         self.runner.forward(ids, positions, slots, num_new=num_new, last_only=True)
@@ -125,13 +124,13 @@ class DraftWorker:
             s.spec = spec
         elapsed = self._elapsed(t0)
         self.pending.extend(s.seq_id for s in states)
-        return self._reply(states, [False] * len(states), elapsed)
+        return self._reply(states, elapsed)
 
-    def _outcome(self, msg: Outcome) -> Speculation:
+    def _outcome(self, msg: Outcome) -> SpeculationBatch:
         self._release(msg.released)
         self.stats.verify_time.add(msg.verify_time)
         rows = [self.seqs[i] for i in msg.seq_ids]
-        batch, hits, missed = len(rows), [], []
+        batch, missed = len(rows), []
         for s, k, t in zip(rows, msg.accepted, msg.next_token):
             spec, br = s.spec, s.branches
             if not 0 <= k <= len(spec.tokens):
@@ -144,14 +143,13 @@ class DraftWorker:
             self.fanout.record_outcome(k, len(spec.tokens))
             if br is not None and k < len(br.widths):
                 self.fanout.record_fork(br.widths[k], hit)
-            self.stats.record_row(k, k + 1, spec.source, hit, batch)
+            self.stats.record_row(k, k + 1, spec.origin, hit, batch)
             if hit:
                 probs = br.probs[w] if br.probs is not None else None
-                s.spec = Spec(br.tokens[w].tolist(), probs, not s.samples, br.fanout, "hit")
+                s.spec = Speculation(br.tokens[w].tolist(), probs, not s.samples, "hit", br.fanout)
             else:
                 missed.append(s)
             s.branches = None
-            hits.append(hit)
         self.fanout.update()  # between rounds: the next trees and backups use the new allocation
         elapsed = 0.0
         if missed:
@@ -165,7 +163,7 @@ class DraftWorker:
             elapsed = self._elapsed(t0)
             self.stats.record_backup(policy.name, elapsed, len(missed))
         self.pending.extend(s.seq_id for s in rows)
-        return self._reply(rows, hits, elapsed)
+        return self._reply(rows, elapsed)
 
     def _release(self, seq_ids: list[int]) -> None:
         for i in seq_ids:
@@ -174,18 +172,9 @@ class DraftWorker:
             gone = set(seq_ids)
             self.pending = [i for i in self.pending if i not in gone]
 
-    def _reply(self, rows: list[SeqState], hits: list[bool], backup_time: float) -> Speculation:
-        k = self.config.k
-        tokens = torch.zeros(len(rows), k, dtype=torch.long)
-        for b, s in enumerate(rows):
-            if s.spec.tokens:
-                tokens[b, :len(s.spec.tokens)] = torch.tensor(s.spec.tokens, dtype=torch.long)
-        prob_rows = [b for b, s in enumerate(rows) if s.spec.probs is not None]
-        probs = None
-        if prob_rows:
-            probs = torch.stack([_pad_rows(rows[b].spec.probs, k) for b in prob_rows])
-        return Speculation([s.seq_id for s in rows], tokens, [len(s.spec.tokens) for s in rows], hits,
-                           [s.spec.point_mass for s in rows], probs, prob_rows, backup_time, self.last_tree_time)
+    def _reply(self, rows: list[SeqState], backup_time: float) -> SpeculationBatch:
+        return SpeculationBatch.pack([s.seq_id for s in rows], [s.spec for s in rows], self.config.k,
+                                     backup_time, self.last_tree_time)
 
     # -- between reply and next request: overlaps with the target's verification --------------
     def prepare(self) -> None:
@@ -221,7 +210,3 @@ class DraftWorker:
                          "saguaro_c": self.config.saguaro_c, "backup": self.config.backup}
         return json.loads(json.dumps(out))  # the same (string-keyed) dict whatever the transport
 
-
-def _pad_rows(probs: torch.Tensor, k: int) -> torch.Tensor:
-    """[n, V] -> [k, V] (zeros past n; those positions are never verified)."""
-    return probs if probs.shape[0] == k else torch.cat([probs, probs.new_zeros(k - probs.shape[0], probs.shape[1])])

@@ -27,7 +27,7 @@ import torch.distributed as dist
 from ssdecode.decoding.ssd.worker import DraftWorker
 from ssdecode.transport.base import serve
 from ssdecode.transport.dist import TARGET_RANK, WORKER_RANK, TensorChannel, WorkerLaunch, private_group
-from ssdecode.transport.spec import load_draft
+from ssdecode.transport.model_source import load_draft
 
 log = logging.getLogger(__name__)
 

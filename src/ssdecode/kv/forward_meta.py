@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ssdecode.runtime.kv_cache import KVCache
+from ssdecode.kv.cache import KVCache
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""The ``ssdecode`` command line: generate, serve, models pull/verify, bench. The only module that prints."""
+"""The ``ssdecode`` command line: generate, serve, models pull/verify, bench, plan."""
 from __future__ import annotations
 
 import argparse
@@ -16,61 +16,18 @@ import sys
 if sys.argv[1:2] in (["generate"], ["bench"]):
     os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")
 
-from ssdecode.models.errors import ModelLoadError
-from ssdecode.models.linear import FORMATS
-from ssdecode.params import MODES, InvalidParams, SamplingParams
+import torch  # noqa: E402 (after OMP_WAIT_POLICY)
 
-
-def _count(minimum: int):
-    """An argparse type: an integer >= ``minimum`` (checked before anything loads)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="demo-target",
-                   help="target model: demo-target, an HF folder, a .gguf file or a hub id")
-    p.add_argument("--draft", default=None, help="draft model for sd/ssd (default: demo-draft)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:0 ... (default: cuda if present)")
-    p.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads for the target")
-    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="static shapes captured as CUDA graphs for decode, verification and the "
-                        "draft's steps (default: on for CUDA devices)")
-    p.add_argument("--k", type=int, default=None,
-                   help="draft tokens per round (sd/ssd; default 5), the most auto may pick (default 8)")
-    p.add_argument("--weights", default="auto", choices=FORMATS,
-                   help="target matmul weights: auto (a GGUF model's tensors as stored on CPU, else "
-                        "dequant), gguf (as stored), gguf-a8 (as stored, activations rounded to int8 "
-                        "as llama.cpp does: faster, and exact to that model), dequant (the fp32 "
-                        "conversion: oneDNN-packed on CPU), dense or packed")
-    p.add_argument("--draft-weights", default="auto", choices=FORMATS,
-                   help="draft matmul weights: as --weights, or int8 / int4 (CPU; the fp32 conversion "
-                        "quantized to int8 per channel, or to 4-bit blocks with int8 activations; "
-                        "decoding stays exact)")
-    p.add_argument("--draft-confidence", type=float, default=None,
-                   help="sd: end a round's drafting after a token the draft gives less than this "
-                        "probability (K is then the maximum per round)")
-    ssd = p.add_argument_group("ssd (speculative speculative decoding)")
-    ssd.add_argument("--fanout", default="geometric",
-                     help="'geometric', 'uniform:F', or a comma list F_0,...,F_K")
-    ssd.add_argument("--budget", type=int, default=None, help="total fan-out B for geometric")
-    ssd.add_argument("--saguaro-c", type=float, default=1.0, help="Saguaro sampling constant C in (0,1]")
-    ssd.add_argument("--backup", default="neural", choices=["neural", "fast", "adaptive"])
-    ssd.add_argument("--transport", default="process", choices=["thread", "process"],
-                     help="draft worker in a thread or in a second process (torch.distributed)")
-    ssd.add_argument("--draft-device", default=None, help="device of the draft worker")
-    ssd.add_argument("--draft-threads", type=_count(1), default=1, help="CPU threads of the draft worker")
-    ssd.add_argument("--draft-timeout", type=float, default=None,
-                     help="seconds to wait for a draft worker reply before dropping the worker and going on "
-                          "with SD on the in-process draft (exact either way) while a new worker starts "
-                          "(default: automatic, 5 s plus 10x the slowest reply measured for the same work)")
+from ssdecode.cli.bench import add_bench_parser, cmd_bench  # noqa: E402
+from ssdecode.cli.options import add_model_args, count, engine_settings  # noqa: E402
+from ssdecode.cli.plan import add_plan_parser, cmd_plan  # noqa: E402
+from ssdecode.config.settings import MODES  # noqa: E402
+from ssdecode.engine.llm import LLM  # noqa: E402
+from ssdecode.models.demo import pull_demo  # noqa: E402
+from ssdecode.models.errors import ModelLoadError  # noqa: E402
+from ssdecode.models.gguf_convert import cached_conversions  # noqa: E402
+from ssdecode.models.loader import verify_model  # noqa: E402
+from ssdecode.params import InvalidParams, SamplingParams  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mode", default="auto", choices=MODES,
                    help="auto (default): the mode and K predicted fastest on this machine (measured once, "
                         "then adapted per round); ar, sd or ssd")
-    _add_model_args(g)
+    add_model_args(g)
     g.add_argument("--raw", action="store_true", help="raw completion: skip the chat template")
     g.add_argument("--max-tokens", type=int, default=128)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -97,13 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="serve an OpenAI-compatible HTTP API")
     s.add_argument("--mode", default="auto", choices=MODES, help="as for generate")
-    _add_model_args(s)
+    add_model_args(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 routes")
-    s.add_argument("--max-num-seqs", type=_count(1), default=8, help="requests decoded at once")
+    s.add_argument("--max-num-seqs", type=count(1), default=8, help="requests decoded at once")
     s.add_argument("--max-model-len", type=int, default=None, help="prompt + output tokens per request")
-    s.add_argument("--max-queue", type=_count(0), default=64, help="requests waiting for a slot before 429")
+    s.add_argument("--max-queue", type=count(0), default=64, help="requests waiting for a slot before 429")
     s.add_argument("--served-model-name", default=None, help="the model name clients send (default: --target)")
 
     m = sub.add_parser("models", help="manage models")
@@ -115,23 +72,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("specs", nargs="*", metavar="SPEC",
                         help="models to check (default: every converted model in the cache)")
 
-    from ssdecode.bench.cli import add_bench_parser
-    from ssdecode.plan.cli import add_plan_parser
-    add_bench_parser(sub, _add_model_args)
+    add_bench_parser(sub)
     add_plan_parser(sub)
     return parser
 
 
-def ssd_options(args) -> dict:
-    return {"fanout": args.fanout, "budget": args.budget, "saguaro_c": args.saguaro_c,
-            "backup": args.backup, "transport": args.transport, "draft_device": args.draft_device,
-            "draft_threads": args.draft_threads, "draft_weights": args.draft_weights,
-            "round_timeout_s": args.draft_timeout}
-
-
 def _stats(completion, llm) -> dict:
     """The request's metrics, plus the strategy's own (SSD worker) under its mode's name."""
-    extra = llm.strategy.stats()
+    extra = llm.stats()
     out = {**completion.stats, llm.mode: extra} if extra else dict(completion.stats)
     if llm.choice:
         out["mode"] = f"auto: {llm.choice}"
@@ -139,13 +87,9 @@ def _stats(completion, llm) -> dict:
 
 
 def cmd_generate(args) -> int:
-    from ssdecode.engine.llm import LLM
-
     params = SamplingParams(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             max_tokens=args.max_tokens, seed=args.seed, stop=tuple(args.stop))
-    with LLM(target=args.target, draft=args.draft, mode=args.mode, k=args.k, device=args.device,
-             ssd=ssd_options(args), min_confidence=args.draft_confidence,
-             weights=args.weights, draft_weights=args.draft_weights, cuda_graphs=args.cuda_graphs) as llm:
+    with LLM(engine_settings(args)) as llm:
         if llm.choice:
             print(f"mode auto: {llm.choice}", file=sys.stderr, flush=True)
         if args.json:
@@ -166,13 +110,9 @@ def cmd_generate(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from ssdecode.engine.llm import LLM
-    from ssdecode.server.serve import serve
+    from ssdecode.server.serve import serve  # the server extra (fastapi, uvicorn) is optional
 
-    llm = LLM(target=args.target, draft=args.draft, mode=args.mode, k=args.k, device=args.device,
-              ssd=ssd_options(args), min_confidence=args.draft_confidence, weights=args.weights,
-              draft_weights=args.draft_weights, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len,
-              cuda_graphs=args.cuda_graphs)
+    llm = LLM(engine_settings(args, max_num_seqs=args.max_num_seqs, max_model_len=args.max_model_len))
     name = args.served_model_name or args.target
     if llm.choice:
         print(f"mode auto: {llm.choice}", file=sys.stderr, flush=True)
@@ -184,8 +124,6 @@ def cmd_serve(args) -> int:
 def cmd_models(args) -> int:
     if args.models_command == "verify":
         return cmd_models_verify(args)
-    from ssdecode.models.demo import pull_demo
-
     paths = pull_demo(progress=True)
     print(f"target: {paths.target_dir}\ndraft:  {paths.draft_dir}")
     return 0
@@ -193,9 +131,6 @@ def cmd_models(args) -> int:
 
 def cmd_models_verify(args) -> int:
     """One line per model: ``ok`` or ``BAD`` with what was wrong and done about it."""
-    from ssdecode.models.gguf_convert import cached_conversions
-    from ssdecode.models.loader import verify_model
-
     specs = args.specs or cached_conversions()
     if not specs:
         print("no converted models in the cache", file=sys.stderr)
@@ -216,16 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    if getattr(args, "threads", None):
-        import torch
+    if getattr(args, "threads", None):  # not every command has --threads
         torch.set_num_threads(args.threads)
-    handlers = {"generate": cmd_generate, "models": cmd_models, "serve": cmd_serve}
-    if args.command == "bench":
-        from ssdecode.bench.cli import cmd_bench
-        handlers["bench"] = cmd_bench
-    if args.command == "plan":
-        from ssdecode.plan.cli import cmd_plan
-        handlers["plan"] = cmd_plan
+    handlers = {"generate": cmd_generate, "models": cmd_models, "serve": cmd_serve, "bench": cmd_bench,
+                "plan": cmd_plan}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

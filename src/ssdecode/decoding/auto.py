@@ -27,10 +27,9 @@ from ssdecode.decoding.sequence import Sequence
 from ssdecode.decoding.speculative import SDStrategy
 from ssdecode.models.base import CausalLM
 from ssdecode.plan.calibrate import Calibration
-from ssdecode.plan.planner import sd_round_seconds
+from ssdecode.plan.planner import PRIOR_A, sd_round_seconds
 from ssdecode.plan.theory import expected_tokens
 
-PRIOR_A = 0.84  # acceptance before any is measured (the demo pair on real text; code is higher)
 PRIOR_TOKENS = 8.0  # the prior's weight, in draft tokens
 FADE = 0.97  # per round: what an old round still counts
 TIME_WEIGHT = 0.2  # a measured round's weight in its K's running time
@@ -87,8 +86,8 @@ class AutoStrategy(SDStrategy):
     name = "auto"
 
     def __init__(self, target: CausalLM, draft: CausalLM, policy: KPolicy, min_confidence: float | None = None,
-                 why: str = ""):
-        super().__init__(target, draft, policy.k_max, min_confidence)
+                 why: str = "", backend: str | None = None):
+        super().__init__(target, draft, policy.k_max, min_confidence, backend)
         self.policy, self.why = policy, why
         self.rounds: Counter[int] = Counter()
 

@@ -4,10 +4,29 @@ clients (bench/serving.py)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
+from pathlib import Path
+
+import torch
+
+from ssdecode.bench.hf_peer import HFPeer
+from ssdecode.bench.llamacpp import find_bin_dir, render_prompts, run_llamacpp
+from ssdecode.bench.plots import draw
+from ssdecode.bench.predict import add_predictions
+from ssdecode.bench.prompts import load_prompts
+from ssdecode.bench.runner import hf_system, our_system, run_systems
+from ssdecode.bench.serving import COLUMNS, bench_serving
+from ssdecode.cli.options import add_model_args, ssd_options
+from ssdecode.config.settings import AUTO_K_MAX, DEFAULT_DRAFT
+from ssdecode.engine.llm import LLM
+from ssdecode.models.gguf_weights import gguf_source
+from ssdecode.models.loader import load_model, load_tokenizer, resolve_model
+from ssdecode.plan.calibrate import load_or_calibrate
+from ssdecode.plan.pick import pick_draft
 
 
-def add_bench_parser(sub, add_model_args) -> None:
+def add_bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="benchmark decoding modes against Transformers")
     add_model_args(b)
     b.add_argument("--modes", default="ar,sd", help="comma list of ar,sd,ssd,auto")
@@ -40,26 +59,19 @@ def add_bench_parser(sub, add_model_args) -> None:
     b.add_argument("--concurrency", default="1,2,4,8", help="--serve: comma list of concurrent clients")
 
 
-def build_systems(args, llm, draft_spec: str) -> tuple[list, dict]:
+def build_systems(args, llm, draft_source: str) -> tuple[list, dict]:
     """The systems to run, and for each of ours (mode, K, draft, confidence) for its prediction."""
-    from ssdecode.bench.hf_peer import HFPeer
-    from ssdecode.bench.runner import hf_system, our_system
-    from ssdecode.cli import ssd_options
-    from ssdecode.engine.llm import LLM
-    from ssdecode.models.loader import load_model, resolve_model
-    from ssdecode.plan.calibrate import K_MAX
-
     modes = args.modes.split(",")
     sd_formats = (args.sd_draft_weights or args.draft_weights).split(",") if "sd" in modes else []
     drafts = {args.draft_weights: llm.draft}
     for fmt in sd_formats:
-        drafts[fmt] = drafts.get(fmt) or load_model(draft_spec, device=llm.device, weights=fmt)
+        drafts[fmt] = drafts.get(fmt) or load_model(draft_source, device=llm.device, weights=fmt)
     configs = {"ssdecode-ar": ("ar", 0, llm.draft, None)}
 
     def ours(name: str, mode: str, k: int | None = 5, ssd=None, conf=None, fmt=args.draft_weights):
         built = LLM.from_models(llm.tokenizer, llm.target, drafts[fmt], mode=mode, k=k, ssd=ssd,
-                                draft_spec=draft_spec, min_confidence=conf, draft_weights=fmt)
-        configs[name] = (mode, k or K_MAX, drafts[fmt], conf)
+                                draft_source=draft_source, min_confidence=conf, draft_weights=fmt)
+        configs[name] = (mode, k or AUTO_K_MAX, drafts[fmt], conf)
         return our_system(name, built)
 
     systems = [our_system("ssdecode-ar", llm)]
@@ -79,13 +91,11 @@ def build_systems(args, llm, draft_spec: str) -> tuple[list, dict]:
     if "auto" in modes:  # as `generate --mode auto` would load it: the draft's format weighed too
         fmt = args.draft_weights
         if fmt == "auto":
-            from ssdecode.plan.auto import pick_draft
-
-            picked, fmt = pick_draft(llm.target, llm.draft, draft_spec)
+            picked, fmt = pick_draft(llm.target, llm.draft, draft_source)
             drafts[fmt] = drafts.get(fmt) or picked
         systems.append(ours(f"ssdecode-auto{tag}", "auto", args.k, ssd_options(args), fmt=fmt))
     if not args.no_hf:
-        peer = HFPeer(resolve_model(args.target), resolve_model(draft_spec), str(llm.device))
+        peer = HFPeer(resolve_model(args.target), resolve_model(draft_source), str(llm.device))
         systems += [hf_system("hf-generate", peer, False), hf_system("hf-assisted", peer, True)]
     return systems, configs
 
@@ -93,8 +103,6 @@ def build_systems(args, llm, draft_spec: str) -> tuple[list, dict]:
 def predictions(llm, configs: dict) -> dict:
     """System name -> (calibration of its pair, mode, K, confidence), calibrating each draft once
     (cached)."""
-    from ssdecode.plan.calibrate import load_or_calibrate
-
     cals = {}
     out = {}
     for name, (mode, k, draft, conf) in configs.items():
@@ -104,17 +112,11 @@ def predictions(llm, configs: dict) -> dict:
     return out
 
 
-def llamacpp_rows(args, tokenizer, draft_spec: str, set_name: str, prompts: list) -> list[dict]:
+def llamacpp_rows(args, tokenizer, draft_source: str, set_name: str, prompts: list) -> list[dict]:
     """llama.cpp's rows for one prompt set, on the GGUF files our models are loaded from. Run before
     this process starts any OpenMP pool: with OMP_WAIT_POLICY=ACTIVE (the CLI's default) our idle
     pools would spin on the cores llama.cpp runs on (measured: its AR at 0.6x)."""
-    import os
-
-    import torch
-
-    from ssdecode.bench.llamacpp import find_bin_dir, render_prompts, run_llamacpp
-
-    res = run_llamacpp(find_bin_dir(args.llamacpp_bin), str(_gguf_of(args.target)), str(_gguf_of(draft_spec)),
+    res = run_llamacpp(find_bin_dir(args.llamacpp_bin), str(_gguf_of(args.target)), str(_gguf_of(draft_source)),
                        {set_name: render_prompts(prompts, tokenizer)}, args.max_tokens,
                        args.threads or torch.get_num_threads(), ks=[int(k) for k in args.sd_k.split(",")],
                        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))  # ours: the CLI's (ACTIVE by default)
@@ -124,17 +126,10 @@ def llamacpp_rows(args, tokenizer, draft_spec: str, set_name: str, prompts: list
 
 def _gguf_of(spec: str):
     """The GGUF file of a model spec: a .gguf path, or the one its conversion was made from."""
-    from pathlib import Path
-
-    from ssdecode.models.gguf_weights import gguf_source
-    from ssdecode.models.loader import resolve_model
-
     return Path(spec) if spec.lower().endswith(".gguf") else gguf_source(resolve_model(spec))
 
 
 def _prompt_sets(args) -> dict[str, list]:
-    from ssdecode.bench.prompts import load_prompts
-
     names = args.prompts.split(",")
     counts = [int(n) for n in str(args.num_prompts).split(",")]
     counts += [counts[-1]] * (len(names) - len(counts))
@@ -163,8 +158,6 @@ def _serve_args(args, mode: str, max_num_seqs: int) -> list[str]:
 
 
 def cmd_bench_serve(args) -> int:
-    from ssdecode.bench.serving import COLUMNS, bench_serving
-
     levels = [int(n) for n in args.concurrency.split(",")]
     sets = _prompt_sets(args)
     servers = {m: _serve_args(args, m, max(levels)) for m in args.modes.split(",")}
@@ -180,24 +173,18 @@ def cmd_bench_serve(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from ssdecode.bench.predict import add_predictions
-    from ssdecode.bench.runner import run_systems
-    from ssdecode.engine.llm import LLM
-
     if args.serve:
         return cmd_bench_serve(args)
-    draft_spec = args.draft or "demo-draft"
+    draft_source = args.draft or DEFAULT_DRAFT
     set_prompts = _prompt_sets(args)
     peer_rows = {}
     if args.llamacpp_bin:  # first: see llamacpp_rows
-        from ssdecode.models.loader import load_tokenizer
-
         tokenizer = load_tokenizer(args.target)
-        peer_rows = {name: llamacpp_rows(args, tokenizer, draft_spec, name, p) for name, p in set_prompts.items()}
-    llm = LLM(target=args.target, draft=draft_spec, mode="ar", device=args.device,
+        peer_rows = {name: llamacpp_rows(args, tokenizer, draft_source, name, p) for name, p in set_prompts.items()}
+    llm = LLM(target=args.target, draft=draft_source, mode="ar", device=args.device,
               weights=args.weights, draft_weights=args.draft_weights, cuda_graphs=args.cuda_graphs)
     sets = {name: [llm.encode(p.text, chat=p.chat) for p in prompts] for name, prompts in set_prompts.items()}
-    systems, configs = build_systems(args, llm, draft_spec)
+    systems, configs = build_systems(args, llm, draft_source)
     calibrated = predictions(llm, configs)
     rows = []
     for set_name, ids in sets.items():
@@ -218,8 +205,6 @@ def cmd_bench(args) -> int:
         with open(args.out, "w") as f:
             json.dump(summary, f, indent=2)
     if args.plot:
-        from ssdecode.bench.plots import draw
-
         for path in draw(summary, args.plot):
             print(f"plot: {path}", file=sys.stderr)
     print(json.dumps(summary))

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from ssdecode.runtime.kv_cache import KVCache
+from ssdecode.kv.cache import KVCache
 from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors, probs_from_logits, sample
 

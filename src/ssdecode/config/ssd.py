@@ -1,6 +1,6 @@
 """SSDConfig: the algorithm's settings of speculative speculative decoding (K, fan-out, Saguaro C,
 backup), validated once at the edge. Where the draft worker runs (thread, process, device,
-threads, timeouts) is a separate deployment config, ``transport.deploy.DraftDeployment``.
+threads, timeouts) is a separate deployment config, ``config.deploy.DraftDeployment``.
 
 The config travels to the draft worker (a thread, a spawned process, or a torchrun rank on another
 host) inside the ``Setup`` message as plain data (``to_dict`` / ``from_dict``).
@@ -80,19 +80,9 @@ class SSDConfig:
             data["fanout"] = tuple(data["fanout"])
         return cls(**data)
 
-    @classmethod
-    def build(cls, k: int, options: "SSDConfig | dict | None" = None) -> "SSDConfig":
-        """The config for K draft tokens from None, a dict of overrides (CLI) or a config.
-        ``None`` values in a dict mean "default"."""
-        if options is None:
-            return cls(k=k)
-        if isinstance(options, SSDConfig):
-            return options if options.k == k else replace(options, k=k, fanout_mode="")
-        known = cls.option_names()
-        unknown = set(options) - known
-        if unknown:
-            raise InvalidParams(f"unknown SSD options {sorted(unknown)}; known: {sorted(known)}")
-        return cls(k=k, **{key: v for key, v in options.items() if v is not None})
+    def with_k(self, k: int) -> "SSDConfig":
+        """The same settings for K draft tokens (the fan-out is normalized again for that K)."""
+        return replace(self, k=k, fanout_mode="")
 
     @classmethod
     def option_names(cls) -> set[str]:

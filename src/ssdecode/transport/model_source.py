@@ -2,7 +2,7 @@
 
 - a string: anything ``ssdecode.models.loader.load_model`` takes (demo name, HF folder, hub id,
   GGUF file), loaded by the worker on its own device;
-- ``StateDictSpec``: a file holding a ModelConfig and an HF-named state dict (tests, converted
+- ``StateDictFile``: a file holding a ModelConfig and an HF-named state dict (tests, converted
   checkpoints) for the native ``LlamaModel``;
 - a picklable zero-argument callable returning a CausalLM (``functools.partial`` of a module-level
   function);
@@ -17,22 +17,22 @@ from dataclasses import dataclass
 import torch
 
 from ssdecode.models.base import CausalLM
+from ssdecode.models.config import ModelConfig
+from ssdecode.models.llama import LlamaModel
+from ssdecode.models.loader import load_model
 
 
 @dataclass(frozen=True)
-class StateDictSpec:
+class StateDictFile:
     path: str
 
     def load(self, device, dtype, weights: str = "auto") -> CausalLM:
-        from ssdecode.models.config import ModelConfig
-        from ssdecode.models.llama import LlamaModel
-
         data = torch.load(self.path, map_location="cpu", weights_only=False)
         return LlamaModel.from_state_dict(ModelConfig(**data["config"]), data["state_dict"], device,
                                           dtype or torch.float32, weights)
 
     @classmethod
-    def save(cls, path: str, config, state_dict: dict) -> "StateDictSpec":
+    def save(cls, path: str, config, state_dict: dict) -> "StateDictFile":
         torch.save({"config": dataclasses.asdict(config), "state_dict": state_dict}, path)
         return cls(str(path))
 
@@ -40,17 +40,16 @@ class StateDictSpec:
 def load_draft(spec, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                weights: str = "auto") -> CausalLM:
     """The draft a worker serves; ``weights`` (the matmul weight format) applies to the specs it
-    loads (strings, StateDictSpec), not to built models and factories."""
+    loads (strings, StateDictFile), not to built models and factories."""
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     if isinstance(spec, CausalLM) or (hasattr(spec, "forward") and hasattr(spec, "new_cache")):
         return spec
-    if isinstance(spec, StateDictSpec):
+    if isinstance(spec, StateDictFile):
         return spec.load(device or "cpu", dtype, weights)
     if isinstance(spec, str):
-        from ssdecode.models.loader import load_model
 
         return load_model(spec, device=device or "cpu", dtype=dtype, weights=weights)
     if callable(spec):
         return spec()
-    raise TypeError(f"not a draft spec: {type(spec).__name__} (a loader string, StateDictSpec, factory or CausalLM)")
+    raise TypeError(f"not a draft spec: {type(spec).__name__} (a loader string, StateDictFile, factory or CausalLM)")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-
 ZERO_CHUNK = 256  # rows zeroed at a time as key spans grow
 
 

@@ -1,11 +1,11 @@
 """Where and how the SSD draft worker runs: the deployment settings, kept apart from the
-algorithm's (decoding/ssd/config.py). The same speculation settings can run with the worker in
+algorithm's (config/ssd.py). The same speculation settings can run with the worker in
 a thread, in a spawned process, or on another device or host under torchrun."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from ssdecode.models.linear import FORMATS
+from ssdecode.config.formats import FORMATS
 from ssdecode.params import InvalidParams
 
 TRANSPORTS = ("thread", "process")

@@ -1,15 +1,16 @@
-"""``--mode auto``: calibrate (once per machine and pair), predict every mode, start with the
-fastest, and let ``AutoStrategy`` adapt K (down to AR) from what the rounds measure."""
+"""``--mode auto``'s choices: calibrate (once per machine and pair), predict every mode and
+start with the fastest (``choose``; decoding/build.py builds it, and ``AutoStrategy`` adapts K
+from what the rounds measure); and which draft weights to load (``pick_draft``)."""
 from __future__ import annotations
 
 import logging
 from types import SimpleNamespace
 
-from ssdecode.decoding.adaptive import PRIOR_A, AutoStrategy, KPolicy
-from ssdecode.decoding.base import Strategy
 from ssdecode.models.base import CausalLM
-from ssdecode.plan.calibrate import K_MAX, cached, load_or_calibrate
-from ssdecode.plan.planner import Choice, rank
+from ssdecode.models.linear import resolve_format
+from ssdecode.models.loader import load_model
+from ssdecode.plan.calibrate import Calibration, cached, load_or_calibrate
+from ssdecode.plan.planner import PRIOR_A, Choice, rank
 
 log = logging.getLogger(__name__)
 REQUANTIZED = ("q4k", "int4")  # the draft formats auto weighs against the draft's own, first that runs
@@ -24,21 +25,15 @@ def explain(choices: list[Choice], measured_at: str, a: float) -> str:
             f"from this machine's calibration of {measured_at}")
 
 
-def build_auto_strategy(target: CausalLM, draft: CausalLM, draft_spec: str | None, k_max: int | None,
-                        ssd, min_confidence: float | None, progress: bool = True) -> tuple[Strategy, str]:
-    """The strategy ``auto`` starts with, and why. SSD when it is predicted fastest (K fixed);
-    otherwise SD whose K adapts per round, AR included."""
+def choose(target: CausalLM, draft: CausalLM, k_max: int, progress: bool = True) -> tuple[Calibration, Choice, str]:
+    """What ``auto`` starts with: this machine's calibration of the pair, the mode and K
+    predicted fastest at the prior acceptance, and why (one line)."""
     cal = load_or_calibrate(target, draft, progress=progress)
-    k_max = k_max or K_MAX
     choices = rank(cal, PRIOR_A, k_max=k_max)
     why = (f"{explain(choices, cal.measured_at, PRIOR_A)}; weights: target "
            f"{getattr(target, 'weight_format', '-')}, draft {getattr(draft, 'weight_format', '-')}")
     log.info("auto: %s", why)
-    if choices[0].mode == "ssd":
-        from ssdecode.decoding.ssd.strategy import build_ssd_strategy
-
-        return build_ssd_strategy(target, draft, draft_spec, choices[0].k, ssd), why
-    return AutoStrategy(target, draft, KPolicy(cal, k_max), min_confidence, why), why
+    return cal, choices[0], why
 
 
 def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bool = True) -> tuple[CausalLM, str]:
@@ -50,9 +45,6 @@ def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bo
     Why a draft may be re-quantized when the target never is: speculation stays exact whatever
     the draft computes (the verifier uses the distribution the draft sampled from), so its format
     changes only speed. Calibrations are cached, so after the first run only the winner loads."""
-    from ssdecode.models.linear import resolve_format
-    from ssdecode.models.loader import load_model
-
     def runs(fmt: str) -> bool:
         try:
             resolve_format(fmt, draft.device, draft.dtype)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 
+from ssdecode.models.loader import load_model
+from ssdecode.plan.calibrate import load_or_calibrate
+from ssdecode.plan.pick import explain
+from ssdecode.plan.planner import GPU_7B, Profile, gate_prior, prediction_dict, rank
+
 
 def add_plan_parser(sub) -> None:
     p = sub.add_parser("plan", help="predict AR/SD/SSD speed from theory and (--calibrate) this machine")
@@ -32,8 +37,6 @@ def add_plan_parser(sub) -> None:
 def cmd_plan(args) -> int:
     if args.calibrate or args.profile == "machine":
         return _plan_machine(args)
-    from ssdecode.plan.planner import GPU_7B, Profile, prediction_dict
-
     profile = GPU_7B if args.profile == "gpu" else Profile("custom", *args.times)
     rows = [prediction_dict(profile, a, k, args.budget, args.r) for a in args.a for k in args.k]
     print(f"profile {profile.name}: target {profile.target_1 * 1e3:.2f}/{profile.target_verify * 1e3:.2f} ms, "
@@ -49,11 +52,6 @@ def cmd_plan(args) -> int:
 def _plan_machine(args) -> int:
     """Calibrate (or load the cached calibration of) each pair of weight formats, then rank every
     configuration of every pair."""
-    from ssdecode.models.loader import load_model
-    from ssdecode.plan.auto import explain
-    from ssdecode.plan.calibrate import load_or_calibrate
-    from ssdecode.plan.planner import gate_prior, rank
-
     out, ranked = {"calibrations": [], "ranked": {}}, {a: [] for a in args.a}
     for tfmt in args.weights.split(","):
         target = load_model(args.target, weights=tfmt)

@@ -1,0 +1,5 @@
+import sys
+
+from ssdecode.cli.main import main
+
+sys.exit(main())
