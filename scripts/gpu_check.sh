@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for a lent H100/H200 (no network, no weights: runs from the source tree on random
 # weights of real shapes; must finish in 8 minutes on an H200). First the GPU-marked tests, then
-# per shape pair (bench/gpu_probe.py): decode step against the weights-read floor, verify time by
+# per shape pair (tools/gpu_probe.py): decode step against the weights-read floor, verify time by
 # K, AR/SD/SSD tokens/s with acceptance replayed (AGREE) and Transformers generate on the same
 # weights. Greedy AR/SD/SSD must agree. Each pair prints a final JSON line.
 #
@@ -30,7 +30,7 @@ for spec in $SHAPES; do
   IFS=: read -r target draft tokens <<< "$spec"
   section "probe $target with draft $draft"
   # shellcheck disable=SC2086  # AGREE is a list
-  "$PY" -m ssdecode.bench.gpu_probe --device "$DEVICE" --target "$target" --draft "$draft" \
+  "$PY" -m tools.gpu_probe --device "$DEVICE" --target "$target" --draft "$draft" \
     --tokens "${tokens:-${TOKENS:-128}}" --k "${K:-5}" --prompt "${PROMPT:-128}" --reps "${REPS:-10}" \
     --agree ${AGREE:-0.84 0.96} --hf-attn "${HF_ATTN:-eager}" || status=$?
 done

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ssdecode.bench.kernels import random_blocks
+from tools.gguf_blocks import random_blocks
 from ssdecode.kernels import blockwise, ggml
 from test_ggml_kernels import isas
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssdecode.bench.kernels import random_blocks
+from tools.gguf_blocks import random_blocks
 from ssdecode.kernels import blockwise, build, ggml
 
 REL_BOUND = 1e-5

@@ -4,8 +4,8 @@ import json
 
 import torch
 
-from ssdecode.bench import gpu_probe
-from ssdecode.bench.gpu_shapes import RandomWeights, next_token_map, shape_config
+from tools import gpu_probe
+from tools.gpu_shapes import RandomWeights, next_token_map, shape_config
 
 
 def test_probe_tiny_cpu(capsys):

@@ -91,7 +91,7 @@ def test_bad_input_is_refused():
 
 
 def test_draft_kernel_benchmark_reports_every_format(monkeypatch, capsys):
-    from ssdecode.bench import draft_kernels
+    from tools import draft_kernels
 
     monkeypatch.setattr(draft_kernels, "SHAPES", [(64, 128)])
     monkeypatch.setattr(draft_kernels, "last_level_cache", lambda: 1 << 16)

@@ -10,7 +10,7 @@ import gguf
 import pytest
 import torch
 
-from ssdecode.bench.kernels import random_blocks
+from tools.gguf_blocks import random_blocks
 from ssdecode.kernels import ggml
 from ssdecode.models.linear import QuantizedLinear, SplitLinear, make_linear, resolve_format
 from ssdecode.runtime.runner import ModelRunner
@@ -87,7 +87,7 @@ def test_step_benchmark_reports_every_format(tmp_path, capsys):
 
     from transformers import Qwen2ForCausalLM
 
-    from ssdecode.bench import steps
+    from tools import steps
     from tiny import tiny_hf_config
 
     Qwen2ForCausalLM(tiny_hf_config(vocab=1024, context=512)).save_pretrained(tmp_path / "m")
@@ -103,7 +103,7 @@ def test_step_benchmark_alternates_formats_with_load_time_settings(tmp_path, cap
 
     from transformers import Qwen2ForCausalLM
 
-    from ssdecode.bench import steps
+    from tools import steps
     from tiny import tiny_hf_config
 
     seen = []

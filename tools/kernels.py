@@ -1,8 +1,8 @@
 """Microbenchmark of the GGUF quantized-weight kernels (issue 11) against what torch offers, at the
 demo target's decode and verification shapes and the draft's Q5_0 ones.
 
-    python -m ssdecode.bench.kernels                  # threads 1 and 2; this CPU, then AVX2
-    python -m ssdecode.bench.kernels --threads 2 --rows 1,16 --no-avx2
+    python -m tools.kernels   # threads 1 and 2; this CPU, then AVX2
+    python -m tools.kernels --threads 2 --rows 1,16 --no-avx2
 
 Methods, timed in turn repeat after repeat (medians; the machines are shared, so compare ratios
 within one run), each on copies of its weight that together exceed twice the last-level cache,
@@ -44,36 +44,17 @@ import sys
 import time
 from pathlib import Path
 
-import gguf
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ssdecode.kernels import ggml
+from tools.gguf_blocks import random_blocks
 
 SHAPES = [("Q4_K", 17920, 1536), ("Q4_K", 1536, 8960), ("Q6_K", 17920, 1536), ("Q6_K", 1536, 8960),
           ("Q6_K", 151936, 1536), ("Q8_0", 17920, 1536), ("Q8_0", 1536, 8960),
           ("Q5_0", 896, 896), ("Q5_0", 4864, 896), ("Q5_0", 896, 4864), ("Q5_0", 151936, 896)]  # the draft's
 AVX2_ENV = {"SSDECODE_KERNEL_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
             "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
-
-
-def random_blocks(qtype: str, n: int, k: int, seed: int = 0) -> np.ndarray:
-    """Valid [n, k] weights as GGUF bytes: gguf quantizes Q8_0, Q5_0 and Q4_0 itself; for the
-    K-quants (which it only dequantizes) every quant and sub-scale bit pattern is random and the
-    fp16 super-block scales are sane, some of them subnormal and some negative."""
-    rng = np.random.default_rng(seed)
-    t = gguf.GGMLQuantizationType[qtype]
-    if qtype in ("Q8_0", "Q5_0", "Q4_0"):
-        return gguf.quants.quantize(rng.standard_normal((n, k), dtype=np.float32), t)
-    block, size = gguf.GGML_QUANT_SIZES[t]
-    raw = rng.integers(0, 256, (n, k // block, size), dtype=np.uint8)
-    count = 2 if qtype == "Q4_K" else 1  # Q4_K: d and dmin first; Q6_K: d last
-    d = rng.uniform(-1e-2, 1e-2, (n, k // block, count)).astype(np.float16)
-    d.flat[::7] = np.float16(3e-6)
-    at = 0 if qtype == "Q4_K" else size - 2
-    raw[..., at:at + 2 * count] = d.view(np.uint8)
-    return raw.reshape(n, -1)
 
 
 def last_level_cache() -> int:
@@ -226,7 +207,7 @@ def main(argv=None) -> int:
         print(json.dumps(worlds[isa]))
         return 0
     if not args.no_avx2 and isa != "avx2" and ggml.best_isa() in ("avx512", "amx"):
-        child = subprocess.run([sys.executable, "-m", "ssdecode.bench.kernels", "--json-only", *(argv or sys.argv[1:])],
+        child = subprocess.run([sys.executable, "-m", "tools.kernels", "--json-only", *(argv or sys.argv[1:])],
                                env=os.environ | AVX2_ENV, capture_output=True, text=True, check=True)
         worlds["avx2"] = {int(t): r for t, r in json.loads(child.stdout.strip().splitlines()[-1]).items()}
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()

@@ -2,7 +2,7 @@
 over exactly its keys) against PyTorch's SDPA on the same inputs, interleaved, medians. Prints
 one JSON line.
 
-    python -m ssdecode.bench.attention --shapes 12x2x128:300:1,12x2x128:300:5,12x2x128:1500:1
+    python -m tools.attention --shapes 12x2x128:300:1,12x2x128:300:5,12x2x128:1500:1
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import json
 import torch
 import torch.nn.functional as F
 
-from ssdecode.bench.kernels import timed
 from ssdecode.kernels import attention
+from tools.kernels import timed
 
 
 def main(argv=None) -> int:

@@ -1,14 +1,14 @@
 """Microbenchmark of the draft's weight formats at the demo draft's shapes (Qwen2.5 0.5B: fused
 q/k/v, o, fused gate/up, down, the output head), for 1, 2 and 5 activation rows:
 
-    python -m ssdecode.bench.draft_kernels --threads 2
+    python -m tools.draft_kernels --threads 2
 
 - ``int4``: ssdecode.kernels.int4 (4-bit blocks, int8 activations: the ``int4`` draft format);
 - ``int8``: fbgemm's dynamic-quantized product on a per-channel int8 weight (``int8``);
 - ``q5_0``: ssdecode.kernels.ggml on Q5_0 blocks, fp32 activations (the draft's GGUF as stored);
 - ``packed``: oneDNN fp32 (the draft's fp32 conversion).
 
-As in ``bench.kernels``: methods alternate repeat after repeat (medians), each cycles through
+As in ``tools.kernels``: methods alternate repeat after repeat (medians), each cycles through
 copies of its weight larger than twice the last-level cache, GB/s count each format's own bytes,
 and ``eff`` divides them by the read bandwidth of an fp32 matrix-vector product in the same process.
 Prints a markdown table and one JSON line.
@@ -21,9 +21,10 @@ import os
 
 import torch
 
-from ssdecode.bench.kernels import bandwidths, copies, last_level_cache, random_blocks, timed
 from ssdecode.kernels import ggml, int4
 from ssdecode.models.linear import Int8Linear
+from tools.gguf_blocks import random_blocks
+from tools.kernels import bandwidths, copies, last_level_cache, timed
 
 SHAPES = [(1152, 896), (896, 896), (9728, 896), (896, 4864), (151936, 896)]
 

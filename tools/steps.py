@@ -1,9 +1,9 @@
 """Forward latency of one model by matmul weight format: a decode step (1 token) and
 verification-shaped forwards (8, 16 tokens) after a 200-token context. Prints one JSON line.
 
-    python -m ssdecode.bench.steps --model demo-target --weights dense,packed
-    python -m ssdecode.bench.steps --model demo-draft --weights dense,packed,int8
-    python -m ssdecode.bench.steps --weights gguf-a8,gguf-a8@SSDECODE_INTERLEAVED=0 --rounds 5
+    python -m tools.steps --model demo-target --weights dense,packed
+    python -m tools.steps --model demo-draft --weights dense,packed,int8
+    python -m tools.steps --weights gguf-a8,gguf-a8@SSDECODE_INTERLEAVED=0 --rounds 5
 
 A format may carry ``@VAR=VALUE``: that environment variable is set while its model loads (a
 load-time choice such as the packed layout). With ``--rounds R`` every model is loaded first and

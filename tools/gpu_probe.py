@@ -1,12 +1,12 @@
-"""GPU probe on random-weight models of real shapes (``bench/gpu_shapes.py``): decode step time
+"""GPU probe on random-weight models of real shapes (``tools/gpu_shapes.py``): decode step time
 against the weights-read floor, verify time by K, AR/SD/SSD tokens/s with acceptance replayed
 (the draft agrees with the target on a fraction ``--agree`` of next tokens: 0.84 and 0.96 are what
 the demo pair measured on stdlib-like and HumanEval-like prompts) and Transformers ``generate``
 on the same weights. Greedy AR/SD/SSD must agree (exit 1 otherwise). Prints readable lines and a
 final JSON line.
 
-    python -m ssdecode.bench.gpu_probe --device cuda --target qwen2.5-7b --draft qwen2.5-0.5b
-    python -m ssdecode.bench.gpu_probe --device cpu --target tiny --draft tiny   # CPU smoke test
+    python -m tools.gpu_probe --device cuda --target qwen2.5-7b --draft qwen2.5-0.5b
+    python -m tools.gpu_probe --device cpu --target tiny --draft tiny   # CPU smoke test
 """
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from ssdecode.bench.gpu_shapes import SHAPES, IdTokenizer, RandomWeights, hf_model, random_model, shape_config
-from ssdecode.bench.gpu_timing import free, sync, time_forward, timed
 from ssdecode.engine.llm import LLM
 from ssdecode.params import SamplingParams
+from tools.gpu_shapes import SHAPES, IdTokenizer, RandomWeights, hf_model, random_model, shape_config
+from tools.gpu_timing import free, sync, time_forward, timed
 
 FLOOR_BPS = 4.3e12  # H200 weights-read bandwidth the issue takes (4.8 TB/s nominal)
 LABEL = "acceptance replayed, random weights"

@@ -1,8 +1,8 @@
 """The GGUF kernels' AMX path against their AVX-512 path, alternately in one process (so both see
-the same load), on the demo target's own weights (docs/benchmarks.md, section 10).
+the same load), on the demo target's own weights (docs/lab/benchmarks.md, section 10).
 
-    python -m ssdecode.bench.amx kernels --threads 1 --rows 1,5,16,64,150
-    python -m ssdecode.bench.amx forward --threads 1 --prompt 150 --widths 1,5,9,16
+    python -m tools.amx kernels --threads 1 --rows 1,5,16,64,150
+    python -m tools.amx forward --threads 1 --prompt 150 --widths 1,5,9,16
 
 ``kernels``: one product per distinct (type, shape) of the file, the output head left out unless
 ``--head``; fastest of ``--repeats``, ms. ``forward``: a prefill of ``--prompt`` random tokens
