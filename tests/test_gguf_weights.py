@@ -137,7 +137,7 @@ def test_a_gguf_draft_travels_to_a_spawned_worker(tmp_path):
     prompts = [[5, 17, 42], [3, 77, 9, 60, 1]]
     with LLM.from_models(load_tokenizer(path), target, draft) as llm:
         ar = llm.generate(prompts, params)
-        llm.configure("ssd", 3, {"transport": "process", "draft_threads": 1})
+        llm.configure("ssd", k=3, ssd={"transport": "process", "draft_threads": 1})
         assert llm.strategy.deploy.transport == "process"
         assert [c.token_ids for c in llm.generate(prompts, params)] == [c.token_ids for c in ar]
 

@@ -10,7 +10,7 @@ import sys
 # Before torch and the GGUF kernels load their OpenMP runtimes: for the batch commands, keep
 # OpenMP threads spinning between parallel regions. A round alternates the draft's kernels and
 # the target's, and with the default policy the idle pool's threads fall asleep in between and
-# every wake-up costs: SD decoded 15.6 tokens/s with ACTIVE against 10.8-11.8 without (docs/
+# every wake-up costs: SD decoded 15.6 tokens/s with ACTIVE against 10.8-11.8 without (docs/lab/
 # benchmarks.md section 11). Not for `serve`: an idle server would spin its cores. The user's
 # own OMP_WAIT_POLICY wins (PASSIVE on a machine shared with busy processes).
 if sys.argv[1:2] in (["generate"], ["bench"]):

@@ -4,7 +4,7 @@
 - ``packed``: the weight reordered once, at load time, into oneDNN's blocked layout (CPU, fp32).
   Decode-shaped products (1-16 rows against a large weight) run about 2x faster than
   ``F.linear``'s, and a K+1-row verification costs little more than one row (measured in
-  docs/benchmarks.md). The default for fp32 on CPU.
+  docs/lab/benchmarks.md). The default for fp32 on CPU.
 - ``int8``: weight-only int8, one scale per output channel, run by fbgemm's dynamic-quantized
   product (activations quantized per call). A quarter of the bytes per token; meant for DRAFT
   models: speculation stays exact whatever the draft outputs, because the verifier uses the q the
@@ -22,7 +22,7 @@
 - ``gguf-a8``: as ``gguf``, but the Q4_K and Q6_K products of decode and verification round each
   activation row to int8 per 256 values, as llama.cpp does (a prompt's prefill stays fp32). About
   1.5x faster per token where fp32 activations are bound by instructions; the logits move by about
-  what llama.cpp's do (docs/benchmarks.md section 11). With AVX-512 VNNI the prefill is int8 too
+  what llama.cpp's do (docs/lab/benchmarks.md section 11). With AVX-512 VNNI the prefill is int8 too
   (the interleaved kernel takes every row count, so a prompt computes what decode would). Opt-in:
   speculative decoding is then exact to this model, which is no longer the fp32 conversion.
 

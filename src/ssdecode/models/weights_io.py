@@ -1,5 +1,5 @@
 """Model weights loaded tensor by tensor straight into the form the model runs them in, so peak
-resident memory stays near the weights' own size (docs/benchmarks.md, "Peak memory by mode").
+resident memory stays near the weights' own size (docs/lab/benchmarks.md, "Peak memory by mode").
 
 Why not ``safetensors.safe_open``: it hands out views of one memory map of the whole file. A
 tensor kept as loaded (the embedding, norms) keeps that map alive, and every page touched while

@@ -39,7 +39,7 @@ def choose(target: CausalLM, draft: CausalLM, k_max: int, progress: bool = True)
 def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bool = True) -> tuple[CausalLM, str]:
     """For auto with the draft's weights left to ``auto`` on a CPU: also weigh the draft's fp32
     conversion in a REQUANTIZED form (the first this machine runs: q4k, Q4_K blocks on the
-    interleaved int8 kernel; int4, half int8's bytes at about its acceptance, docs/benchmarks.md
+    interleaved int8 kernel; int4, half int8's bytes at about its acceptance, docs/lab/benchmarks.md
     section 11) and keep the draft whose pair is predicted faster, with its format.
 
     Why a draft may be re-quantized when the target never is: speculation stays exact whatever

@@ -91,7 +91,7 @@ class Gate:
 
 
 # threshold -> (a_conf, a_unconf): the demo pair (int8 draft), teacher-forced on 3 HumanEval and 3
-# stdlib prompts x 96 greedy target tokens (scripts/gate_priors.py, docs/benchmarks.md section
+# stdlib prompts x 96 greedy target tokens (scripts/gate_priors.py, docs/lab/benchmarks.md section
 # 12; 4, 20 and 51 of 570 tokens below 0.3, 0.5 and 0.7); a prior for any pair.
 GATE_PRIORS = {0.3: (0.952, 0.25), 0.5: (0.969, 0.35), 0.7: (0.985, 0.57)}
 
