@@ -11,14 +11,15 @@ import pytest
 from exactness import chi_square_check, exact_target_distribution
 from server_support import save_tiny_pair
 from ssdecode.cli import main
+from ssdecode.config.settings import ACCEPTANCE_PRIOR
 from ssdecode.decoding import auto as adaptive
 from ssdecode.decoding.auto import AutoStrategy, KPolicy
 from ssdecode.decoding.base import StepOutput
 from ssdecode.engine.llm import LLM
-from ssdecode.params import SamplingParams
+from ssdecode.params import InvalidParams, SamplingParams
 from ssdecode.plan import calibrate
 from ssdecode.plan.calibrate import Calibration, load_or_calibrate
-from ssdecode.plan.planner import PRIOR_A, rank
+from ssdecode.plan.planner import rank
 from tiny import tiny_model, tiny_tokenizer
 
 VOCAB, PROMPT = 12, [3, 7, 1]
@@ -76,7 +77,7 @@ def test_policy_learns_acceptance_and_probes_from_ar():
     picks = [policy.choose([0]) for _ in range(adaptive.PROBE_EVERY)]
     assert sum(p > 0 for p in picks) == 1  # AR, with a drafting round now and then
     policy.forget([0])
-    assert policy.acceptance(0) == PRIOR_A
+    assert policy.acceptance(0) == ACCEPTANCE_PRIOR
 
 
 def test_calibration_is_cached_and_remeasured_when_unreadable(monkeypatch, caplog):
@@ -182,6 +183,28 @@ def test_auto_weighs_a_requantized_draft_once(tmp_path, monkeypatch):
     assert fmt in ("auto", "q4k", "int4") and model.weight_format == ("packed" if fmt == "auto" else fmt)
     monkeypatch.setattr(calibrate, "calibrate", lambda *a, **k: pytest.fail("measured again"))
     assert pick_draft(target, draft, str(draft_dir), progress=False)[1] == fmt
+
+
+def test_the_acceptance_prior_reaches_the_pick_and_the_policy(capsys):
+    """``acceptance_prior`` (``--acceptance-prior``): what auto's first pick assumes (its reason
+    says so) and where each sequence's acceptance estimate starts; out of (0, 1) it is refused
+    before anything runs."""
+    pair = tiny_model(0, vocab=VOCAB), tiny_model(1, vocab=VOCAB)
+    llm = LLM.from_models(tiny_tokenizer(VOCAB), *pair, mode="auto", ssd={"transport": "thread"},
+                          acceptance_prior=0.97)
+    try:
+        assert "at acceptance 0.97" in llm.choice
+        if isinstance(llm.strategy, AutoStrategy):  # auto may also pick SSD with a fixed K
+            assert llm.strategy.policy.acceptance(0) == 0.97
+    finally:
+        llm.close()
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(InvalidParams, match="acceptance prior"):
+            LLM.from_models(tiny_tokenizer(VOCAB), *pair, mode="auto", acceptance_prior=bad)
+    with pytest.raises(SystemExit):  # argparse: not a number
+        main(["generate", "x", "--acceptance-prior", "high"])
+    assert main(["generate", "x", "--acceptance-prior", "1.2", "--target", "/nonexistent"]) == 2
+    assert "acceptance prior must be in (0, 1), got 1.2" in capsys.readouterr().err  # before the load
 
 
 def test_the_mode_label_says_what_auto_picked():

@@ -70,7 +70,8 @@ def build_systems(args, llm, draft_source: str) -> tuple[list, dict]:
 
     def ours(name: str, mode: str, k: int | None = 5, ssd=None, conf=None, fmt=args.draft_weights):
         built = LLM.from_models(llm.tokenizer, llm.target, drafts[fmt], mode=mode, k=k, ssd=ssd,
-                                draft_source=draft_source, min_confidence=conf, draft_weights=fmt)
+                                draft_source=draft_source, min_confidence=conf, draft_weights=fmt,
+                                acceptance_prior=args.acceptance_prior)
         configs[name] = (mode, k or AUTO_K_MAX, drafts[fmt], conf)
         return our_system(name, built)
 
@@ -91,7 +92,7 @@ def build_systems(args, llm, draft_source: str) -> tuple[list, dict]:
     if "auto" in modes:  # as `generate --mode auto` would load it: the draft's format weighed too
         fmt = args.draft_weights
         if fmt == "auto":
-            picked, fmt = pick_draft(llm.target, llm.draft, draft_source)
+            picked, fmt = pick_draft(llm.target, llm.draft, draft_source, args.acceptance_prior)
             drafts[fmt] = drafts.get(fmt) or picked
         systems.append(ours(f"ssdecode-auto{tag}", "auto", args.k, ssd_options(args), fmt=fmt))
     if not args.no_hf:

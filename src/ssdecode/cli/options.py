@@ -6,7 +6,7 @@ import argparse
 
 from ssdecode.config.deploy import TRANSPORTS
 from ssdecode.config.formats import DRAFT_FORMATS, TARGET_FORMATS
-from ssdecode.config.settings import EngineSettings
+from ssdecode.config.settings import ACCEPTANCE_PRIOR, EngineSettings
 from ssdecode.config.ssd import BACKUPS
 
 
@@ -43,6 +43,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="draft matmul weights: as --weights, or q4k / int4 / int8 (CPU; the fp32 "
                         "conversion re-quantized to Q4_K blocks, 4-bit blocks or int8 per channel; "
                         "decoding stays exact whatever the draft computes)")
+    p.add_argument("--acceptance-prior", type=float, default=ACCEPTANCE_PRIOR,
+                   help=f"auto: the per-token acceptance its first pick assumes and its estimates start "
+                        f"from (default {ACCEPTANCE_PRIOR}, the demo pair on real text; ~0.99 for code)")
     p.add_argument("--draft-confidence", type=float, default=None,
                    help="sd: end a round's drafting after a token the draft gives less than this "
                         "probability (K is then the maximum per round)")
@@ -75,4 +78,5 @@ def engine_settings(args, mode: str | None = None, **sizes) -> EngineSettings:
     return EngineSettings.build(
         target=args.target, draft=args.draft, mode=mode or args.mode, k=args.k, device=args.device,
         ssd=ssd_options(args), min_confidence=args.draft_confidence, weights=args.weights,
-        draft_weights=args.draft_weights, cuda_graphs=args.cuda_graphs, **sizes)
+        draft_weights=args.draft_weights, cuda_graphs=args.cuda_graphs, acceptance_prior=args.acceptance_prior,
+        **sizes)

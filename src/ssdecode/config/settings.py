@@ -29,6 +29,7 @@ DEFAULT_TARGET, DEFAULT_DRAFT = "demo-target", "demo-draft"
 DEFAULT_K = 5  # sd / ssd: draft tokens per round
 AUTO_K_MAX = 8  # auto: the largest K it weighs (plan/calibrate.py measures widths up to it + 1)
 DEFAULT_MAX_NUM_SEQS = 8
+ACCEPTANCE_PRIOR = 0.84  # auto: per-token acceptance before any is measured (the demo pair on real text)
 BACKENDS = ("eager", "static")  # the model runners' attention (runtime/runner.py)
 
 # What the draft worker loads is the draft as this process loaded it (build_strategy sets these).
@@ -43,6 +44,9 @@ class DecodingSettings:
     ssd: SSDConfig = field(default_factory=SSDConfig)  # its K follows ``k`` (auto: its pick)
     deploy: DraftDeployment = field(default_factory=DraftDeployment)
     backend: str | None = None  # eager | static (CUDA graphs); None: static on CUDA, else eager
+    # auto: the acceptance its first pick assumes and its per-sequence estimates start from
+    # (~0.84 for the demo pair on real text, ~0.99 on code such as HumanEval)
+    acceptance_prior: float = ACCEPTANCE_PRIOR
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -51,6 +55,8 @@ class DecodingSettings:
             raise InvalidParams(f"K (draft tokens per round) must be an integer >= 1, got {self.k!r}")
         if self.min_confidence is not None and not 0.0 < self.min_confidence < 1.0:
             raise InvalidParams(f"draft confidence threshold must be in (0, 1), got {self.min_confidence}")
+        if not 0.0 < self.acceptance_prior < 1.0:
+            raise InvalidParams(f"acceptance prior must be in (0, 1), got {self.acceptance_prior}")
         if self.backend is not None and self.backend not in BACKENDS:
             raise InvalidParams(f"attention backend must be one of {BACKENDS}, got {self.backend!r}")
         if not isinstance(self.ssd, SSDConfig) or not isinstance(self.deploy, DraftDeployment):
@@ -70,13 +76,14 @@ class DecodingSettings:
 
     @classmethod
     def build(cls, mode: str = "ar", k: int | None = None, min_confidence: float | None = None,
-              ssd: SSDConfig | dict | None = None, cuda_graphs: bool | None = None) -> DecodingSettings:
+              ssd: SSDConfig | dict | None = None, cuda_graphs: bool | None = None,
+              acceptance_prior: float = ACCEPTANCE_PRIOR) -> DecodingSettings:
         """From loose options: ``ssd`` is an SSDConfig, or a dict (the CLI's) of SSDConfig and
         DraftDeployment fields, split here (``None`` values: the default); ``cuda_graphs`` None /
         True / False is the backend by device / static / eager."""
         backend = None if cuda_graphs is None else "static" if cuda_graphs else "eager"
         if ssd is None or isinstance(ssd, SSDConfig):
-            return cls(mode, k, min_confidence, ssd or SSDConfig(), DraftDeployment(), backend)
+            return cls(mode, k, min_confidence, ssd or SSDConfig(), DraftDeployment(), backend, acceptance_prior)
         if not isinstance(ssd, dict):
             raise InvalidParams(f"ssd options must be an SSDConfig or a dict, got {type(ssd).__name__}")
         deploy_keys = DraftDeployment.field_names() - set(_DERIVED_DEPLOYMENT)
@@ -87,7 +94,7 @@ class DecodingSettings:
         given = {key: v for key, v in ssd.items() if v is not None}
         deploy = DraftDeployment(**{key: v for key, v in given.items() if key in deploy_keys})
         algo = SSDConfig(k=k or DEFAULT_K, **{key: v for key, v in given.items() if key not in deploy_keys})
-        return cls(mode, k, min_confidence, algo, deploy, backend)
+        return cls(mode, k, min_confidence, algo, deploy, backend, acceptance_prior)
 
 
 @dataclass(frozen=True)
@@ -124,10 +131,10 @@ class EngineSettings:
               ssd: SSDConfig | dict | None = None, min_confidence: float | None = None,
               draft_weights: str = "auto", max_num_seqs: int = DEFAULT_MAX_NUM_SEQS,
               max_model_len: int | None = None, weights: str = "auto",
-              cuda_graphs: bool | None = None) -> EngineSettings:
+              cuda_graphs: bool | None = None, acceptance_prior: float = ACCEPTANCE_PRIOR) -> EngineSettings:
         """From the keyword arguments ``LLM(...)`` takes (``DecodingSettings.build`` for the rest)."""
         return cls(target, draft, device, dtype, weights, draft_weights, max_num_seqs, max_model_len,
-                   DecodingSettings.build(mode, k, min_confidence, ssd, cuda_graphs))
+                   DecodingSettings.build(mode, k, min_confidence, ssd, cuda_graphs, acceptance_prior))
 
     def with_decoding(self, decoding: DecodingSettings) -> EngineSettings:
         return replace(self, decoding=decoding)

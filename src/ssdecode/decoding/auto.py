@@ -27,7 +27,8 @@ from ssdecode.decoding.sequence import Sequence
 from ssdecode.decoding.speculative import SDStrategy
 from ssdecode.models.base import CausalLM
 from ssdecode.plan.calibrate import Calibration
-from ssdecode.plan.planner import PRIOR_A, sd_round_seconds
+from ssdecode.config.settings import ACCEPTANCE_PRIOR
+from ssdecode.plan.planner import sd_round_seconds
 from ssdecode.plan.theory import expected_tokens
 
 PRIOR_TOKENS = 8.0  # the prior's weight, in draft tokens
@@ -38,7 +39,7 @@ PROBE_A = 0.95
 
 
 class KPolicy:
-    def __init__(self, cal: Calibration, k_max: int, prior_a: float = PRIOR_A):
+    def __init__(self, cal: Calibration, k_max: int, prior_a: float = ACCEPTANCE_PRIOR):
         self.k_max, self.prior_a, self.cal = k_max, prior_a, cal
         self.context: float | None = None  # the batch's mean cached tokens at the last choice
         self.measured: dict[int, float] = {}  # K -> running seconds of its rounds

@@ -50,10 +50,10 @@ def build_strategy(settings: DecodingSettings, models: Models, progress: bool = 
                           backend=settings.backend), ""
     if mode == "ssd":
         return _ssd(settings, models, draft, settings.speculation_k), ""
-    cal, best, why = choose(models.target, draft, settings.k_max, progress)
+    cal, best, why = choose(models.target, draft, settings.k_max, settings.acceptance_prior, progress)
     if best.mode == "ssd":
         return _ssd(settings, models, draft, best.k), why
-    policy = KPolicy(cal, settings.k_max)
+    policy = KPolicy(cal, settings.k_max, settings.acceptance_prior)
     return AutoStrategy(models.target, draft, policy, settings.min_confidence, why, backend=settings.backend), why
 
 

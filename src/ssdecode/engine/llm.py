@@ -87,7 +87,7 @@ class LLM:
             draft_tokenizer = load_tokenizer(draft_source)
             draft = load_model(draft_source, device=device, dtype=settings.dtype, weights=draft_weights)
             if settings.decoding.mode == "auto" and draft_weights == "auto":
-                draft, draft_weights = pick_draft(target, draft, draft_source)
+                draft, draft_weights = pick_draft(target, draft, draft_source, settings.decoding.acceptance_prior)
         self._attach(tokenizer, Models(target, draft, draft_source, draft_weights), draft_tokenizer,
                      settings.max_num_seqs, settings.max_model_len)
         self.configure(settings.decoding)

@@ -10,7 +10,8 @@ from ssdecode.models.base import CausalLM
 from ssdecode.models.linear import resolve_format
 from ssdecode.models.loader import load_model
 from ssdecode.plan.calibrate import Calibration, cached, load_or_calibrate
-from ssdecode.plan.planner import PRIOR_A, Choice, rank
+from ssdecode.config.settings import ACCEPTANCE_PRIOR
+from ssdecode.plan.planner import Choice, rank
 
 log = logging.getLogger(__name__)
 REQUANTIZED = ("q4k", "int4")  # the draft formats auto weighs against the draft's own, first that runs
@@ -25,18 +26,20 @@ def explain(choices: list[Choice], measured_at: str, a: float) -> str:
             f"from this machine's calibration of {measured_at}")
 
 
-def choose(target: CausalLM, draft: CausalLM, k_max: int, progress: bool = True) -> tuple[Calibration, Choice, str]:
+def choose(target: CausalLM, draft: CausalLM, k_max: int, a: float = ACCEPTANCE_PRIOR,
+           progress: bool = True) -> tuple[Calibration, Choice, str]:
     """What ``auto`` starts with: this machine's calibration of the pair, the mode and K
-    predicted fastest at the prior acceptance, and why (one line)."""
+    predicted fastest at the prior acceptance ``a``, and why (one line)."""
     cal = load_or_calibrate(target, draft, progress=progress)
-    choices = rank(cal, PRIOR_A, k_max=k_max)
-    why = (f"{explain(choices, cal.measured_at, PRIOR_A)}; weights: target "
+    choices = rank(cal, a, k_max=k_max)
+    why = (f"{explain(choices, cal.measured_at, a)}; weights: target "
            f"{getattr(target, 'weight_format', '-')}, draft {getattr(draft, 'weight_format', '-')}")
     log.info("auto: %s", why)
     return cal, choices[0], why
 
 
-def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bool = True) -> tuple[CausalLM, str]:
+def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, a: float = ACCEPTANCE_PRIOR,
+               progress: bool = True) -> tuple[CausalLM, str]:
     """For auto with the draft's weights left to ``auto`` on a CPU: also weigh the draft's fp32
     conversion in a REQUANTIZED form (the first this machine runs: q4k, Q4_K blocks on the
     interleaved int8 kernel; int4, half int8's bytes at about its acceptance, docs/lab/benchmarks.md
@@ -62,7 +65,7 @@ def pick_draft(target: CausalLM, draft: CausalLM, spec: str | None, progress: bo
         requantized = load_model(spec, device=draft.device, dtype=draft.dtype, weights=fmt)
         other = load_or_calibrate(target, requantized, progress=progress)
     own = load_or_calibrate(target, draft, progress=progress)
-    if rank(other, PRIOR_A)[0].tokens_per_s <= rank(own, PRIOR_A)[0].tokens_per_s:
+    if rank(other, a)[0].tokens_per_s <= rank(own, a)[0].tokens_per_s:
         return draft, "auto"
     log.info("auto: the %s draft is predicted faster than its %s weights", fmt, draft.weight_format)
     return requantized or load_model(spec, device=draft.device, dtype=draft.dtype, weights=fmt), fmt

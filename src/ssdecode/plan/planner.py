@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass
 from ssdecode.plan import theory
 from ssdecode.plan.calibrate import Calibration
 
-PRIOR_A = 0.84  # acceptance before any is measured (the demo pair on real text; code is higher)
 
 @dataclass(frozen=True)
 class Profile:
