@@ -7,8 +7,8 @@ import gguf
 import numpy as np
 import pytest
 import torch
-
 from tools.gguf_blocks import random_blocks
+
 from ssdecode.kernels import ggml
 
 REL_BOUND = 2e-6  # max |y - float64 reference| / max |reference|; observed: below 6e-7

@@ -13,8 +13,8 @@ import gguf
 import numpy as np
 import pytest
 import torch
-
 from tools.gguf_blocks import random_blocks
+
 from ssdecode.kernels import blockwise, ggml
 from test_ggml_kernels import isas
 

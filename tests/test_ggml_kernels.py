@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from tools.gguf_blocks import random_blocks
+
 from ssdecode.kernels import blockwise, build, ggml
 
 REL_BOUND = 1e-5

@@ -3,7 +3,6 @@ the Transformers comparison and the JSON line the GPU run is read from."""
 import json
 
 import torch
-
 from tools import gpu_probe
 from tools.gpu_shapes import RandomWeights, next_token_map, shape_config
 

@@ -9,8 +9,8 @@ import pickle
 import gguf
 import pytest
 import torch
-
 from tools.gguf_blocks import random_blocks
+
 from ssdecode.kernels import ggml
 from ssdecode.models.linear import QuantizedLinear, SplitLinear, make_linear, resolve_format
 from ssdecode.runtime.runner import ModelRunner
@@ -85,9 +85,9 @@ def test_packed_model_matches_dense_model():
 def test_step_benchmark_reports_every_format(tmp_path, capsys):
     import json
 
+    from tools import steps
     from transformers import Qwen2ForCausalLM
 
-    from tools import steps
     from tiny import tiny_hf_config
 
     Qwen2ForCausalLM(tiny_hf_config(vocab=1024, context=512)).save_pretrained(tmp_path / "m")
@@ -101,9 +101,9 @@ def test_step_benchmark_reports_every_format(tmp_path, capsys):
 def test_step_benchmark_alternates_formats_with_load_time_settings(tmp_path, capsys, monkeypatch):
     import json
 
+    from tools import steps
     from transformers import Qwen2ForCausalLM
 
-    from tools import steps
     from tiny import tiny_hf_config
 
     seen = []

@@ -19,11 +19,11 @@ import pytest
 import torch
 from gguf.quants import quantize
 from safetensors.torch import load_file
+from tools.gguf_blocks import random_blocks
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-from tools.gguf_blocks import random_blocks
 from ssdecode.models import demo, gguf_convert
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.demo import DemoModel, assemble, download_wheels, ensure_demo_model

@@ -21,13 +21,13 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+from ssdecode.config.settings import ACCEPTANCE_PRIOR
 from ssdecode.decoding.autoregressive import ar_step
 from ssdecode.decoding.base import StepOutput
 from ssdecode.decoding.sequence import Sequence
 from ssdecode.decoding.speculative import SDStrategy
 from ssdecode.models.base import CausalLM
 from ssdecode.plan.calibrate import Calibration
-from ssdecode.config.settings import ACCEPTANCE_PRIOR
 from ssdecode.plan.planner import sd_round_seconds
 from ssdecode.plan.theory import expected_tokens
 

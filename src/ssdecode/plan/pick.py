@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
+from ssdecode.config.settings import ACCEPTANCE_PRIOR
 from ssdecode.models.base import CausalLM
 from ssdecode.models.linear import resolve_format
 from ssdecode.models.loader import load_model
 from ssdecode.plan.calibrate import Calibration, cached, load_or_calibrate
-from ssdecode.config.settings import ACCEPTANCE_PRIOR
 from ssdecode.plan.planner import Choice, rank
 
 log = logging.getLogger(__name__)
