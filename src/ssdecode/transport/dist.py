@@ -130,9 +130,9 @@ def under_torchrun() -> bool:
 
 
 class DistClient(DraftClient):
-    def __init__(self, spec, config: DraftDeployment, target_device: torch.device | str, entry=None,
+    def __init__(self, source, config: DraftDeployment, target_device: torch.device | str, entry=None,
                  cancel: threading.Event | None = None):
-        """``entry(spec, WorkerLaunch)``: the spawned process's function (decoding.ssd.worker_main's
+        """``entry(source, WorkerLaunch)``: the spawned process's function (decoding.ssd.worker_main's
         ``spawned_worker``); unused when joining a worker started under torchrun. ``cancel``: set
         it to give up waiting for a spawned worker to come up (a background restart that is no
         longer wanted)."""
@@ -158,7 +158,7 @@ class DistClient(DraftClient):
             ctx = torch.multiprocessing.get_context("spawn")
             info = WorkerLaunch(port, backend, draft_device, config.draft_threads, config.draft_dtype,
                                 config.draft_weights, config.timeout_s)
-            self.proc = ctx.Process(target=entry, args=(spec, info), name="ssd-draft-worker", daemon=True)
+            self.proc = ctx.Process(target=entry, args=(source, info), name="ssd-draft-worker", daemon=True)
             self.proc.start()
             try:
                 self._wait_for_worker(store, config.timeout_s, cancel or threading.Event())

@@ -94,15 +94,15 @@ class SpeculationBatch:
     tree_time: float = 0.0  # seconds of glue + fork + tree decode after the previous reply
 
     @classmethod
-    def pack(cls, seq_ids: list[int], specs: list[Speculation], k: int, backup_time: float = 0.0,
+    def pack(cls, seq_ids: list[int], speculations: list[Speculation], k: int, backup_time: float = 0.0,
              tree_time: float = 0.0) -> SpeculationBatch:
-        tokens = torch.zeros(len(specs), k, dtype=torch.long)
-        for b, spec in enumerate(specs):
-            tokens[b, :len(spec.tokens)] = torch.tensor(spec.tokens, dtype=torch.long)
-        prob_rows = [b for b, spec in enumerate(specs) if spec.probs is not None]
-        probs = torch.stack([_pad_rows(specs[b].probs, k) for b in prob_rows]) if prob_rows else None
-        return cls(seq_ids, tokens, [len(spec.tokens) for spec in specs], [spec.hit for spec in specs],
-                   [spec.point_mass for spec in specs], probs, prob_rows, backup_time, tree_time)
+        tokens = torch.zeros(len(speculations), k, dtype=torch.long)
+        for b, s in enumerate(speculations):
+            tokens[b, :len(s.tokens)] = torch.tensor(s.tokens, dtype=torch.long)
+        prob_rows = [b for b, s in enumerate(speculations) if s.probs is not None]
+        probs = torch.stack([_pad_rows(speculations[b].probs, k) for b in prob_rows]) if prob_rows else None
+        return cls(seq_ids, tokens, [len(s.tokens) for s in speculations], [s.hit for s in speculations],
+                   [s.point_mass for s in speculations], probs, prob_rows, backup_time, tree_time)
 
     def unpack(self) -> dict[int, Speculation]:
         """Seq id -> its speculation (as the target side sees it: hit or miss)."""

@@ -1,4 +1,4 @@
-"""What a draft worker process loads: a draft spec.
+"""What a draft worker process loads: a model source.
 
 - a string: anything ``ssdecode.models.loader.load_model`` takes (demo name, HF folder, hub id,
   GGUF file), loaded by the worker on its own device;
@@ -37,19 +37,20 @@ class StateDictFile:
         return cls(str(path))
 
 
-def load_draft(spec, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+def load_draft(source, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                weights: str = "auto") -> CausalLM:
     """The draft a worker serves; ``weights`` (the matmul weight format) applies to the specs it
     loads (strings, StateDictFile), not to built models and factories."""
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    if isinstance(spec, CausalLM) or (hasattr(spec, "forward") and hasattr(spec, "new_cache")):
-        return spec
-    if isinstance(spec, StateDictFile):
-        return spec.load(device or "cpu", dtype, weights)
-    if isinstance(spec, str):
+    if isinstance(source, CausalLM) or (hasattr(source, "forward") and hasattr(source, "new_cache")):
+        return source
+    if isinstance(source, StateDictFile):
+        return source.load(device or "cpu", dtype, weights)
+    if isinstance(source, str):
 
-        return load_model(spec, device=device or "cpu", dtype=dtype, weights=weights)
-    if callable(spec):
-        return spec()
-    raise TypeError(f"not a draft spec: {type(spec).__name__} (a loader string, StateDictFile, factory or CausalLM)")
+        return load_model(source, device=device or "cpu", dtype=dtype, weights=weights)
+    if callable(source):
+        return source()
+    raise TypeError(f"not a model source: {type(source).__name__} (a loader string, StateDictFile, factory "
+                    "or CausalLM)")

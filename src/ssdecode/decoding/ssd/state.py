@@ -20,8 +20,8 @@ class SeqState:
     st: SamplingTensors  # one row
     generator: torch.Generator | None  # draft randomness; None for greedy rows
     history: list[int]  # committed tokens: prompt + output
-    spec: Speculation | None = None  # the one in flight
-    branches: Branches | None = None  # the speculation cache of ``spec``, once prepared
+    speculation: Speculation | None = None  # the one in flight
+    branches: Branches | None = None  # the speculation cache of ``speculation``, once prepared
 
     @property
     def prefix_len(self) -> int:

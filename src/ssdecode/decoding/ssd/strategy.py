@@ -54,18 +54,18 @@ class SSDStrategy(Strategy):
                  deploy: DraftDeployment | None = None, backend: str | None = None):
         """``draft``: the draft model (thread transport; for a spawned process it is shared with
         the worker through shared memory when no ``draft_source`` is given). ``draft_source``: what the
-        worker process loads (a loader spec string, a picklable zero-argument factory, or a
+        worker process loads (a loader string, a picklable zero-argument factory, or a
         ``transport.model_source.StateDictFile``). ``deploy``: where the worker runs (default: a thread)."""
         deploy = deploy or DraftDeployment()
         if deploy.transport == "thread" and draft is None:
             raise InvalidParams("the thread transport needs the draft model")
         if deploy.transport == "process" and deploy.launch == "spawn" and draft is None and draft_source is None:
-            raise InvalidParams("the process transport needs a draft spec (or a draft model to share)")
+            raise InvalidParams("the process transport needs a draft source (or a draft model to share)")
         self.target, self.config, self.deploy, self.backend = target, config, deploy, backend
         self.draft, self.draft_source = draft, draft_source
         self.worker: WorkerSupervisor | None = None
         self.trunner = None
-        self.specs: dict[int, Speculation] = {}  # seq id -> its next speculation
+        self.speculations: dict[int, Speculation] = {}  # seq id -> its next speculation
         self.released: list[int] = []
         self.rounds = 0
         self.time_verify = self.time_wait = 0.0
@@ -78,8 +78,8 @@ class SSDStrategy(Strategy):
     def _new_client(self, cancel: threading.Event):
         if self.deploy.transport == "thread":
             return ThreadClient(DraftWorker(self.draft))
-        spec = self.draft_source if self.draft_source is not None else self.draft
-        return DistClient(spec, self.deploy, self.target.device, entry=spawned_worker, cancel=cancel)
+        source = self.draft_source if self.draft_source is not None else self.draft
+        return DistClient(source, self.deploy, self.target.device, entry=spawned_worker, cancel=cancel)
 
     def setup(self, num_slots: int, max_len: int) -> None:
         with self._closing_on_error():
@@ -91,7 +91,7 @@ class SSDStrategy(Strategy):
             setup = Setup(self.config.to_dict(), num_slots, max_len, self.target.vocab_size, self.backend or "")
             self.worker = WorkerSupervisor(self._new_client, setup, self.deploy)
             self.worker.start()
-            self.specs, self.released, self.degraded, self.fallback = {}, [], False, None
+            self.speculations, self.released, self.degraded, self.fallback = {}, [], False, None
 
     def health(self) -> Health:
         if self.worker is None:
@@ -104,7 +104,7 @@ class SSDStrategy(Strategy):
 
     def release(self, seqs: list[Sequence]) -> None:
         for s in seqs:
-            self.specs.pop(s.seq_id, None)
+            self.speculations.pop(s.seq_id, None)
             self.adopted.discard(s.seq_id)
             if not self.degraded:
                 self.released.append(s.seq_id)
@@ -128,8 +128,8 @@ class SSDStrategy(Strategy):
                 self._resume(seqs)
             if self.degraded:
                 return self._fallback_step(seqs)
-            specs = [self.specs[s.seq_id] for s in seqs]
-            tokens, num_draft, point_mass, probs = self._batch(seqs, specs)
+            speculations = [self.speculations[s.seq_id] for s in seqs]
+            tokens, num_draft, point_mass, probs = self._batch(seqs, speculations)
             st = SamplingTensors.from_params([s.params for s in seqs], self.target.device)
             t0 = time.perf_counter()
             accepted, nxt = verify_proposals(self.trunner, seqs, tokens, probs, st,
@@ -141,9 +141,9 @@ class SSDStrategy(Strategy):
             self.rounds += 1
             self.time_verify += t1 - t0
             self.time_wait += t2 - t1
-            committed = [spec.tokens[:a] + [t] for spec, a, t in zip(specs, accepted, nxt)]
+            committed = [speculation.tokens[:a] + [t] for speculation, a, t in zip(speculations, accepted, nxt)]
             return StepOutput(tokens=committed, proposed=num_draft, accepted=accepted,
-                              hit=[spec.hit for spec in specs], time_draft=t2 - t1, time_verify=t1 - t0)
+                              hit=[s.hit for s in speculations], time_draft=t2 - t1, time_verify=t1 - t0)
 
     def _ask(self, request) -> None:
         """Send a Start or Outcome and store the speculations of the reply; on any failure of
@@ -162,7 +162,7 @@ class SSDStrategy(Strategy):
             self.fallback = (SDStrategy(self.target, self.draft, self.config.k, backend=self.backend)
                              if self.draft is not None else ARStrategy(self.target, backend=self.backend))
             self.fallback.setup(*self.sizes, trunner=self.trunner)
-        self.degraded, self.specs, self.released = True, {}, []
+        self.degraded, self.speculations, self.released = True, {}, []
         log.warning("the draft worker failed (%s); running sequences continue with %s, exactly",
                     reason, self.fallback.name.upper())
 
@@ -192,31 +192,31 @@ class SSDStrategy(Strategy):
         self.adopted.update(s.seq_id for s in new)
         return self.fallback.step(seqs)
 
-    def _batch(self, seqs: list[Sequence], specs: list[Speculation]):
+    def _batch(self, seqs: list[Sequence], speculations: list[Speculation]):
         """Speculations as the verifier takes them: [B, W] tokens (W = longest), num_draft [B] (host)
         (trimmed so verification positions stay inside the context), point_mass [B], q [B, W, V]."""
         device = self.target.device
         room = [self.target.max_context - 1 - self.trunner.cache.lengths[s.slot] for s in seqs]
-        num_draft = [max(0, min(len(spec.tokens), r)) for spec, r in zip(specs, room)]
+        num_draft = [max(0, min(len(speculation.tokens), r)) for speculation, r in zip(speculations, room)]
         width = max(num_draft, default=0)
         tokens = torch.zeros(len(seqs), width, dtype=torch.long)
-        for b, spec in enumerate(specs):
+        for b, speculation in enumerate(speculations):
             n = num_draft[b]
-            tokens[b, :n] = torch.tensor(spec.tokens[:n], dtype=torch.long)
-        point_mass = torch.tensor([spec.point_mass for spec in specs], dtype=torch.bool)
+            tokens[b, :n] = torch.tensor(speculation.tokens[:n], dtype=torch.long)
+        point_mass = torch.tensor([speculation.point_mass for speculation in speculations], dtype=torch.bool)
         probs = None
-        if width and not all(spec.point_mass for spec in specs):
+        if width and not all(speculation.point_mass for speculation in speculations):
             probs = torch.zeros(len(seqs), width, self.target.vocab_size, device=device)
-            for b, spec in enumerate(specs):
-                if spec.probs is not None:
-                    probs[b] = spec.probs[:width].to(device)
+            for b, speculation in enumerate(speculations):
+                if speculation.probs is not None:
+                    probs[b] = speculation.probs[:width].to(device)
         return tokens.to(device), num_draft, point_mass.to(device), probs
 
     def _store(self, reply: SpeculationBatch) -> None:
         if reply.probs is not None and reply.probs.is_cuda:
             # Made on the worker's stream (thread transport): keep its memory until our stream is done.
             reply.probs.record_stream(torch.cuda.current_stream(reply.probs.device))
-        self.specs.update(reply.unpack())
+        self.speculations.update(reply.unpack())
 
     def _take_released(self) -> list[int]:
         out, self.released = self.released, []

@@ -35,7 +35,7 @@ class TreeRow:
     slot: int
     prefix_len: int  # P: draft cache rows before the glue (committed tokens minus t_prev)
     t_prev: int  # last committed token
-    spec: list[int]  # s_1..s_n, the speculation just sent
+    speculation: list[int]  # s_1..s_n, the speculation just sent
     fanout: list[int]  # F_0..F_K the speculation was reweighted for (= its fork widths)
     st: SamplingTensors  # one row: the sequence's sampling parameters
     generator: torch.Generator | None  # the sequence's draft generator (None: greedy)
@@ -60,7 +60,7 @@ def glue_decode(runner: ModelRunner, rows: list[TreeRow]) -> torch.Tensor:
     for r in rows:
         runner.cache.truncate(r.slot, r.prefix_len)
     slots = [r.slot for r in rows]
-    ids, positions, num_new = feed_batch(runner.cache, slots, [[r.t_prev] + r.spec for r in rows], runner.device)
+    ids, positions, num_new = feed_batch(runner.cache, slots, [[r.t_prev] + r.speculation for r in rows], runner.device)
     # Positions past the context only score tokens that can never be committed; clamp them so
     # the RoPE tables stay in range.
     positions = positions.clamp(max=runner.max_context - 1)
@@ -77,12 +77,12 @@ def fork(logits: torch.Tensor, rows: list[TreeRow], vocab: int, k: int) -> tuple
     width = torch.zeros(b, t, dtype=torch.long)
     excl = torch.full((b, t), -1, dtype=torch.long)
     for i, r in enumerate(rows):
-        n = len(r.spec)
+        n = len(r.speculation)
         for j in range(n):
             width[i, j] = min(r.fanout[j], vocab - 1)
         width[i, n] = min(r.fanout[k], vocab)
         if n:
-            excl[i, :n] = torch.tensor(r.spec, dtype=torch.long)
+            excl[i, :n] = torch.tensor(r.speculation, dtype=torch.long)
     m = min(int(width.max()) + 1, vocab)
     if int(width.max()) == 0:
         empty = torch.zeros(0, dtype=torch.long)
@@ -147,7 +147,7 @@ def tree_decode(runner: ModelRunner, rows: list[TreeRow], forks: tuple[torch.Ten
     fork_pos[row * w_max + col] = ji
     fork_pos = fork_pos.view(len(part), w_max).to(device)
     prefix_len = [rows[i].prefix_len for i in part]
-    mask = _TreeMask(prefix_len, [p + len(rows[i].spec) + 1 for p, i in zip(prefix_len, part)], w_b, fork_pos,
+    mask = _TreeMask(prefix_len, [p + len(rows[i].speculation) + 1 for p, i in zip(prefix_len, part)], w_b, fork_pos,
                      w_max, k, device)
     positions = torch.tensor(prefix_len, device=device)[:, None] + 1 + fork_pos
     slots = [rows[i].slot for i in part]
@@ -202,8 +202,9 @@ def build_branches(runner: ModelRunner, rows: list[TreeRow], k: int, saguaro_c: 
     vocab, cache = runner.vocab_size, runner.cache
     # A cache capped at the context: near its end feed only the glue rows that fit (positions
     # past them can't be committed) and make no forks for that row.
-    rows = [r if len(r.spec) < cache.max_len - r.prefix_len else
-            replace(r, spec=r.spec[:cache.max_len - r.prefix_len - 1], fanout=[0] * (k + 1)) for r in rows]
+    rows = [r if len(r.speculation) < cache.max_len - r.prefix_len else
+            replace(r, speculation=r.speculation[:cache.max_len - r.prefix_len - 1], fanout=[0] * (k + 1))
+            for r in rows]
     logits = glue_decode(runner, rows)
     forks = fork(logits, rows, vocab, k)
     # Rows whose tree would not fit in the cache (a cache capped at the model context) get no forks.
@@ -222,6 +223,6 @@ def build_branches(runner: ModelRunner, rows: list[TreeRow], k: int, saguaro_c: 
         n = counts[i]
         keys = {(fork_j[start + w], fork_c[start + w]): w for w in range(n)}
         start += n
-        out.append(Branches(keys, widths[i, :len(r.spec) + 1].tolist(), decoded[i][0], decoded[i][1],
+        out.append(Branches(keys, widths[i, :len(r.speculation) + 1].tolist(), decoded[i][0], decoded[i][1],
                             list(fanout_next)))
     return out

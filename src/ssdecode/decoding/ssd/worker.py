@@ -120,8 +120,8 @@ class DraftWorker:
         self.runner.forward(ids, positions, slots, num_new=num_new, last_only=True)
         first = FastBackup() if self.config.backup == "fast" else NeuralBackup()
         t0 = time.perf_counter()
-        for s, spec in zip(states, first.propose(self, states)):
-            s.spec = spec
+        for s, speculation in zip(states, first.propose(self, states)):
+            s.speculation = speculation
         elapsed = self._elapsed(t0)
         self.pending.extend(s.seq_id for s in states)
         return self._reply(states, elapsed)
@@ -132,21 +132,21 @@ class DraftWorker:
         rows = [self.seqs[i] for i in msg.seq_ids]
         batch, missed = len(rows), []
         for s, k, t in zip(rows, msg.accepted, msg.next_token):
-            spec, br = s.spec, s.branches
-            if not 0 <= k <= len(spec.tokens):
-                raise ValueError(f"sequence {s.seq_id}: {k} accepted of {len(spec.tokens)} draft tokens")
-            s.history.extend(spec.tokens[:k])
+            speculation, br = s.speculation, s.branches
+            if not 0 <= k <= len(speculation.tokens):
+                raise ValueError(f"sequence {s.seq_id}: {k} accepted of {len(speculation.tokens)} draft tokens")
+            s.history.extend(speculation.tokens[:k])
             s.history.append(t)
             self.cache.truncate(s.slot, s.prefix_len)
             w = br.lookup(k, t) if br is not None else None
             hit = w is not None
-            self.fanout.record_outcome(k, len(spec.tokens))
+            self.fanout.record_outcome(k, len(speculation.tokens))
             if br is not None and k < len(br.widths):
                 self.fanout.record_fork(br.widths[k], hit)
-            self.stats.record_row(k, k + 1, spec.origin, hit, batch)
+            self.stats.record_row(k, k + 1, speculation.origin, hit, batch)
             if hit:
                 probs = br.probs[w] if br.probs is not None else None
-                s.spec = Speculation(br.tokens[w].tolist(), probs, not s.samples, "hit", br.fanout)
+                s.speculation = Speculation(br.tokens[w].tolist(), probs, not s.samples, "hit", br.fanout)
             else:
                 missed.append(s)
             s.branches = None
@@ -158,8 +158,8 @@ class DraftWorker:
                 policy = policy.choose(self, batch, len(missed))
                 self.stats.adaptive_choices[policy.name] += 1
             t0 = time.perf_counter()
-            for s, spec in zip(missed, policy.propose(self, missed)):
-                s.spec = spec
+            for s, speculation in zip(missed, policy.propose(self, missed)):
+                s.speculation = speculation
             elapsed = self._elapsed(t0)
             self.stats.record_backup(policy.name, elapsed, len(missed))
         self.pending.extend(s.seq_id for s in rows)
@@ -173,7 +173,7 @@ class DraftWorker:
             self.pending = [i for i in self.pending if i not in gone]
 
     def _reply(self, rows: list[SeqState], backup_time: float) -> SpeculationBatch:
-        return SpeculationBatch.pack([s.seq_id for s in rows], [s.spec for s in rows], self.config.k,
+        return SpeculationBatch.pack([s.seq_id for s in rows], [s.speculation for s in rows], self.config.k,
                                      backup_time, self.last_tree_time)
 
     # -- between reply and next request: overlaps with the target's verification --------------
@@ -189,8 +189,8 @@ class DraftWorker:
         if not rows:
             return
         t0 = time.perf_counter()
-        tree_rows = [TreeRow(s.slot, s.prefix_len, s.history[-1], s.spec.tokens, s.spec.fanout, s.st, s.generator)
-                     for s in rows]
+        tree_rows = [TreeRow(s.slot, s.prefix_len, s.history[-1], s.speculation.tokens, s.speculation.fanout, s.st,
+                             s.generator) for s in rows]
         branches = build_branches(self.runner, tree_rows, self.config.k, self.config.saguaro_c,
                                   list(self.fanout.fanout))
         for s, br in zip(rows, branches):

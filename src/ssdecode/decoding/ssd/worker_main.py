@@ -45,13 +45,13 @@ class _FailedWorker:
         pass
 
 
-def run_worker(spec, device: str, dtype: str | None, weights: str, backend: str, group=None) -> None:
+def run_worker(source, device: str, dtype: str | None, weights: str, backend: str, group=None) -> None:
     """Load the draft and serve the target (rank 0) until Shutdown over ``group`` (None: the
     default group, joined already)."""
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
     try:
-        worker = DraftWorker(load_draft(spec, device, dtype, weights))
+        worker = DraftWorker(load_draft(source, device, dtype, weights))
     except Exception:
         worker = _FailedWorker(traceback.format_exc())
     comm = device if backend == "nccl" else "cpu"
@@ -62,7 +62,7 @@ def run_worker(spec, device: str, dtype: str | None, weights: str, backend: str,
             dist.destroy_process_group()
 
 
-def spawned_worker(spec, info: WorkerLaunch) -> None:
+def spawned_worker(source, info: WorkerLaunch) -> None:
     """Entry point of a worker spawned by DistClient (its ``entry``). Ctrl+C reaches the whole
     process group; the parent owns the shutdown (it sends Shutdown, then terminates), so the
     worker ignores SIGINT instead of dying mid-message with a traceback."""
@@ -73,7 +73,7 @@ def spawned_worker(spec, info: WorkerLaunch) -> None:
     store = dist.TCPStore("127.0.0.1", info.port, world_size=2, is_master=False, timeout=timeout)
     store.set("worker_up", "1")
     group = private_group(info.backend, store, WORKER_RANK, timeout)
-    run_worker(spec, info.device, info.dtype, info.weights, info.backend, group)
+    run_worker(source, info.device, info.dtype, info.weights, info.backend, group)
 
 
 def main(argv: list[str] | None = None) -> int:
