@@ -15,7 +15,7 @@ Adding a decoding option means a field here (checked in ``__post_init__``), its 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -135,9 +135,6 @@ class EngineSettings:
         """From the keyword arguments ``LLM(...)`` takes (``DecodingSettings.build`` for the rest)."""
         return cls(target, draft, device, dtype, weights, draft_weights, max_num_seqs, max_model_len,
                    DecodingSettings.build(mode, k, min_confidence, ssd, cuda_graphs, acceptance_prior))
-
-    def with_decoding(self, decoding: DecodingSettings) -> EngineSettings:
-        return replace(self, decoding=decoding)
 
 
 def check_limits(max_num_seqs, max_model_len) -> None:

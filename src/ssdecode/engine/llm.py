@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from ssdecode.config.settings import DEFAULT_MAX_NUM_SEQS, DecodingSettings, EngineSettings, check_limits
+from ssdecode.config.settings import DEFAULT_MAX_NUM_SEQS, DecodingSettings, EngineSettings
 from ssdecode.decoding.base import Health
 from ssdecode.decoding.build import Models, build_strategy
 from ssdecode.decoding.vocab import check_compatible
@@ -99,7 +99,6 @@ class LLM:
                     max_model_len: int | None = None, **kwargs) -> LLM:
         """An LLM over already-built models (tests, embedding in another program); ``decoding``,
         or keyword arguments for ``DecodingSettings.build`` (``mode``, ``k``, ``ssd``, ...)."""
-        check_limits(max_num_seqs, max_model_len)
         llm = cls.__new__(cls)
         llm._attach(tokenizer, Models(target, draft, draft_source, draft_weights), draft_tokenizer or tokenizer,
                     max_num_seqs, max_model_len)
