@@ -52,7 +52,7 @@ _SIZES = {q: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]] for q in QTYPES
 
 @functools.cache
 def _lib() -> CDLL:
-    lib = shared_library("ggml_cpu.c")
+    lib = shared_library("ggml")
     lib.ssd_ggml_linear.argtypes = [c_int, c_int, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p,
                                     c_void_p, c_int]
     lib.ssd_ggml_amx_min_rows.argtypes = [c_int]

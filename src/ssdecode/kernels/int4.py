@@ -34,7 +34,7 @@ class Int4Weight(NamedTuple):
 
 @functools.cache
 def _lib() -> CDLL:
-    lib = shared_library("int4_cpu.c")
+    lib = shared_library("int4")
     lib.ssd_i4_linear.argtypes = [c_int, c_void_p, c_int64, c_int64, c_int64, c_void_p, c_void_p, c_int64,
                                   c_void_p, c_void_p, c_int]
     lib.ssd_i4_dequantize.argtypes = [c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_void_p, c_int]
