@@ -1,4 +1,4 @@
-/* What the AMX paths of the GGUF and int4 kernels (ggml_cpu.c, int4_amx.c) share: whether this
+/* What the AMX paths of the GGUF and int4 kernels (ggml_amx.c, int4_amx.c) share: whether this
  * toolchain can build tile code (AMX_BUILD: 64-bit x86 and an assembler that knows the tile
  * instructions, as GCC 11 and clang 12 imply), whether the process may use a tile feature (amx.c),
  * and the tile instructions. */

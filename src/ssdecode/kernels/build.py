@@ -29,7 +29,8 @@ HERE = Path(__file__).parent
 FLAGS = ("-O3", "-std=gnu11", "-ffp-contract=fast", "-fPIC", "-shared", "-fopenmp")
 # The units of each library (the .c files next to this module), by the name its loader asks for.
 LIBRARIES = {
-    "ggml": ("ggml_cpu.c", "amx.c"),
+    "ggml": ("ggml_cpu.c", "ggml_scalar.c", "ggml_avx2.c", "ggml_avx512.c", "ggml_amx.c", "ggml_q8.c", "ggml_q8il.c",
+             "ggml_q8il_pack.c", "amx.c"),
     "int4": ("int4_cpu.c", "int4_amx.c", "amx.c"),
     "attention": ("attention_cpu.c",),
     "layers": ("layer_cpu.c", "attention_cpu.c"),

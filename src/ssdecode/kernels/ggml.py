@@ -24,7 +24,7 @@ the plain layout at 1-16 rows (docs/benchmarks.md section 11, eighth run).
 The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
 avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
 ``amx`` is AVX-512 plus, from ``amx_min_rows(qtype)`` activation rows on (prefill), the AMX-BF16 tile
-unit with the activations split exactly into three bf16 parts (ggml_cpu.c): the same numbers up
+unit with the activations split exactly into three bf16 parts (ggml_amx.c): the same numbers up
 to fp32 summation order, so results are batch invariant below that row count and above it, but
 not across it. A batch ``[B, T, k]`` takes the tile unit only when T itself reaches it (a
 prompt's prefill), so decode and verification rounds never switch kernels with the batch.
