@@ -40,7 +40,7 @@ static inline void q4k_scales(const uint8_t *s, uint32_t out[4])
     out[3] = (w[2] >> 4 & 0x0f0f0f0f) | (w[1] >> 6 & 0x03030303) << 4;
 }
 
-/* The order of the weights in the AVX-512 table lookups (q4k_tile, q40_tile), into which x is
+/* The order of the weights in the AVX-512 table lookups (lut_tile, ggml_avx512.c), into which x is
  * packed. Q4_K: the 32 nibble bytes of sub-blocks 2g and 2g + 1 are broadcast to both halves of a
  * register and shifted per lane, so lookup v (0-3) of group g takes, in lane l, weight
  * q4k_order(16 v + l) + 64 g. Q5_0, Q4_0: a block's 16 nibble bytes go to all four 128-bit lanes,

@@ -11,55 +11,19 @@
  * offset broadcast from memory for free), and a weight costs a shift and a lookup instead of
  * unpacking, an int -> float conversion and a dequantizing FMA. The lanes of a lookup hold weights
  * in the order q4k_order gives, into which x is packed.
- * acc[r][i] += row r of the super-block . x row i, for rt weight rows and mt activation rows, as
- * tile in ggml_rows.h (each accumulator sums in the same order whatever rt and mt are). */
-static inline __attribute__((always_inline)) AVX512_TARGET void
-q4k_tile(const uint8_t *const *nib, const float (*sc)[SLICE / 16], const float (*off)[SLICE / 16], const float *x,
-         float *acc, const int rt, const int mt)
-{
-    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i shift[4] = {_mm512_set_epi64(0x800000008, 0x800000008, 0x800000008, 0x800000008, 0, 0, 0, 0),
-                              _mm512_set_epi64(0x1800000018, 0x1800000018, 0x1800000018, 0x1800000018,
-                                               0x1000000010, 0x1000000010, 0x1000000010, 0x1000000010),
-                              _mm512_set_epi64(0xc0000000c, 0xc0000000c, 0xc0000000c, 0xc0000000c,
-                                               0x400000004, 0x400000004, 0x400000004, 0x400000004),
-                              _mm512_set_epi64(0x1c0000001c, 0x1c0000001c, 0x1c0000001c, 0x1c0000001c,
-                                               0x1400000014, 0x1400000014, 0x1400000014, 0x1400000014)};
-    __m512 a[4][16];
-#pragma GCC unroll 4
-    for (int r = 0; r < rt; r++)
-#pragma GCC unroll 16
-        for (int i = 0; i < mt; i++)
-            a[r][i] = _mm512_load_ps(acc + (r * MCHUNK + i) * 16);
-    for (int g = 0; g < 4; g++)
-#pragma GCC unroll 4
-        for (int r = 0; r < rt; r++) {
-            __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(nib[r] + 32 * g)));
-            __m512 t[2];
-            for (int h = 0; h < 2; h++)
-                t[h] = _mm512_fmsub_ps(iota, _mm512_set1_ps(sc[r][2 * g + h]), _mm512_set1_ps(off[r][2 * g + h]));
-#pragma GCC unroll 4
-            for (int v = 0; v < 4; v++) {
-                __m512 w = _mm512_permutexvar_ps(_mm512_srlv_epi32(raw, shift[v]), t[v / 2]);
-#pragma GCC unroll 16
-                for (int i = 0; i < mt; i++)
-                    a[r][i] = _mm512_fmadd_ps(w, _mm512_load_ps(x + i * SLICE + 64 * g + 16 * v), a[r][i]);
-            }
-        }
-#pragma GCC unroll 4
-    for (int r = 0; r < rt; r++)
-#pragma GCC unroll 16
-        for (int i = 0; i < mt; i++)
-            _mm512_store_ps(acc + (r * MCHUNK + i) * 16, a[r][i]);
-}
-
-/* Q5_0 and Q4_0 likewise, one block (32 weights, one scale d) at a time: the tables are gguf's
+ * Q5_0 and Q4_0 likewise, one block (32 weights, one scale d) at a time: the tables are gguf's
  * d * (v - 16) and d * (v - 8), and Q5_0's fifth bit is rotated from qh into bit 4 of the index
- * for vpermt2ps, which looks up 32 values. d comes in sc[r][j] for block j. */
+ * for vpermt2ps, which looks up 32 values. d comes in sc[r][j] for block j.
+ *
+ * acc[r][i] += row r of the slice . x row i, for rt weight rows and mt activation rows, as tile
+ * in ggml_rows.h (each accumulator sums in the same order whatever rt and mt are); qtype a
+ * constant once inlined. A block is Q4_K's 64 weights (sub-blocks 2j and 2j + 1, the low and high
+ * nibbles of 32 bytes) or a Q5_0 or Q4_0 block of 32, looked up 16 weights at a time (v). */
 static inline __attribute__((always_inline)) AVX512_TARGET void
-q40_tile(const int five, const uint8_t *const *blk, const float (*d)[SLICE / 16], int len, const float *x,
-         float *acc, const int rt, const int mt)
+lut_tile_of(const int qtype, const uint8_t *const *blk, const float (*sc)[SLICE / 16], const float (*off)[SLICE / 16],
+            int len, const float *x, float *acc, const int rt, const int mt)
 {
+    const int five = qtype == Q5_0, size = five ? 22 : 18, per = qtype == Q4_K ? 64 : 32;
     int32_t sh[16], rot[2][16];
     for (int l = 0; l < 16; l++) {  /* constants once inlined */
         sh[l] = 8 * (l / 4);
@@ -67,37 +31,56 @@ q40_tile(const int five, const uint8_t *const *blk, const float (*d)[SLICE / 16]
         rot[1][l] = (q40_order(16 + l) - 4) & 31;
     }
     const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i q4k_shift[4] = {_mm512_set_epi64(0x800000008, 0x800000008, 0x800000008, 0x800000008, 0, 0, 0, 0),
+                                  _mm512_set_epi64(0x1800000018, 0x1800000018, 0x1800000018, 0x1800000018,
+                                                   0x1000000010, 0x1000000010, 0x1000000010, 0x1000000010),
+                                  _mm512_set_epi64(0xc0000000c, 0xc0000000c, 0xc0000000c, 0xc0000000c,
+                                                   0x400000004, 0x400000004, 0x400000004, 0x400000004),
+                                  _mm512_set_epi64(0x1c0000001c, 0x1c0000001c, 0x1c0000001c, 0x1c0000001c,
+                                                   0x1400000014, 0x1400000014, 0x1400000014, 0x1400000014)};
     const __m512i shift = _mm512_loadu_si512(sh), four = _mm512_set1_epi32(4), low4 = _mm512_set1_epi32(15);
-    const int size = five ? 22 : 18;
     __m512 a[4][16];
 #pragma GCC unroll 4
     for (int r = 0; r < rt; r++)
 #pragma GCC unroll 16
         for (int i = 0; i < mt; i++)
             a[r][i] = _mm512_load_ps(acc + (r * MCHUNK + i) * 16);
-    for (int j = 0; j < len / 32; j++)
+    for (int j = 0; j < (qtype == Q4_K ? SLICE : len) / per; j++)
 #pragma GCC unroll 4
         for (int r = 0; r < rt; r++) {
-            const uint8_t *b = blk[r] + j * size;
-            __m512i raw = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(b + 2 + 4 * five)));
-            __m512 dv = _mm512_set1_ps(d[r][j]), lo = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(five ? 16 : 8)), dv),
-                   hi = _mm512_mul_ps(iota, dv);
-#pragma GCC unroll 2
-            for (int h = 0; h < 2; h++) {
-                __m512i idx = _mm512_srlv_epi32(raw, h ? _mm512_add_epi32(shift, four) : shift);
+            const uint8_t *b = blk[r] + (qtype == Q4_K ? 32 * j : j * size);
+            __m512i raw;
+            __m512 t[2];            /* Q4_K: sub-blocks 2j, 2j + 1; Q5_0: the values below 16, above */
+            if (qtype == Q4_K) {
+                raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)b));
+                for (int h = 0; h < 2; h++)
+                    t[h] = _mm512_fmsub_ps(iota, _mm512_set1_ps(sc[r][2 * j + h]), _mm512_set1_ps(off[r][2 * j + h]));
+            } else {
+                raw = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(b + 2 + 4 * five)));
+                __m512 dv = _mm512_set1_ps(sc[r][j]);
+                t[0] = _mm512_mul_ps(_mm512_sub_ps(iota, _mm512_set1_ps(five ? 16 : 8)), dv);
+                t[1] = _mm512_mul_ps(iota, dv);
+            }
+#pragma GCC unroll 4
+            for (int v = 0; v < per / 16; v++) {
                 __m512 w;
-                if (five) {
-                    int32_t qh;
-                    memcpy(&qh, b + 2, 4);
-                    __m512i bit = _mm512_rorv_epi32(_mm512_set1_epi32(qh), _mm512_loadu_si512(rot[h]));
-                    idx = _mm512_ternarylogic_epi32(idx, bit, low4, 0xe4);   /* low4 ? idx : bit */
-                    w = _mm512_permutex2var_ps(lo, idx, hi);
+                if (qtype == Q4_K) {
+                    w = _mm512_permutexvar_ps(_mm512_srlv_epi32(raw, q4k_shift[v]), t[v / 2]);
                 } else {
-                    w = _mm512_permutexvar_ps(idx, lo);
+                    __m512i idx = _mm512_srlv_epi32(raw, v ? _mm512_add_epi32(shift, four) : shift);
+                    if (five) {
+                        int32_t qh;
+                        memcpy(&qh, b + 2, 4);
+                        __m512i bit = _mm512_rorv_epi32(_mm512_set1_epi32(qh), _mm512_loadu_si512(rot[v]));
+                        idx = _mm512_ternarylogic_epi32(idx, bit, low4, 0xe4);   /* low4 ? idx : bit */
+                        w = _mm512_permutex2var_ps(t[0], idx, t[1]);
+                    } else {
+                        w = _mm512_permutexvar_ps(idx, t[0]);
+                    }
                 }
 #pragma GCC unroll 16
                 for (int i = 0; i < mt; i++)
-                    a[r][i] = _mm512_fmadd_ps(w, _mm512_load_ps(x + i * SLICE + 32 * j + 16 * h), a[r][i]);
+                    a[r][i] = _mm512_fmadd_ps(w, _mm512_load_ps(x + i * SLICE + per * j + 16 * v), a[r][i]);
             }
         }
 #pragma GCC unroll 4
@@ -112,11 +95,11 @@ lut_tile(int qtype, const uint8_t *const *blk, const float (*sc)[SLICE / 16], co
          int len, const float *x, float *acc, const int rt, const int mt)
 {
     if (qtype == Q4_K)
-        q4k_tile(blk, sc, off, x, acc, rt, mt);
+        lut_tile_of(Q4_K, blk, sc, off, len, x, acc, rt, mt);
     else if (qtype == Q5_0)
-        q40_tile(1, blk, sc, len, x, acc, rt, mt);
+        lut_tile_of(Q5_0, blk, sc, off, len, x, acc, rt, mt);
     else
-        q40_tile(0, blk, sc, len, x, acc, rt, mt);
+        lut_tile_of(Q4_0, blk, sc, off, len, x, acc, rt, mt);
 }
 
 /* What the lookup paths keep of a slice of a row: the blocks' address and their scales. */

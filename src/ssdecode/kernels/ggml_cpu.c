@@ -6,7 +6,7 @@
  * - Decode and verification multiply 1-16 fp32 rows by a large weight. With fp32 activations
  *   every weight costs an int8 -> fp32 conversion and a dequantizing FMA besides its product, so
  *   even one row is bound by instructions rather than bytes (docs/benchmarks.md). Q4_K, Q5_0 and
- *   Q4_0 with AVX-512 cost less: a shift and a table lookup per 16 weights (q4k_tile, q40_tile),
+ *   Q4_0 with AVX-512 cost less: a shift and a table lookup per 16 weights (ggml_avx512.c),
  *   the same path for any number of rows, so batch invariance holds. Each 256-weight
  *   slice of a row is decoded once (to int8 plus a scale and an offset per 16 weights, in L1)
  *   and every activation row is applied to it while it is there; the dequantized lanes live only
