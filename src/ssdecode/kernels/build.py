@@ -51,7 +51,8 @@ def loads(lib, what: str) -> bool:
 def shared_library(name: str) -> ctypes.CDLL:
     """Load library ``name`` (of ``LIBRARIES``), compiling its units into one if needed."""
     units = LIBRARIES[name]
-    cc = shutil.which(os.environ["CC"]) if os.environ.get("CC") else shutil.which("gcc") or shutil.which("cc")
+    cc = envs.cc()
+    cc = shutil.which(cc) if cc else shutil.which("gcc") or shutil.which("cc")
     if not cc:
         raise RuntimeError("ssdecode's CPU kernels are compiled at first use and no C compiler was "
                            "found: install gcc (with OpenMP) or set CC")
