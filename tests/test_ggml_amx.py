@@ -1,4 +1,4 @@
-"""The AMX-BF16 path of the GGUF kernels (isa "amx", ggml_cpu.c): fp32 activations split exactly
+"""The AMX-BF16 path of the GGUF kernels (isa "amx", ggml_amx.c): fp32 activations split exactly
 into three bf16 parts, integer weights exact in bf16, block scales applied in fp32 afterwards. So
 it must agree with the AVX-512 kernel and with a float64 product on the dequantized weights up to
 fp32 summation order, and a product that involves no summation at all must be bit-exact.

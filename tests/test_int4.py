@@ -54,6 +54,19 @@ def test_product_is_the_integer_dot_product(isa, n, k):
     assert zero.shape == (2, 1, n) and torch.equal(zero, bias.expand(2, 1, n))
 
 
+def test_environment_forces_an_instruction_set(monkeypatch):
+    """SSDECODE_ISA, which the GGUF kernels read too: their avx512 is this kernel's vnni."""
+    w = int4.quantize_weight(torch.randn(40, 256))
+    x = torch.randn(3, 256)
+    for value, isa in [("scalar", "scalar"), ("avx512", "vnni"), ("vnni", "vnni")]:
+        if isa in ISAS:
+            monkeypatch.setenv("SSDECODE_ISA", value)
+            assert torch.equal(int4.int4_linear(x, w), int4.int4_linear(x, w, isa=isa))
+    monkeypatch.setenv("SSDECODE_ISA", "sse9")
+    with pytest.raises(ValueError, match="unknown instruction set"):
+        int4.int4_linear(x, w)
+
+
 @pytest.mark.parametrize("isa", [i for i in ("avx2", "vnni") if i in ISAS])
 def test_a_prompt_goes_through_the_gemm_with_activations_as_they_are(isa):
     """From blockwise.MIN_ROWS tokens of one sequence on (without the tile unit): x times the

@@ -5,6 +5,7 @@ Read at call time (not import time) so tests and long-lived processes see the cu
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -13,13 +14,39 @@ def cache_dir() -> Path:
     return Path(os.environ.get("SSDECODE_CACHE") or "~/.cache/ssdecode").expanduser()
 
 
+def cc() -> str | None:
+    """The C compiler that builds the CPU kernels at first use (``CC``; unset: gcc, else cc)."""
+    return os.environ.get("CC") or None
+
+
+_AVX512 = ("avx512", "vnni")  # one level, as the GGUF kernels and the int4 kernel name it
+
+
+def isa(names: Sequence[str]) -> str | None:
+    """The instruction set ``SSDECODE_ISA`` forces on the CPU kernels, in a kernel's own ``names``; None
+    when unset (each kernel then runs the widest its CPU has). For tests and comparisons: AVX2
+    numbers on an AVX-512 machine, AVX-512 without the AMX tile unit.
+
+    Values: ``scalar``, ``avx2``, ``avx512``, ``amx``, and ``vnni``, which is ``avx512``'s level: the
+    GGUF kernels (kernels/ggml.py) call that level avx512 (with VNNI where the CPU has it), the
+    int4 kernel (kernels/int4.py) vnni (it needs VNNI), and each reads the other's name as its own.
+    A kernel raises ValueError for any other value, and its products raise RuntimeError where the
+    CPU lacks the instruction set."""
+    value = os.environ.get("SSDECODE_ISA") or None
+    if value in _AVX512:
+        return next((n for n in names if n in _AVX512), value)
+    return value
+
+
 def fused_layers() -> bool:
     """Whether CPU decode and verification run a model's layers in one native call
-    (kernels/layers.py); ``SSDECODE_FUSED_LAYERS=0`` keeps PyTorch's op-by-op path (comparisons)."""
+    (kernels/layers.py). A debugging and comparison switch: ``SSDECODE_FUSED_LAYERS=0`` keeps
+    PyTorch's op-by-op path, which computes the same up to fp32 rounding."""
     return os.environ.get("SSDECODE_FUSED_LAYERS", "1") != "0"
 
 
 def interleaved() -> bool:
     """Whether gguf-a8's Q4_K and Q6_K weights are packed interleaved where the CPU runs that kernel
-    (kernels/ggml_q8il.h); ``SSDECODE_INTERLEAVED=0`` keeps the plain layout (comparisons)."""
+    (kernels/ggml_q8il.h). A debugging and comparison switch: ``SSDECODE_INTERLEAVED=0`` keeps the
+    plain layout and its kernels."""
     return os.environ.get("SSDECODE_INTERLEAVED", "1") != "0"

@@ -1,28 +1,18 @@
-/* What the AMX paths of ggml_cpu.c and int4_cpu.c share: whether this toolchain can build tile
- * code (AMX_BUILD: 64-bit x86 and an assembler that knows the tile instructions, as GCC 11 and
- * clang 12 imply), whether the process may use a tile feature, and the tile instructions. */
+/* What the AMX paths of the GGUF and int4 kernels (ggml_amx.c, int4_amx.c) share: whether this
+ * toolchain can build tile code (AMX_BUILD: 64-bit x86 and an assembler that knows the tile
+ * instructions, as GCC 11 and clang 12 imply), whether the process may use a tile feature (amx.c),
+ * and the tile instructions. */
+#ifndef SSD_AMX_H
+#define SSD_AMX_H
 #if defined(__x86_64__) && (__GNUC__ >= 11 || __clang_major__ >= 12)
 #define AMX_BUILD 1
-#include <cpuid.h>
-#include <sys/syscall.h>
-#include <unistd.h>
+#include <stdint.h>
+#include <string.h>
 
 enum { AMX_BF16 = 22, AMX_INT8 = 25 };  /* CPUID.(7, 0):EDX bits; AMX-TILE is bit 24 */
 
-/* The tile unit is off until the process asks Linux for it (arch_prctl ARCH_REQ_XCOMP_PERM). Both
- * answers are kept: CPUID traps to the hypervisor in a VM, and the kernels ask on every call. */
-static int amx_permitted(int feature)
-{
-    static int known = 0, permitted = 0;
-    static unsigned edx = 0;
-    if (!known) {
-        unsigned a, b, c;
-        if (__get_cpuid_count(7, 0, &a, &b, &c, &edx) && (edx >> 24 & 1))
-            permitted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
-        known = 1;
-    }
-    return permitted && (edx >> feature & 1);
-}
+/* Whether the CPU has the tile feature and Linux lets this process use the tile unit. */
+__attribute__((visibility("hidden"))) int amx_permitted(int feature);
 
 /* Tile instructions as asm with memory clobbers (GCC's _tile_* macros have none, so buffers written
  * before a load or read after a store could be reordered around them). Tile numbers are immediates. */
@@ -44,4 +34,5 @@ static inline void amx_load_config(int count, const uint8_t *rows, const uint16_
     }
     __asm__ volatile("ldtilecfg %0" :: "m"(cfg));
 }
+#endif
 #endif

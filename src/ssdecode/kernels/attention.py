@@ -16,7 +16,7 @@ MAX_TOKENS = 16  # query tokens per row up to which forwards attend here (decode
 
 @functools.cache
 def _lib() -> CDLL:
-    lib = shared_library("attention_cpu.c")
+    lib = shared_library("attention")
     lib.ssd_attend.argtypes = [c_void_p, c_int64, c_int64, c_void_p, c_void_p, c_int64, c_int64, c_int64, c_void_p,
                                c_int, c_int, c_int, c_int, c_int, c_float, c_void_p, c_int]
     return lib

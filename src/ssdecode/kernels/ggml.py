@@ -21,10 +21,10 @@ activations rounded, batch invariant like the fp32 kernels. Where the CPU has AV
 turn: ggml_q8il.h) and one kernel takes every row count, a prompt's prefill included: 1.1-2.6x
 the plain layout at 1-16 rows (docs/benchmarks.md section 11, eighth run).
 
-The kernel uses the widest instruction set the CPU has; ``SSDECODE_KERNEL_ISA`` (scalar, avx2,
-avx512 or amx) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
+The kernel uses the widest instruction set the CPU has; ``SSDECODE_ISA`` (scalar, avx2, avx512
+or amx; envs.isa) or ``isa=`` forces one, for tests and for AVX2 numbers on an AVX-512 machine.
 ``amx`` is AVX-512 plus, from ``amx_min_rows(qtype)`` activation rows on (prefill), the AMX-BF16 tile
-unit with the activations split exactly into three bf16 parts (ggml_cpu.c): the same numbers up
+unit with the activations split exactly into three bf16 parts (ggml_amx.c): the same numbers up
 to fp32 summation order, so results are batch invariant below that row count and above it, but
 not across it. A batch ``[B, T, k]`` takes the tile unit only when T itself reaches it (a
 prompt's prefill), so decode and verification rounds never switch kernels with the batch.
@@ -32,7 +32,6 @@ prompt's prefill), so decode and verification rounds never switch kernels with t
 from __future__ import annotations
 
 import functools
-import os
 from ctypes import CDLL, c_int, c_int64, c_void_p, cast
 
 import gguf
@@ -52,7 +51,7 @@ _SIZES = {q: gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[q]] for q in QTYPES
 
 @functools.cache
 def _lib() -> CDLL:
-    lib = shared_library("ggml_cpu.c")
+    lib = shared_library("ggml")
     lib.ssd_ggml_linear.argtypes = [c_int, c_int, c_void_p, c_int64, c_int64, c_void_p, c_int64, c_void_p,
                                     c_void_p, c_int]
     lib.ssd_ggml_amx_min_rows.argtypes = [c_int]
@@ -91,7 +90,7 @@ def group_rows(interleaved: bool = False) -> int:
 
 
 def _isa(isa: str | None) -> str:
-    isa = isa or os.environ.get("SSDECODE_KERNEL_ISA") or best_isa()
+    isa = isa or envs.isa(ISAS) or best_isa()
     if isa not in ISAS:
         raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
     return isa

@@ -4,17 +4,17 @@ the ``int4`` weight format, for draft models (int4_cpu.c says why a draft may an
 
 The kernel uses the widest instruction set the CPU has (AMX-INT8 for 32 rows and more, with
 AVX-512 VNNI for fewer; AVX-512 VNNI; AVX2; scalar);
-``SSDECODE_INT4_ISA`` or ``isa=`` forces one, for tests.
+``SSDECODE_ISA`` (envs.isa) or ``isa=`` forces one, for tests.
 """
 from __future__ import annotations
 
 import functools
-import os
 from ctypes import CDLL, c_int, c_int64, c_void_p, cast
 from typing import NamedTuple
 
 import torch
 
+from ssdecode import envs
 from ssdecode.kernels import blockwise
 from ssdecode.kernels.build import loads, shared_library
 from ssdecode.kernels.layers import INT4, Part
@@ -34,7 +34,7 @@ class Int4Weight(NamedTuple):
 
 @functools.cache
 def _lib() -> CDLL:
-    lib = shared_library("int4_cpu.c")
+    lib = shared_library("int4")
     lib.ssd_i4_linear.argtypes = [c_int, c_void_p, c_int64, c_int64, c_int64, c_void_p, c_void_p, c_int64,
                                   c_void_p, c_void_p, c_int]
     lib.ssd_i4_dequantize.argtypes = [c_void_p, c_void_p, c_int64, c_int64, c_int64, c_int64, c_void_p, c_int]
@@ -84,8 +84,8 @@ def dequantize(weight: Int4Weight) -> torch.Tensor:
 
 
 def _isa(isa: str | None) -> str:
-    """``isa``, else ``SSDECODE_INT4_ISA``, else the widest this CPU runs; ValueError if unknown."""
-    isa = isa or os.environ.get("SSDECODE_INT4_ISA") or best_isa()
+    """``isa``, else ``SSDECODE_ISA``, else the widest this CPU runs; ValueError if unknown."""
+    isa = isa or envs.isa(ISAS) or best_isa()
     if isa not in ISAS:
         raise ValueError(f"unknown instruction set {isa!r}; choose from {ISAS}")
     return isa

@@ -12,7 +12,11 @@
  * whatever the number of tokens or sequences in the call. The numbers equal PyTorch's path up to
  * fp32 rounding (sums in another order; exp a polynomial), not bit for bit; a prompt's prefill,
  * which stays on PyTorch's path, only writes the cache. */
-#include "attention_cpu.c"          /* ssd_attend, exp8 and the v8 types */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "attention_cpu.h"          /* ssd_attend, exp8 and the v8 types */
 
 #define MAX_PARTS 3                 /* q, k and v of three weight types */
 

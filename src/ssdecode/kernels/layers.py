@@ -42,7 +42,7 @@ class Model(Structure):
 
 @functools.cache
 def _lib() -> CDLL:
-    lib = shared_library("layer_cpu.c")
+    lib = shared_library("layers")
     lib.ssd_layers_forward.argtypes = [POINTER(Model), c_void_p, c_int, c_int, c_void_p, c_void_p, c_void_p,
                                        c_int64, c_void_p, c_void_p, c_void_p, c_int64, c_int]
     return lib

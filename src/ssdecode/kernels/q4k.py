@@ -1,5 +1,5 @@
 """Q4_K blocks (GGML's 4-bit K-quant layout) made from a float weight: the ``q4k`` weight format,
-for DRAFT models, run from the interleaved layout by the int8-activation kernel (ggml_q8il.h).
+for DRAFT models, run from the interleaved layout by the int8-activation kernel (ggml_q8il.c).
 
 A draft may be any model: speculative decoding stays exact because the verifier uses the q the
 draft sampled from. So a draft is re-quantized here to the format that the fastest kernel reads:
