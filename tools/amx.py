@@ -62,7 +62,7 @@ def forward(args) -> list[str]:
     times: dict = {}
     for rep in range(args.repeats):
         for isa in ISAS[::1 - 2 * (rep % 2)]:   # alternating which goes first
-            os.environ["SSDECODE_KERNEL_ISA"] = isa
+            os.environ["SSDECODE_ISA"] = isa
             runner = ModelRunner(model, 1, args.prompt + max(widths))
             _fastest(times, (isa, f"prefill {args.prompt}"),
                      lambda: runner.forward(prompt, torch.arange(args.prompt)[None], [0], last_only=True))
@@ -71,7 +71,7 @@ def forward(args) -> list[str]:
                 _fastest(times, (isa, f"{w} after {args.prompt}"),
                          lambda: runner.forward(ids, (args.prompt + torch.arange(w))[None], [0]))
                 runner.cache.truncate(0, args.prompt)
-    os.environ.pop("SSDECODE_KERNEL_ISA")
+    os.environ.pop("SSDECODE_ISA")
     lines = ["| forward | avx512 ms | amx ms | avx512 / amx |", "|---|---|---|---|"]
     for key in dict.fromkeys(k for _, k in times):
         a, b = times[("avx512", key)], times[("amx", key)]

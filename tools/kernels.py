@@ -47,13 +47,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ssdecode import envs
 from ssdecode.kernels import ggml
 from tools.gguf_blocks import random_blocks
 
 SHAPES = [("Q4_K", 17920, 1536), ("Q4_K", 1536, 8960), ("Q6_K", 17920, 1536), ("Q6_K", 1536, 8960),
           ("Q6_K", 151936, 1536), ("Q8_0", 17920, 1536), ("Q8_0", 1536, 8960),
           ("Q5_0", 896, 896), ("Q5_0", 4864, 896), ("Q5_0", 896, 4864), ("Q5_0", 151936, 896)]  # the draft's
-AVX2_ENV = {"SSDECODE_KERNEL_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+AVX2_ENV = {"SSDECODE_ISA": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
             "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
@@ -99,11 +100,11 @@ def baseline_kernel(folder: str):
     spec = importlib.util.spec_from_file_location("_baseline_build", Path(folder) / "build.py")
     build = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(build)
-    lib = build.shared_library("ggml_cpu.c")
+    lib = build.shared_library("ggml" if hasattr(build, "LIBRARIES") else "ggml_cpu.c")  # a tree before C units
     lib.ssd_ggml_linear.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64,
                                     ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
     qtypes = ast.literal_eval(re.search(r"^QTYPES = (\(.*?\))", (Path(folder) / "ggml.py").read_text(), re.M).group(1))
-    isa = ggml.ISAS.index(os.environ.get("SSDECODE_KERNEL_ISA") or ggml.best_isa())
+    isa = ggml.ISAS.index(envs.isa(ggml.ISAS) or ggml.best_isa())
 
     def linear(x, blocks, qtype, n, k):
         y = torch.empty(x.shape[0], n)
@@ -199,7 +200,7 @@ def main(argv=None) -> int:
     rows = [int(m) for m in args.rows.split(",")]
     shapes = SHAPES if args.shapes == "all" else [
         (s.split(":")[0], *map(int, s.split(":")[1].split("x"))) for s in args.shapes.split(",")]
-    isa = os.environ.get("SSDECODE_KERNEL_ISA") or ggml.best_isa()
+    isa = envs.isa(ggml.ISAS) or ggml.best_isa()
     load = [os.getloadavg()[0]]  # other processes on the cores skew multi-thread timings most
     baseline = baseline_kernel(args.baseline) if args.baseline else None
     worlds = {isa: run(threads, rows, args.repeats, shapes, baseline)}

@@ -50,3 +50,28 @@ def interleaved() -> bool:
     (kernels/ggml_q8il.h). A debugging and comparison switch: ``SSDECODE_INTERLEAVED=0`` keeps the
     plain layout and its kernels."""
     return os.environ.get("SSDECODE_INTERLEAVED", "1") != "0"
+
+
+def torchrun_rank() -> int | None:
+    """This process's rank when torchrun started it in a world of two (``RANK``, ``WORLD_SIZE``):
+    0 the target, 1 the SSD draft worker (transport/dist.py, decoding/ssd/worker_main.py); else None."""
+    if os.environ.get("WORLD_SIZE") != "2" or "RANK" not in os.environ:
+        return None
+    return int(os.environ["RANK"])
+
+
+def local_rank() -> int:
+    """The GPU index torchrun gave this process on its host (``LOCAL_RANK``; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def omp_wait_policy() -> str | None:
+    """OpenMP's idle-thread policy (``OMP_WAIT_POLICY``; the CLI sets ACTIVE for generate and
+    bench unless the user chose): the benchmark gives llama.cpp the same."""
+    return os.environ.get("OMP_WAIT_POLICY") or None
+
+
+def api_key() -> str | None:
+    """The key the serving benchmark sends to a server started with ``--api-key``
+    (``SSDECODE_API_KEY``)."""
+    return os.environ.get("SSDECODE_API_KEY") or None

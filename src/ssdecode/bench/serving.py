@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -22,6 +21,8 @@ import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
+
+from ssdecode import envs
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ async def run_level(base_url: str, prompts: list, concurrency: int, max_tokens: 
     """``concurrency`` closed-loop clients over ``prompts``; (wall seconds, timings in prompt order)."""
     from openai import AsyncOpenAI  # the server extra: optional
 
-    client = AsyncOpenAI(base_url=base_url, api_key=os.environ.get("SSDECODE_API_KEY", "none"), max_retries=0,
+    client = AsyncOpenAI(base_url=base_url, api_key=envs.api_key() or "none", max_retries=0,
                          timeout=3600)
     queue: asyncio.Queue = asyncio.Queue()
     for i, p in enumerate(prompts):

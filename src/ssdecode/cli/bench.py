@@ -4,12 +4,12 @@ clients (bench/serving.py)."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from ssdecode import envs
 from ssdecode.bench.hf_peer import HFPeer
 from ssdecode.bench.llamacpp import find_bin_dir, render_prompts, run_llamacpp
 from ssdecode.bench.plots import draw
@@ -120,7 +120,7 @@ def llamacpp_rows(args, tokenizer, draft_source: str, set_name: str, prompts: li
     res = run_llamacpp(find_bin_dir(args.llamacpp_bin), str(_gguf_of(args.target)), str(_gguf_of(draft_source)),
                        {set_name: render_prompts(prompts, tokenizer)}, args.max_tokens,
                        args.threads or torch.get_num_threads(), ks=[int(k) for k in args.sd_k.split(",")],
-                       omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"))  # ours: the CLI's (ACTIVE by default)
+                       omp_wait_policy=envs.omp_wait_policy())  # ours: the CLI's (ACTIVE by default)
     res["bench"][0]["llama_bench"] = res.get("llama_bench")  # the AR row: its synthetic tg figure
     return res["bench"]
 

@@ -10,7 +10,6 @@ q's only when some row samples.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -20,6 +19,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ssdecode import envs
 from ssdecode.config.deploy import DraftDeployment
 from ssdecode.transport.base import Channel, DraftClient
 from ssdecode.transport.codec import HEADER, decode, encode
@@ -126,7 +126,7 @@ def pick_backend(config: DraftDeployment, target_device: torch.device, external:
 
 
 def under_torchrun() -> bool:
-    return "RANK" in os.environ and os.environ.get("WORLD_SIZE") == "2"
+    return envs.torchrun_rank() is not None
 
 
 class DistClient(DraftClient):
@@ -148,7 +148,7 @@ class DistClient(DraftClient):
             if dist.is_initialized():
                 raise RuntimeError("torch.distributed is already initialized in this process; a torchrun "
                                    "draft worker needs the default two-rank group")
-            if int(os.environ.get("RANK", 0)) != TARGET_RANK:
+            if envs.torchrun_rank() != TARGET_RANK:
                 raise RuntimeError("under torchrun the target must be rank 0 (the draft worker is rank 1)")
             dist.init_process_group(backend, init_method="env://", rank=TARGET_RANK, world_size=2, timeout=timeout)
         else:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import traceback
 from datetime import timedelta
@@ -24,6 +23,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ssdecode import envs
 from ssdecode.decoding.ssd.worker import DraftWorker
 from ssdecode.transport.base import serve
 from ssdecode.transport.dist import TARGET_RANK, WORKER_RANK, TensorChannel, WorkerLaunch, private_group
@@ -88,11 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="collective timeout in seconds")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s draft-worker %(levelname)s %(message)s")
-    if os.environ.get("WORLD_SIZE") != "2" or int(os.environ.get("RANK", -1)) != WORKER_RANK:
+    if envs.torchrun_rank() != WORKER_RANK:
         p.error("run under torchrun as rank 1 of a world of 2 (RANK=1, WORLD_SIZE=2)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
+    device = args.device or (f"cuda:{envs.local_rank()}" if torch.cuda.is_available() else "cpu")
     backend = args.backend or ("nccl" if torch.device(device).type == "cuda" else "gloo")
     dist.init_process_group(backend, init_method="env://", rank=WORKER_RANK, world_size=2,
                             timeout=timedelta(seconds=args.timeout))
