@@ -1,5 +1,5 @@
-"""CPU decode and verification run a model's layers in one native call (kernels/layers.py) where
-every product has a native kernel (gguf, gguf-a8, int4). It must compute what PyTorch's
+"""CPU decode and verification run a model's layers in one native call (kernels/fused_layers.py)
+where every product has a native kernel (gguf, gguf-a8, int4). It must compute what PyTorch's
 op-by-op path computes (norms, RoPE with Qwen3's q/k norms, qkv bias, split q/k/v products, the KV
 cache writes, attention, SiLU, residuals) up to fp32 rounding, and compute each token alone: a
 sequence's rows are the same bits whatever else is in the call (other sequences in any slots, at
@@ -10,14 +10,14 @@ import gguf
 import pytest
 import torch
 
-from ssdecode.kernels import ggml, layers
+from ssdecode.kernels import fused_layers, ggml
 from ssdecode.models.loader import load_model
 from ssdecode.runtime.runner import ModelRunner
 from test_gguf_weights import SIZES, demo_like
 from test_loaders import tiny_model, write_gguf
 
 Q = gguf.GGMLQuantizationType
-pytestmark = pytest.mark.skipif(not (ggml.is_available() and layers.is_available()),
+pytestmark = pytest.mark.skipif(not (ggml.is_available() and fused_layers.is_available()),
                                 reason="the native kernels do not build here")
 
 

@@ -40,7 +40,7 @@ def isa(names: Sequence[str]) -> str | None:
 
 def fused_layers() -> bool:
     """Whether CPU decode and verification run a model's layers in one native call
-    (kernels/layers.py). A debugging and comparison switch: ``SSDECODE_FUSED_LAYERS=0`` keeps
+    (kernels/fused_layers.py). A debugging and comparison switch: ``SSDECODE_FUSED_LAYERS=0`` keeps
     PyTorch's op-by-op path, which computes the same up to fp32 rounding."""
     return os.environ.get("SSDECODE_FUSED_LAYERS", "1") != "0"
 

@@ -40,7 +40,7 @@ import torch
 from ssdecode import envs
 from ssdecode.kernels import blockwise
 from ssdecode.kernels.build import loads, shared_library
-from ssdecode.kernels.layers import GGML, GGML_Q8, Part
+from ssdecode.kernels.fused_layers import GGML, GGML_Q8, Part
 
 QTYPES = ("Q4_K", "Q6_K", "Q8_0", "Q5_0", "Q4_0")  # positions are the C code's qtype codes
 INT8_QTYPES = ("Q4_K", "Q6_K")  # the types with a kernel for int8 activations (activations="int8")

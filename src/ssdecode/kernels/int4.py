@@ -17,7 +17,7 @@ import torch
 from ssdecode import envs
 from ssdecode.kernels import blockwise
 from ssdecode.kernels.build import loads, shared_library
-from ssdecode.kernels.layers import INT4, Part
+from ssdecode.kernels.fused_layers import INT4, Part
 
 ISAS = ("scalar", "avx2", "vnni", "amx")  # positions are the C code's isa codes
 BLOCK, GROUP = 32, 128  # weights per scale; weights per 64 bytes (k is padded to a multiple)

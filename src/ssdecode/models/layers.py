@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ssdecode.kernels import attention
-from ssdecode.kernels import layers as fused
+from ssdecode.kernels import fused_layers as fused
 from ssdecode.models.config import ModelConfig
 from ssdecode.models.linear import Linear
 from ssdecode.models.weights_io import WeightLoader
@@ -107,7 +107,7 @@ class LayerWeights:
         )
 
     def fused(self) -> dict:
-        """This layer as ``kernels.layers.plan`` takes it."""
+        """This layer as ``kernels.fused_layers.plan`` takes it."""
         return {"in_norm": self.in_norm, "post_norm": self.post_norm, "q_norm": self.q_norm,
                 "k_norm": self.k_norm, **{n: getattr(self, n).parts() for n in fused.PRODUCTS}}
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import AutoConfig
 
 from ssdecode import envs
-from ssdecode.kernels import layers as fused
+from ssdecode.kernels import fused_layers as fused
 from ssdecode.kv.cache import KVCache
 from ssdecode.kv.forward_meta import EagerMeta, ForwardMeta
 from ssdecode.models.base import CausalLM
@@ -103,7 +103,7 @@ class LlamaModel(CausalLM):
         return KVCache(c.num_layers, num_slots, max_len, c.num_kv_heads, c.head_dim, self.device, self.dtype)
 
     def fused_plan(self) -> fused.Plan | None:
-        """The layers as one native call for CPU decode and verification (kernels/layers.py),
+        """The layers as one native call for CPU decode and verification (kernels/fused_layers.py),
         built at first use; None where a product has no native kernel (the fp32 formats), off
         the CPU, or with ``SSDECODE_FUSED_LAYERS=0``."""
         if "_fused" not in vars(self):
