@@ -54,7 +54,8 @@ def auto_llm(target, draft, policy, n: int, max_len: int) -> LLM:
     llm.strategy = AutoStrategy(target, draft, policy, why="forced")
     from ssdecode.engine.core import EngineCore
 
-    llm.core = EngineCore(llm.strategy, llm.tokenizer, llm._eos_ids(), target.max_context, target.vocab_size, n, max_len)
+    llm.core = EngineCore(llm.strategy, llm.tokenizer, llm._eos_ids(), target.max_context, target.vocab_size,
+                          n, max_len)
     return llm
 
 

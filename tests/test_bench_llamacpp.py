@@ -20,12 +20,15 @@ COMPLETION_LOG = textwrap.dedent("""\
     common_perf_print:    sampling time =      30.41 ms
     common_perf_print:    samplers time =      12.30 ms /   255 tokens
     common_perf_print:        load time =     598.12 ms
-    common_perf_print: prompt eval time =    1203.55 ms /   127 tokens (    9.48 ms per token,   105.52 tokens per second)
-    common_perf_print:        eval time =    7012.40 ms /   127 runs   (   55.22 ms per token,    18.11 tokens per second)
+    common_perf_print: prompt eval time =    1203.55 ms /   127 tokens """
+    """(    9.48 ms per token,   105.52 tokens per second)
+    common_perf_print:        eval time =    7012.40 ms /   127 runs   """
+    """(   55.22 ms per token,    18.11 tokens per second)
     common_perf_print:       total time =    8301.77 ms /   254 tokens
     common_perf_print: unaccounted time =      55.41 ms /   0.7 %      (total - sampling - prompt eval - eval) / (total)
     common_perf_print:    graphs reused =        126
-    llama_memory_breakdown_print: | memory breakdown [MiB] | total   free    self   model   context   compute    unaccounted |
+    llama_memory_breakdown_print: | memory breakdown [MiB] | """
+    """total   free    self   model   context   compute    unaccounted |
     """)
 
 # llama-speculative-simple stderr tail
@@ -41,31 +44,37 @@ SPEC_LOG = textwrap.dedent("""\
 
     draft:
 
-    common_speculative_print_stats: statistics draft: #calls(b,g,a) = 1 28 28, #gen drafts = 28, #acc drafts = 27, #gen tokens = 140, #acc tokens = 103, dur(b,g,a) = 0.003, 1300.112, 0.110 ms
+    common_speculative_print_stats: statistics draft: #calls(b,g,a) = 1 28 28, #gen drafts = 28, #acc drafts = 27, """
+    """#gen tokens = 140, #acc tokens = 103, dur(b,g,a) = 0.003, 1300.112, 0.110 ms
 
     target:
 
     common_perf_print:    sampling time =      40.00 ms
     common_perf_print:    samplers time =      20.00 ms /   131 tokens
     common_perf_print:        load time =     700.00 ms
-    common_perf_print: prompt eval time =    5000.00 ms /   295 tokens (   16.95 ms per token,    59.00 tokens per second)
-    common_perf_print:        eval time =      60.00 ms /     1 runs   (   60.00 ms per token,    16.67 tokens per second)
+    common_perf_print: prompt eval time =    5000.00 ms /   295 tokens """
+    """(   16.95 ms per token,    59.00 tokens per second)
+    common_perf_print:        eval time =      60.00 ms /     1 runs   """
+    """(   60.00 ms per token,    16.67 tokens per second)
     common_perf_print:       total time =    6000.00 ms /   296 tokens
     """)
 
 # real llama-completion stderr lines (timestamped log format; stdlib prompt 2, -n 64, 2 threads on
 # a busy shared CPU with the default spinning OpenMP barrier: hence the slow eval)
-COMPLETION_LOG_REAL = """\
+COMPLETION_LOG_REAL = ("""\
 0.06.993.796 I generate: n_ctx = 2048, n_batch = 2048, n_predict = 64, n_keep = 0
 3.02.289.884 I common_perf_print:    sampling time =      72.88 ms
 3.02.289.886 I common_perf_print:    samplers time =      25.55 ms /   110 tokens
 3.02.289.887 I common_perf_print:        load time =    6099.34 ms
-3.02.289.889 I common_perf_print: prompt eval time =    6575.54 ms /    46 tokens (  142.95 ms per token,     7.00 tokens per second)
-3.02.289.892 I common_perf_print:        eval time =  168569.49 ms /    63 runs   ( 2675.71 ms per token,     0.37 tokens per second)
+3.02.289.889 I common_perf_print: prompt eval time =    6575.54 ms /    46 tokens """
+"""(  142.95 ms per token,     7.00 tokens per second)
+3.02.289.892 I common_perf_print:        eval time =  168569.49 ms /    63 runs   """
+"""( 2675.71 ms per token,     0.37 tokens per second)
 3.02.289.893 I common_perf_print:       total time =  175302.42 ms /   109 tokens
-3.02.289.895 I common_perf_print: unaccounted time =      84.51 ms /   0.0 %      (total - sampling - prompt eval - eval) / (total)
+3.02.289.895 I common_perf_print: unaccounted time =      84.51 ms /   0.0 %      """
+"""(total - sampling - prompt eval - eval) / (total)
 3.02.289.895 I common_perf_print:    graphs reused =         62
-"""
+""")
 
 BENCH_JSON = """[
   {

@@ -25,8 +25,8 @@ def test_bench_predicts_and_plots(tmp_path, capsys, monkeypatch):
     prompts.write_text("w1 w2 w3\nw4 w5\n")
     out = tmp_path / "result.json"
     assert main(["bench", "--target", str(target), "--draft", str(draft), "--modes", "ar,sd,auto",
-                 "--sd-k", "2", "--sd-confidence", "none,0.5", "--prompts", str(prompts), "--num-prompts", "2", "--max-tokens", "8",
-                 "--no-hf", "--out", str(out), "--plot", str(tmp_path / "plots")]) == 0
+                 "--sd-k", "2", "--sd-confidence", "none,0.5", "--prompts", str(prompts), "--num-prompts", "2",
+                 "--max-tokens", "8", "--no-hf", "--out", str(out), "--plot", str(tmp_path / "plots")]) == 0
     rows = {r["system"]: r for r in json.loads(out.read_text())["bench"]}
     assert set(rows) == {"ssdecode-ar", "ssdecode-sd-k2", "ssdecode-sd-k2-c0.5", "ssdecode-auto"}
     assert all(r["predicted_tokens_per_s"] > 0 and r["predicted_context"] > 3 for r in rows.values())

@@ -23,7 +23,8 @@ Q4K = ggml.is_available() and ggml.interleaves("Q4_K", "int8")
 
 
 @pytest.mark.parametrize("fmt, rel_tol", [("dense", 1e-6), ("packed", 1e-5), ("int8", 3e-2), ("int4", 0.2),
-                                          pytest.param("q4k", 0.2, marks=pytest.mark.skipif(not Q4K, reason="no VNNI"))])
+                                          pytest.param("q4k", 0.2,
+                                                       marks=pytest.mark.skipif(not Q4K, reason="no VNNI"))])
 @pytest.mark.parametrize("bias", [False, True])
 def test_formats_compute_the_product(fmt, rel_tol, bias):
     torch.manual_seed(0)
@@ -108,7 +109,8 @@ def test_step_benchmark_alternates_formats_with_load_time_settings(tmp_path, cap
 
     seen = []
     real = steps.load_model
-    monkeypatch.setattr(steps, "load_model", lambda *a, **k: seen.append(os.environ.get("SSDECODE_PROBE")) or real(*a, **k))
+    monkeypatch.setattr(steps, "load_model",
+                        lambda *a, **k: seen.append(os.environ.get("SSDECODE_PROBE")) or real(*a, **k))
     monkeypatch.delenv("SSDECODE_PROBE", raising=False)
     Qwen2ForCausalLM(tiny_hf_config(vocab=1024, context=512)).save_pretrained(tmp_path / "m")
     steps.main(["--model", str(tmp_path / "m"), "--weights", "packed,packed@SSDECODE_PROBE=0", "--tokens", "1,4",

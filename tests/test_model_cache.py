@@ -89,7 +89,8 @@ def test_flipped_byte_found_by_verify_and_after_a_load_error(converted, capsys, 
     _flip(_weights(folder), len(good) - 3)  # a weight changes by a little: nothing but the checksum sees it
     assert isinstance(load_model(folder, weights="dequant"), LlamaModel)  # the conversion's weights, not the GGUF's
     assert main(["models", "verify"]) == 1  # default: every conversion in the cache
-    assert capsys.readouterr().out == f"BAD {folder}: model.safetensors does not match its sha256 (corrupt); made it again\n"
+    assert capsys.readouterr().out == (f"BAD {folder}: model.safetensors does not match its sha256 (corrupt); "
+                                       "made it again\n")
     assert _weights(folder).read_bytes() == good
     assert main(["models", "verify", str(gguf)]) == 0 and capsys.readouterr().out == f"ok  {folder}\n"
 

@@ -41,7 +41,8 @@ def test_greedy_sd_equals_ar(models, k, same_draft):
 Q4K = ggml.is_available() and ggml.interleaves("Q4_K", "int8")
 
 
-@pytest.mark.parametrize("fmt", ["int8", "int4", pytest.param("q4k", marks=pytest.mark.skipif(not Q4K, reason="no VNNI"))])
+@pytest.mark.parametrize("fmt", ["int8", "int4",
+                                 pytest.param("q4k", marks=pytest.mark.skipif(not Q4K, reason="no VNNI"))])
 def test_greedy_sd_with_a_quantized_draft_equals_ar(models, fmt):
     target, _ = models
     params = SamplingParams(max_tokens=24, ignore_eos=True)

@@ -90,7 +90,8 @@ def test_context_end_with_capped_draft_cache():
 
 def test_sampling_reproducible_and_same_across_transports(target, draft):
     prompts = prompts_for(3, seed=7)
-    params = [SamplingParams(temperature=t, top_p=0.9, max_tokens=12, seed=10 + i) for i, t in enumerate((0.5, 1.0, 1.0))]
+    params = [SamplingParams(temperature=t, top_p=0.9, max_tokens=12, seed=10 + i)
+              for i, t in enumerate((0.5, 1.0, 1.0))]
     runs = []
     for transport in ("thread", "thread", "process"):
         s = _ssd(target, draft, fanout="geometric", saguaro_c=0.7, transport=transport, draft_threads=1)
@@ -106,7 +107,8 @@ def test_greedy_process_transport(target, draft, references):
     s = _ssd(target, draft, fanout="uniform:2", backup="adaptive", transport="process", draft_threads=1)
     try:
         assert run(s, prompts_for(2), SamplingParams(max_tokens=MAX_TOKENS)) == references(prompts_for(2))
-        assert run(s, prompts_for(3, seed=1), SamplingParams(max_tokens=MAX_TOKENS)) == references(prompts_for(3, seed=1))
+        assert (run(s, prompts_for(3, seed=1), SamplingParams(max_tokens=MAX_TOKENS))
+                == references(prompts_for(3, seed=1)))
         proc = s.worker.client.proc
     finally:
         s.close()

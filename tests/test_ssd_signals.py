@@ -44,7 +44,8 @@ def test_a_signal_to_the_server_mid_stream_stops_it_and_its_worker(tmp_path, sig
     server = subprocess.Popen([sys.executable, "-m", "ssdecode.cli", "serve", "--target", str(target), "--draft",
                                str(draft), "--mode", "ssd", "--transport", "process", "--k", "3", "--port", str(port),
                                "--threads", "1", "--max-model-len", "1000"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"},
                               start_new_session=True)  # the signal reaches the server alone, not its group
     try:
         url = f"http://127.0.0.1:{port}"
@@ -78,6 +79,6 @@ def test_a_fault_soak_loses_nothing(tmp_path):
     target, draft = save_tiny_pair(tmp_path)
     assert fault_soak(["--target", str(target), "--draft", str(draft), "--prompt-text", "w1 w2 w3",
                        "--prompt-text", "w4 w5", "--max-tokens", "40", "--clients", "2", "--seconds", "300",
-                       "--every", "1", "--faults", "2", "--port", str(free_port()), "--serve-arg=--threads", "--serve-arg=1",
-                       "--serve-arg=--max-model-len", "--serve-arg=200"]) == 0
+                       "--every", "1", "--faults", "2", "--port", str(free_port()), "--serve-arg=--threads",
+                       "--serve-arg=1", "--serve-arg=--max-model-len", "--serve-arg=200"]) == 0
 

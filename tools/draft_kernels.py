@@ -33,7 +33,8 @@ def bench_shape(n: int, k: int, rows: list[int], repeats: int, working_set: int)
     w = torch.randn(n, k) * 0.02
     w4 = int4.quantize_weight(w)
     q5 = ggml.pack(torch.from_numpy(random_blocks("Q5_0", n, k)), "Q5_0", n, k)
-    sizes = {"int4": w4.nibbles.nbytes + w4.scales.nbytes, "int8": n * k + 4 * n, "q5_0": q5.nbytes, "packed": 4 * n * k}
+    sizes = {"int4": w4.nibbles.nbytes + w4.scales.nbytes, "int8": n * k + 4 * n, "q5_0": q5.nbytes,
+             "packed": 4 * n * k}
     int4s = [int4.Int4Weight(a, b, k) for a, b in zip(copies(w4.nibbles, sizes["int4"], working_set),
                                                        copies(w4.scales, sizes["int4"], working_set))]
     int8s = [Int8Linear(w) for _ in range(-(-working_set // sizes["int8"]))]

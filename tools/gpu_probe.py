@@ -162,7 +162,8 @@ def main(argv=None) -> int:
               "decode_step_ms": round(step * 1e3, 3), "decode_step_over_floor": round(step / floor, 2),
               "engine_decode_step_ms": engine_step and round(engine_step * 1e3, 3),
               "engine_decode_step_over_floor": engine_step and round(engine_step / floor, 2),
-              "decode_step_eager_ms": round(step_eager * 1e3, 3), "verify_ms_by_k": verify, "rows": rows, "transformers": hf,
+              "decode_step_eager_ms": round(step_eager * 1e3, 3), "verify_ms_by_k": verify, "rows": rows,
+              "transformers": hf,
               "greedy_outputs_agree": same, "elapsed_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps({"gpu_probe": result}), flush=True)
     return 0 if same else 1

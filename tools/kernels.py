@@ -182,7 +182,8 @@ def table(worlds: dict) -> str:
                       f"{ms['int8'] / ms['il']:.2f}x" if "il" in ms else "- | - | - | -")
                 lines.append(f"| {isa} | {t} | {r['type']} | {r['n']}x{r['k']} | {r['m']} | {ms['ours']:.2f} | "
                              f"{gb['ours']:.1f} | {gb['ours'] / res['bandwidth']['read']:.0%} | {ms['packed']:.2f} | "
-                             f"{gb['packed']:.1f} | {ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x | {was} | {a8} | {il} |")
+                             f"{gb['packed']:.1f} | {ms['dense']:.2f} | {i4} | {ms['packed'] / ms['ours']:.1f}x | "
+                             f"{was} | {a8} | {il} |")
     return "\n".join(lines)
 
 

@@ -140,7 +140,8 @@ def main(argv=None) -> int:
         elapsed = time.monotonic() - t0
         seen.update(worker_pids(server.pid))
         metrics = _get(url, "/metrics")
-        report.update(recovery_s_max=round(max(recovery, default=0), 1), done=soak.done, lost=soak.lost, changed=soak.changed, errors=soak.errors[:5],
+        report.update(recovery_s_max=round(max(recovery, default=0), 1), done=soak.done, lost=soak.lost,
+                      changed=soak.changed, errors=soak.errors[:5],
                       tokens_per_s=round(soak.tokens / elapsed, 2), seconds=round(elapsed, 1),
                       worker_failures=metric(metrics, "ssdecode_draft_worker_failures_total"),
                       worker_restarts=metric(metrics, "ssdecode_draft_worker_restarts_total"),
@@ -159,8 +160,8 @@ def main(argv=None) -> int:
                       traceback="Traceback" in log.read().decode(errors="replace"),
                       workers_left=sum(alive(pid) for pid in seen))
     print(json.dumps(report))
-    ok = ("unrecovered" not in report and report.get("lost") == 0 and not report.get("changed") and report["exit_s"] < 30
-          and not report["traceback"] and not report["workers_left"])
+    ok = ("unrecovered" not in report and report.get("lost") == 0 and not report.get("changed")
+          and report["exit_s"] < 30 and not report["traceback"] and not report["workers_left"])
     return 0 if ok else 1
 
 

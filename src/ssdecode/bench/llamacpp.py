@@ -338,7 +338,8 @@ def run_llamacpp(bin_dir, target: str, draft: str, prompt_sets: dict[str, list[s
         out["bench"].append(base)
         for name, binary, _ in systems[1:]:
             row = _aggregate(name, set_name, runs[name], runs["llamacpp-ar"])
-            row["speedup_vs_ar"] = round(row["tokens_per_s"] / base["tokens_per_s"], 3) if base["tokens_per_s"] else None
+            row["speedup_vs_ar"] = (round(row["tokens_per_s"] / base["tokens_per_s"], 3) if base["tokens_per_s"]
+                                    else None)
             row["binary"] = binary
             out["bench"].append(row)
     out["loadavg_end"] = _loadavg()
@@ -383,8 +384,10 @@ def find_bin_dir(root) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ssdecode.bench.llamacpp", description=__doc__.split("\n\n")[0])
     ap.add_argument("--bin", required=True, help="directory of the llama.cpp binaries (or its build dir)")
-    ap.add_argument("--target", default=str(Path("~/.cache/ssdecode/gguf/qwen2.5-coder-1.5b-instruct.gguf").expanduser()))
-    ap.add_argument("--draft", default=str(Path("~/.cache/ssdecode/gguf/qwen2.5-coder-0.5b-instruct.gguf").expanduser()))
+    ap.add_argument("--target",
+                    default=str(Path("~/.cache/ssdecode/gguf/qwen2.5-coder-1.5b-instruct.gguf").expanduser()))
+    ap.add_argument("--draft",
+                    default=str(Path("~/.cache/ssdecode/gguf/qwen2.5-coder-0.5b-instruct.gguf").expanduser()))
     ap.add_argument("--tokenizer", default=None, help="model whose chat template renders chat prompts "
                     "(default: --target through ssdecode's loader)")
     ap.add_argument("--prompts", default="humaneval,stdlib")

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
             got = torch.cat(ours)
             report[f"{fmt}/{s}"] = {"max_abs_diff": round((got - ref).abs().max().item(), 6),
                                     "logit_scale": round(ref.abs().max().item(), 2),
-                                    "top1_agreement": round((got.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4),
+                                    "top1_agreement": round((got.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+                                                            4),
                                     "positions": ref.shape[0]}
         del model
     print(json.dumps(report))

@@ -115,7 +115,8 @@ async def _one(client, model: str, prompt, max_tokens: int) -> RequestTiming:
     return t
 
 
-async def run_level(base_url: str, prompts: list, concurrency: int, max_tokens: int) -> tuple[float, list[RequestTiming]]:
+async def run_level(base_url: str, prompts: list, concurrency: int,
+                    max_tokens: int) -> tuple[float, list[RequestTiming]]:
     """``concurrency`` closed-loop clients over ``prompts``; (wall seconds, timings in prompt order)."""
     from openai import AsyncOpenAI  # the server extra: optional
 

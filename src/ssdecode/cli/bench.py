@@ -46,8 +46,8 @@ def add_bench_parser(sub) -> None:
     b.add_argument("--max-tokens", type=int, default=128)
     b.add_argument("--no-hf", action="store_true", help="skip the Transformers peers")
     b.add_argument("--llamacpp-bin", default=None, metavar="DIR",
-                   help="also run llama.cpp (its binaries in DIR, built separately: docs/lab/benchmarks.md section 11) on "
-                        "the same GGUF files and prompts, before ours (all sets): llama-bench, AR and "
+                   help="also run llama.cpp (its binaries in DIR, built separately: docs/lab/benchmarks.md section 11) "
+                        "on the same GGUF files and prompts, before ours (all sets): llama-bench, AR and "
                         "llama-speculative-simple for each --sd-k")
     b.add_argument("--out", default=None, help="also write the JSON result to this file")
     b.add_argument("--plot", default=None, metavar="DIR",

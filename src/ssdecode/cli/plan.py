@@ -41,7 +41,8 @@ def cmd_plan(args) -> int:
     rows = [prediction_dict(profile, a, k, args.budget, args.r) for a in args.a for k in args.k]
     print(f"profile {profile.name}: target {profile.target_1 * 1e3:.2f}/{profile.target_verify * 1e3:.2f} ms, "
           f"draft {profile.draft_1 * 1e3:.2f}/{profile.draft_wide * 1e3:.2f} ms")
-    print(f"{'a':>5} {'K':>3} {'fan-out':>24} {'hit':>6} {'T_SD':>6} {'T_p':>6} {'SD/AR':>6} {'SSD/AR':>7} {'SSD/SD':>7}")
+    print(f"{'a':>5} {'K':>3} {'fan-out':>24} {'hit':>6} {'T_SD':>6} {'T_p':>6} "
+          f"{'SD/AR':>6} {'SSD/AR':>7} {'SSD/SD':>7}")
     for r in rows:
         print(f"{r['a']:>5} {r['k']:>3} {str(r['fanout']):>24} {r['hit_rate']:>6} {r['t_sd']:>6} {r['t_p']:>6} "
               f"{r['speedup_sd']:>6} {r['speedup_ssd']:>7} {r['ssd_over_sd']:>7}")

@@ -164,7 +164,8 @@ class LLM:
         """Token ids of a conversation (``encode_chat``)."""
         return encode_chat(self.tokenizer, messages)
 
-    def generate(self, prompts: str | list[str] | list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+    def generate(self, prompts: str | list[str] | list[list[int]],
+                 params: SamplingParams | list[SamplingParams] | None = None,
                  chat: bool = True) -> list[Completion]:
         """Generate for a batch; rows finish independently (more than ``max_num_seqs`` rows
         queue for a slot). Token-id prompts skip templating."""

@@ -6,10 +6,10 @@ writes only into the scratch slot), separately for causal and tree-masked calls 
 last-token-only logits. Each bucket owns its input buffers (attention.StaticBuffers); on CUDA its
 forward is captured once (after a warm-up run on a side stream; all graphs share one memory
 pool), at start-up for the shapes a strategy will run (``prepare``) or else the first time the
-bucket is used, and every later call only refills the buffers and replays: AR decode (T = 1), verification (T = K + 1), the draft's glue and tree steps (T = the
-tree's width) each hit their own bucket. Off CUDA the same buffers and addressing run eagerly,
-which is what the CPU tests exercise. Calls larger than every bucket (prefill) run eagerly with
-per-call addressing.
+bucket is used, and every later call only refills the buffers and replays: AR decode (T = 1),
+verification (T = K + 1), the draft's glue and tree steps (T = the tree's width) each hit their
+own bucket. Off CUDA the same buffers and addressing run eagerly, which is what the CPU tests
+exercise. Calls larger than every bucket (prefill) run eagerly with per-call addressing.
 """
 from __future__ import annotations
 
