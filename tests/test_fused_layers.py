@@ -57,7 +57,8 @@ def run(model, fused: bool, monkeypatch):
 @pytest.mark.parametrize("case,weights", [("qwen2", "gguf"), ("qwen2", "gguf-a8"), ("llama-split", "gguf"),
                                           ("qwen3", "gguf-a8"), ("qwen2", "int4"),
                                           pytest.param("qwen2", "q4k", marks=pytest.mark.skipif(
-                                              not (ggml.is_available() and ggml.interleaves("Q4_K", "int8")), reason="no VNNI"))])
+                                              not (ggml.is_available() and ggml.interleaves("Q4_K", "int8")),
+                                              reason="no VNNI"))])
 def test_fused_layers_compute_the_op_by_op_model(case, weights, tmp_path, monkeypatch):
     model = model_of(case, weights, tmp_path)
     fused, torch_path = run(model, True, monkeypatch), run(model, False, monkeypatch)
