@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from ssdecode.kernels.attention import MAX_TOKENS
 from ssdecode.kv.cache import KVCache
 from ssdecode.runtime.runner import ModelRunner
 from ssdecode.sampling import SamplingTensors, probs_from_logits, sample
@@ -37,6 +38,21 @@ def feed_batch(cache: KVCache, slots: list[int], feed: list[list[int]], device) 
     return ids.to(device), positions.to(device), [len(f) for f in feed]
 
 
+def feed_logits(runner: ModelRunner, slots: list[int], feed: list[list[int]]) -> torch.Tensor:
+    """Logits ``[B, V]`` at each row's last fed token, every row computed as if it were alone.
+
+    Rows share one forward only where that gives each row its own bits: decode and verification
+    feeds on filled slots (CPU attention takes each row over exactly its keys, and the products are
+    batch invariant). A prompt (an empty slot) or a feed longer than the attention kernel takes
+    runs alone: prompts padded into one batch attend, and multiply through oneDNN's GEMM, in other
+    blocks than one prompt alone; the fp32 differences (~1e-5) become other tokens once gguf-a8
+    rounds activations to int8. So a request's output does not depend on who was admitted with it."""
+    if len(slots) > 1 and (min(runner.cache.lengths[x] for x in slots) == 0 or max(map(len, feed)) > MAX_TOKENS):
+        return torch.cat([feed_logits(runner, [x], [f]) for x, f in zip(slots, feed)])
+    ids, positions, num_new = feed_batch(runner.cache, slots, feed, runner.device)
+    return runner.forward(ids, positions, slots, num_new=num_new, last_only=True)[:, 0]
+
+
 def autoregress(runner: ModelRunner, slots: list[int], feed: list[list[int]], k: int,
                  st: SamplingTensors, generators: list[torch.Generator], keep_probs: bool,
                  reweight: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
@@ -47,11 +63,10 @@ def autoregress(runner: ModelRunner, slots: list[int], feed: list[list[int]], k:
     ``min_confidence``: a row stops proposing after a token its draft gave (untransformed)
     probability below this, and drafting ends when every row has stopped. The length depends on
     the draft alone, so verification stays exact; it saves the steps most likely rejected."""
-    ids, positions, num_new = feed_batch(runner.cache, slots, feed, runner.device)
     tokens, probs = [], []
     lengths = [k] * len(slots)
+    logits = feed_logits(runner, slots, feed)
     for i in range(k):
-        logits = runner.forward(ids, positions, slots, num_new=num_new, last_only=True)[:, 0]
         q = probs_from_logits(logits, st)
         if reweight is not None:
             q = reweight(q, i)
@@ -64,9 +79,8 @@ def autoregress(runner: ModelRunner, slots: list[int], feed: list[list[int]], k:
             lengths = [i + 1 if n == k and c < min_confidence else n for n, c in zip(lengths, conf)]
             if all(n <= i + 1 for n in lengths):
                 break
-        if i + 1 < k:
-            ids = s[:, None]
-            positions = positions.gather(1, torch.tensor(num_new, device=positions.device)[:, None] - 1) + 1
-            num_new = [1] * len(slots)
+        if i + 1 < k:  # feed the token just sampled, at each row's next position
+            positions = torch.tensor([[runner.cache.lengths[x]] for x in slots], device=runner.device)
+            logits = runner.forward(s[:, None], positions, slots, last_only=True)[:, 0]
     return Draft(torch.stack(tokens, 1), torch.stack(probs, 1) if keep_probs else None,
                  [min(n, len(tokens)) for n in lengths])

@@ -15,7 +15,7 @@ import torch
 
 from ssdecode.decoding.autoregressive import prefill_target
 from ssdecode.decoding.base import StepOutput, Strategy
-from ssdecode.decoding.sample_steps import autoregress, feed_batch
+from ssdecode.decoding.sample_steps import autoregress, feed_logits
 from ssdecode.decoding.sequence import Sequence
 from ssdecode.decoding.verify import verify
 from ssdecode.models.base import CausalLM
@@ -94,10 +94,7 @@ def prefill_draft(draft: ModelRunner, seqs: list[Sequence]) -> None:
     sampling: the target samples every committed token)."""
     for s in seqs:
         draft.cache.reset(s.slot)
-    slots = [s.slot for s in seqs]
-    ids, positions, num_new = feed_batch(draft.cache, slots, [s.prompt_ids + s.output_ids[:-1] for s in seqs],
-                                         draft.device)
-    draft.forward(ids, positions, slots, num_new=num_new, last_only=True)
+    feed_logits(draft, [s.slot for s in seqs], [s.prompt_ids + s.output_ids[:-1] for s in seqs])
 
 
 def verify_proposals(target: ModelRunner, seqs: list[Sequence], tokens: torch.Tensor,

@@ -20,7 +20,7 @@ from dataclasses import replace
 import torch
 
 from ssdecode.config.ssd import SSDConfig
-from ssdecode.decoding.sample_steps import feed_batch
+from ssdecode.decoding.sample_steps import feed_logits
 from ssdecode.decoding.ssd.backup import AdaptiveBackup, FastBackup, NeuralBackup, make_backup
 from ssdecode.decoding.ssd.fanout import FanoutPolicy, position_caps
 from ssdecode.decoding.ssd.state import SeqState
@@ -116,8 +116,7 @@ class DraftWorker:
         if not states:
             return self._reply([], 0.0)
         slots = [s.slot for s in states]
-        ids, positions, num_new = feed_batch(self.cache, slots, [s.history[:-1] for s in states], device)
-        self.runner.forward(ids, positions, slots, num_new=num_new, last_only=True)
+        feed_logits(self.runner, slots, [s.history[:-1] for s in states])
         first = FastBackup() if self.config.backup == "fast" else NeuralBackup()
         t0 = time.perf_counter()
         for s, speculation in zip(states, first.propose(self, states)):
