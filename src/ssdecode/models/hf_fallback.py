@@ -39,7 +39,6 @@ class HFCausalLM(CausalLM):
         """``model``: a built Transformers causal LM (used as is: ``device``/``dtype`` only apply
         when loading) or a folder / hub id to load."""
         if isinstance(model, (str, Path)):
-
             self.name = str(model)
             model = AutoModelForCausalLM.from_pretrained(str(model), dtype=dtype).to(device)
         self.model = model.eval()

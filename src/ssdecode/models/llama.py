@@ -87,7 +87,6 @@ class LlamaModel(CausalLM):
 
         config = ModelConfig.from_hf(AutoConfig.from_pretrained(str(path)))
         if weights in GGUF_FORMATS:
-
             source = GGUFWeights(gguf or gguf_source(Path(path)), config, "int8" if weights == "gguf-a8" else "fp32")
         else:
             source = SafetensorsFolder(Path(path))

@@ -174,7 +174,6 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
 
             model = HFCausalLM(str(folder), device, dtype)
         else:
-
             gguf = _stored_gguf(spec, folder, weights, device, dtype)
             fmt = (weights if weights in GGUF_FORMATS else "gguf") if gguf else resolve_format(weights, device, dtype)
             model = LlamaModel.from_folder(folder, device, dtype, fmt, gguf)

@@ -56,7 +56,6 @@ class ModelRunner:
         self.model, self.backend = model, backend
         self.graphs = self.nonfinite = None
         if backend == "static":
-
             # one slot more: the scratch slot padding rows and out-of-range padding tokens write to
             self.cache = model.new_cache(num_slots + 1, max_len)
             self.cache.readable(self.cache.max_len)

@@ -48,7 +48,6 @@ def load_draft(source, device: str | torch.device | None = None, dtype: str | to
     if isinstance(source, StateDictFile):
         return source.load(device or "cpu", dtype, weights)
     if isinstance(source, str):
-
         return load_model(source, device=device or "cpu", dtype=dtype, weights=weights)
     if callable(source):
         return source()
