@@ -194,7 +194,8 @@ def test_int8_activations_target_is_sampled_exactly(tmp_path):
 
     path = write_gguf(tiny_model("qwen2", True, **SIZES), tmp_path / "m.gguf",
                       lambda n: Q.Q6_K if "down_proj" in n or "embed" in n else Q.Q4_K)
-    target = load_model(path, weights="gguf-a8")
+    target = load_model(path)  # the default for a GGUF model
+    assert target.weight_format == "gguf-a8"
     draft = tiny_native(1, vocab=target.vocab_size)
     params, prompt, n = SamplingParams(temperature=10.0), [5, 17, 42], 4000
     llm = LLM.from_models(load_tokenizer(path), target, draft, mode="sd", k=3, max_num_seqs=n,

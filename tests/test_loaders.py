@@ -324,7 +324,7 @@ def test_auto_runs_a_gguf_model_as_stored(tmp_path, caplog):
     folder = resolve_model(path)
     for spec in (path, folder):
         model = load_model(spec)
-        assert model.weight_format == "gguf" and isinstance(model.layers[0].down, QuantizedLinear)
+        assert model.weight_format == "gguf-a8" and isinstance(model.layers[0].down, QuantizedLinear)
         assert load_model(spec, weights="dequant").weight_format == "packed"
     tiny_model("llama").save_pretrained(tmp_path / "hf")
     assert load_model(tmp_path / "hf").weight_format == "packed"

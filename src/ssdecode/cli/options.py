@@ -35,10 +35,10 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=None,
                    help="draft tokens per round (sd/ssd; default 5), the most auto may pick (default 8)")
     p.add_argument("--weights", default="auto", choices=TARGET_FORMATS,
-                   help="target matmul weights: auto (a GGUF model's tensors as stored on CPU, else "
-                        "dequant), gguf (as stored), gguf-a8 (as stored, activations rounded to int8 "
-                        "as llama.cpp does: faster, and exact to that model), dequant (the fp32 "
-                        "conversion)")
+                   help="target matmul weights: auto (gguf-a8 for a GGUF model on CPU, else dequant), "
+                        "gguf-a8 (the blocks as stored, activations rounded to int8 per 256 as llama.cpp "
+                        "computes: the GGUF's model), gguf (as stored, fp32 activations: the fp32 "
+                        "conversion's model up to rounding), dequant (the fp32 conversion)")
     p.add_argument("--draft-weights", default="auto", choices=DRAFT_FORMATS,
                    help="draft matmul weights: as --weights, or q4k / int4 / int8 (CPU; the fp32 "
                         "conversion re-quantized to Q4_K blocks, 4-bit blocks or int8 per channel; "

@@ -13,8 +13,9 @@ embedding lookup).
 A prompt's prefill on AVX2 and AVX-512 goes block by block through oneDNN's GEMM
 (``blockwise.py``: 1.1-1.6x at 150 rows).
 
-``activations="int8"`` (the opt-in gguf-a8 weight format) rounds each activation row to int8 per
-256 values for the Q4_K and Q6_K products of decode and verification, as llama.cpp does, and sums
+``activations="int8"`` (the gguf-a8 weight format, the default for GGUF models) rounds each
+activation row to int8 per 256 values for the Q4_K and Q6_K products of decode and verification,
+as llama.cpp does, and sums
 integer products (ggml_q8.h): not the stored model computed in fp32, but that model with its
 activations rounded, batch invariant like the fp32 kernels. Where the CPU has AVX-512 VNNI
 (``interleaves``), those weights are packed interleaved instead (16 rows, four bytes of each in

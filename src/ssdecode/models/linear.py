@@ -23,10 +23,10 @@
   activation row to int8 per 256 values, as llama.cpp does (a prompt's prefill stays fp32). About
   1.5x faster per token where fp32 activations are bound by instructions; the logits move by about
   what llama.cpp's do (docs/lab/benchmarks.md section 11). With AVX-512 VNNI the prefill is int8 too
-  (the interleaved kernel takes every row count, so a prompt computes what decode would). Opt-in:
-  speculative decoding is then exact to this model, which is no longer the fp32 conversion.
+  (the interleaved kernel takes every row count, so a prompt computes what decode would). This is
+  the GGUF file's model as llama.cpp computes it, and speculative decoding is exact to it.
 
-``auto`` is ``gguf`` for a model that came from a GGUF (on CPU in fp32, where the kernels build:
+``auto`` is ``gguf-a8`` for a model that came from a GGUF (on CPU in fp32, where the kernels build:
 the loader decides, as only it knows where a model came from), else ``dequant``: the fp32
 conversion, ``packed`` on CPU in fp32 and ``dense`` elsewhere.
 """

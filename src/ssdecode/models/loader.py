@@ -175,7 +175,10 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
             model = HFCausalLM(str(folder), device, dtype)
         else:
             gguf = _stored_gguf(spec, folder, weights, device, dtype)
-            fmt = (weights if weights in GGUF_FORMATS else "gguf") if gguf else resolve_format(weights, device, dtype)
+            if gguf:  # auto: the GGUF's model as llama.cpp computes it
+                fmt = weights if weights in GGUF_FORMATS else "gguf-a8"
+            else:
+                fmt = resolve_format(weights, device, dtype)
             model = LlamaModel.from_folder(folder, device, dtype, fmt, gguf)
         model.probe()
         add_manifest(folder)  # an old conversion that loads and computes gets its manifest now
@@ -187,9 +190,10 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu",
 def _stored_gguf(spec, folder: Path, weights: str, device: torch.device, dtype: torch.dtype) -> Path | None:
     """The GGUF whose tensors the model runs as stored, or None to load the conversion's fp32.
 
-    For ``gguf``: the .gguf given (not the one a cached, maybe shared, conversion recorded), else
-    the recorded one, which must be unchanged. For ``auto``: the same when the kernels run here and
-    that GGUF is still there; a model without one quietly loads its conversion.
+    For ``gguf`` and ``gguf-a8``: the .gguf given (not the one a cached, maybe shared, conversion
+    recorded), else the recorded one, which must be unchanged. For ``auto`` (run as ``gguf-a8``,
+    llama.cpp's arithmetic): the same when the kernels run here and that GGUF is still there; a
+    model without one quietly loads its conversion.
     """
     if weights not in ("auto", *GGUF_FORMATS) or (weights == "auto" and not runs_gguf(device, dtype)):
         return None
