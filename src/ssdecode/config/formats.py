@@ -13,6 +13,6 @@ FORMATS = DRAFT_FORMATS + COMPARISON_FORMATS
 GGUF_FORMATS = ("gguf", "gguf-a8")  # the GGUF's tensors as stored
 
 
-def check_format(fmt: str, what: str, allowed: tuple[str, ...] = FORMATS) -> None:
-    if fmt not in allowed:
-        raise InvalidParams(f"{what} weight format must be one of {', '.join(allowed)}, got {fmt!r}")
+def check_format(fmt: str, what: str) -> None:
+    if fmt not in FORMATS:
+        raise InvalidParams(f"{what} weight format must be one of {', '.join(FORMATS)}, got {fmt!r}")

@@ -15,9 +15,8 @@ A prompt's prefill on AVX2 and AVX-512 goes block by block through oneDNN's GEMM
 
 ``activations="int8"`` (the gguf-a8 weight format, the default for GGUF models) rounds each
 activation row to int8 per 256 values for the Q4_K and Q6_K products of decode and verification,
-as llama.cpp does, and sums
-integer products (ggml_q8.h): not the stored model computed in fp32, but that model with its
-activations rounded, batch invariant like the fp32 kernels. Where the CPU has AVX-512 VNNI
+as llama.cpp does, and sums integer products (ggml_q8.h): not the stored model computed in fp32,
+but that model with its activations rounded, batch invariant like the fp32 kernels. Where the CPU has AVX-512 VNNI
 (``interleaves``), those weights are packed interleaved instead (16 rows, four bytes of each in
 turn: ggml_q8il.h) and one kernel takes every row count, a prompt's prefill included: 1.1-2.6x
 the plain layout at 1-16 rows (docs/benchmarks.md section 11, eighth run).
